@@ -1,0 +1,58 @@
+"""Audio I/O: read any wav as 16 kHz mono float32 (soundfile to read, soxr to
+resample), write wavs atomically, and normalise like the encoder's feature extractor."""
+import logging
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from utils.files import atomic_path
+
+log = logging.getLogger(__name__)
+TARGET_SR = 16000
+_warned: set[str] = set()
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file and the fix."""
+
+
+def _warn_once(kind: str, message: str) -> None:
+    if kind not in _warned:
+        _warned.add(kind)
+        log.warning(message + " (said once; later files are converted silently)")
+
+
+def read_audio(path, target_sr: int = TARGET_SR) -> np.ndarray:
+    """Return the file's samples as float32 mono at target_sr. Stereo is averaged to
+    mono and other sample rates are resampled, each with one warning per process."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found; check the audio folder or the csv's FileName")
+    try:
+        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(f"{path}: unreadable audio ({err}); re-export it as a 16 kHz PCM wav") from err
+    if samples.size == 0:
+        raise AudioError(f"{path}: the audio file holds no samples; re-export it or drop the utterance")
+    if samples.shape[1] > 1:
+        _warn_once("downmix", f"{path}: {samples.shape[1]} channels, averaging to mono")
+        samples = samples.mean(axis=1, keepdims=True)
+    samples = samples[:, 0]
+    if sr != target_sr:
+        _warn_once(f"resample{sr}", f"{path}: sample rate {sr} Hz, resampling to {target_sr} Hz")
+        samples = soxr.resample(samples, sr, target_sr).astype(np.float32)
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def write_wav(path, samples: np.ndarray, sr: int = TARGET_SR, subtype: str = "PCM_16") -> None:
+    """Write a wav atomically: a temporary file in the same folder, then a rename."""
+    with atomic_path(path, suffix=".wav") as tmp:
+        sf.write(str(tmp), samples, sr, subtype=subtype, format="WAV")
+
+
+def normalize(samples: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """Zero-mean unit-variance per utterance, as Wav2Vec2FeatureExtractor(do_normalize=True)."""
+    samples = samples.astype(np.float32)
+    return (samples - samples.mean()) / np.sqrt(samples.var() + eps)
