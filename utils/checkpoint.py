@@ -1,0 +1,88 @@
+"""One checkpoint format: a dict with `state_dict` (upstream's layout) plus our config,
+epoch and metrics, saved atomically and loaded without executing pickled code."""
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file as load_safetensors
+
+from utils.files import atomic_path
+
+# transformers 4.x wrote the positional convolution's weight norm as weight_g / weight_v;
+# newer versions hold it as a parametrization.
+_RENAMES = {
+    "pos_conv_embed.conv.weight_g": "pos_conv_embed.conv.parametrizations.weight.original0",
+    "pos_conv_embed.conv.weight_v": "pos_conv_embed.conv.parametrizations.weight.original1",
+}
+_IGNORED_PREFIXES = ("self_attention.",)  # upstream mmer's unused block (self_attention_v2 is used)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+def save_checkpoint(path, model: torch.nn.Module, **extra) -> None:
+    """Write {'state_dict': ..., **extra} atomically; extra must be plain data (weights-only loadable)."""
+    payload = {"state_dict": model.state_dict(), **extra}
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path) -> dict:
+    """Load a checkpoint dict without running code: torch.load(weights_only=True), or safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; check --checkpoint_dir and the file names "
+                              "(<session>_model.pt)")
+    if path.suffix == ".safetensors":
+        return {"state_dict": load_safetensors(str(path))}
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused, loading it would execute code or objects other than "
+                              f"tensors and plain data ({str(err).splitlines()[0]}); only use checkpoints "
+                              "from sources you trust, converted to plain tensors or safetensors") from err
+    except (RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err}); the file may be truncated "
+                              "or of another format, download or save it again") from err
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        payload = {"state_dict": payload} if _looks_like_state_dict(payload) else None
+    if payload is None:
+        raise CheckpointError(f"{path}: no 'state_dict' in the checkpoint; expected a dict "
+                              "{'state_dict': ...} as written by run.py or upstream MMER")
+    return payload
+
+
+def _looks_like_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def upgrade_state_dict(state_dict: dict) -> dict:
+    """Map upstream names to ours: weight-norm tensors renamed, the unused block dropped."""
+    upgraded = {}
+    for key, value in state_dict.items():
+        if key.startswith(_IGNORED_PREFIXES):
+            continue
+        for old, new in _RENAMES.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+        upgraded[key] = value
+    return upgraded
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
+    """Strict load after upgrading names; any other mismatch is reported by name."""
+    state_dict = upgrade_state_dict(state_dict)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state_dict)
+                         if tuple(expected[k].shape) != tuple(state_dict[k].shape))
+    if missing or unexpected or wrong_shape:
+        lines = [f"{source}: does not match the {type(model).__name__} model built from the flags"]
+        lines += [f"  missing: {k}" for k in missing[:20]]
+        lines += [f"  unexpected: {k}" for k in unexpected[:20]]
+        lines += [f"  shape: {k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape[:20]]
+        lines.append("  check --run, --wav2vec2 (architecture) and the RoBERTa feature size")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state_dict, strict=True)

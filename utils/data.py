@@ -1,0 +1,236 @@
+"""The one batching path used by training, evaluation, prediction and the bench:
+the csv table, leave-one-session-out splits, in-memory audio and text features,
+length-bucketed batches and padding with exact lengths."""
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from models.encoders import AudioInputSpec
+from utils.audio import normalize, read_audio
+from utils.labels import LABEL_TO_INDEX
+from utils.text import ctc_target_ids
+
+log = logging.getLogger(__name__)
+REQUIRED_COLUMNS = ("FileName", "Sentences", "Label", "text")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file and the fix."""
+
+
+# ---------------------------------------------------------------- the table
+def read_table(csv_path) -> pd.DataFrame:
+    """The utterance table: upstream columns plus `session` (from the 5th character of
+    FileName when absent) and `label_index` (hap/exc=0, ang=1, neu=2, sad=3)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: csv not found; prepare it with data_prep/iemocap_prep.py")
+    table = pd.read_csv(csv_path, keep_default_na=False, dtype={"FileName": str, "Sentences": str, "text": str})
+    table = table.drop(columns=[c for c in table.columns if c.startswith("Unnamed")])
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{csv_path}: missing column(s) {missing}; found {list(table.columns)}. "
+                        "Expected the upstream columns FileName, Sentences, Label, text")
+    if "session" not in table.columns:
+        table["session"] = table["FileName"].str[4].astype(int)
+    table["session"] = table["session"].astype(int)
+    table["label_index"] = table["Label"].map(LABEL_TO_INDEX)
+    return table.reset_index(drop=True)
+
+
+def loso_split(table: pd.DataFrame, test_session: int, dev_fraction: float, seed: int):
+    """Fold `test_session`: test = that session; train/dev drawn from the other sessions only.
+    The dev split is stratified by speaker, then by label within each speaker: every
+    training speaker gives the same share of its utterances to dev, spread over its labels
+    in proportion (largest remainders settle the rounding at each level)."""
+    test = table.index[table["session"] == test_session].to_numpy()
+    rest = table.index[table["session"] != test_session].to_numpy()
+    if dev_fraction <= 0 or len(rest) == 0:
+        return rest, np.array([], dtype=int), test
+    levels = [table.loc[rest, "FileName"].map(speaker_of).to_numpy(), table.loc[rest, "Label"].astype(str).to_numpy()]
+    n_dev = max(1, round(dev_fraction * len(rest)))
+    chosen = stratified_sample(np.arange(len(rest)), levels, n_dev, np.random.default_rng(seed))
+    in_dev = np.zeros(len(rest), dtype=bool)
+    in_dev[chosen] = True
+    return np.sort(rest[~in_dev]), np.sort(rest[in_dev]), test
+
+
+def stratified_sample(items: np.ndarray, levels: list, n_take: int, rng: np.random.Generator) -> np.ndarray:
+    """Pick n_take of `items`, shared among the groups of levels[0] in proportion to their size
+    (largest remainder), recursively within each group for the next levels."""
+    if not levels:
+        return rng.permutation(items)[:n_take]
+    keys = levels[0][items]
+    groups = {k: items[keys == k] for k in sorted(set(keys))}
+    exact = {k: n_take * len(g) / len(items) for k, g in groups.items()}
+    quota = {k: int(np.floor(v)) for k, v in exact.items()}
+    by_remainder = sorted(groups, key=lambda k: (-(exact[k] - quota[k]), rng.random()))
+    for k in by_remainder[: n_take - sum(quota.values())]:
+        quota[k] += 1
+    return np.concatenate([stratified_sample(g, levels[1:], quota[k], rng) for k, g in groups.items()])
+
+
+def speaker_of(file_name: str) -> str:
+    """Ses01F_impro01_F000 -> Ses01_F (the letter before the utterance index is the speaker)."""
+    return f"{file_name[:5]}_{file_name.rsplit('_', 1)[1][0]}"
+
+
+# ---------------------------------------------------------------- features
+def load_audio(table: pd.DataFrame, audio_dir, spec: AudioInputSpec, show_progress=True) -> list[np.ndarray]:
+    """Decode, resample and normalise every utterance once; kept in memory for all epochs."""
+    audio_dir = Path(audio_dir)
+    waves = []
+    for name in tqdm(table["FileName"], desc="audio", disable=not show_progress, leave=False):
+        samples = read_audio(audio_dir / f"{name}.wav", spec.sampling_rate)
+        waves.append(normalize(samples) if spec.do_normalize else samples)
+    return waves
+
+
+def load_text_features(table: pd.DataFrame, roberta_dir, show_progress=True) -> list[np.ndarray]:
+    """One [T, H] float32 array per utterance from `<FileName>.npy` ([1, T, H] accepted)."""
+    roberta_dir = Path(roberta_dir)
+    features = []
+    for name in tqdm(table["FileName"], desc="text features", disable=not show_progress, leave=False):
+        features.append(read_text_feature(roberta_dir / f"{name}.npy"))
+    return features
+
+
+def read_text_feature(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: RoBERTa features missing; run data_prep/extract_roberta.py on the csv")
+    array = np.load(path, allow_pickle=False)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2 or array.shape[0] == 0:
+        raise DataError(f"{path}: shape {array.shape}, expected [1, T, H] or [T, H]; re-extract it")
+    return array.astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------- dataset and batches
+class EmotionDataset(torch.utils.data.Dataset):
+    """Items of the in-memory corpus; text may be None for the audio-only variants."""
+
+    def __init__(self, names, waves, labels, transcripts, text_features=None):
+        self.names = list(names)
+        self.waves = waves
+        self.labels = list(labels)
+        self.targets = [ctc_target_ids(t) for t in transcripts]
+        self.text_features = text_features
+
+    def __len__(self):
+        return len(self.names)
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(w) for w in self.waves])
+
+    def __getitem__(self, i):
+        return {"name": self.names[i], "wave": self.waves[i], "label": self.labels[i],
+                "target": self.targets[i],
+                "text": None if self.text_features is None else self.text_features[i]}
+
+
+@dataclass
+class Batch:
+    names: list
+    input_values: torch.Tensor            # [B, samples], padded with the extractor's padding value
+    sample_lengths: torch.Tensor          # [B] true sample counts
+    labels: torch.Tensor                  # [B]
+    ctc_targets: torch.Tensor             # [sum of target lengths]
+    ctc_target_lengths: torch.Tensor      # [B]
+    attention_mask: torch.Tensor | None = None   # [B, samples], only for encoders that take one
+    text: torch.Tensor | None = None             # [B, T_text, H]
+    text_lengths: torch.Tensor | None = None     # [B]
+
+    def to(self, device, non_blocking=False) -> "Batch":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[key] = value.to(device, non_blocking=non_blocking)
+        return Batch(**moved)
+
+    def model_inputs(self) -> dict:
+        return {"input_values": self.input_values, "sample_lengths": self.sample_lengths,
+                "attention_mask": self.attention_mask, "text": self.text, "text_lengths": self.text_lengths}
+
+
+class Collator:
+    """Pads a list of items into a Batch following the encoder's AudioInputSpec."""
+
+    def __init__(self, spec: AudioInputSpec):
+        self.spec = spec
+
+    def __call__(self, items) -> Batch:
+        lengths = torch.tensor([len(it["wave"]) for it in items])
+        audio = torch.full((len(items), int(lengths.max())), self.spec.padding_value, dtype=torch.float32)
+        for row, it in enumerate(items):
+            audio[row, : len(it["wave"])] = torch.from_numpy(it["wave"])
+        batch = Batch(
+            names=[it["name"] for it in items], input_values=audio, sample_lengths=lengths,
+            labels=torch.tensor([it["label"] for it in items]),
+            ctc_targets=torch.tensor([t for it in items for t in it["target"]], dtype=torch.long),
+            ctc_target_lengths=torch.tensor([len(it["target"]) for it in items]),
+        )
+        if self.spec.return_attention_mask:
+            batch.attention_mask = (torch.arange(audio.shape[1])[None] < lengths[:, None]).long()
+        if items[0]["text"] is not None:
+            batch.text, batch.text_lengths = pad_text([it["text"] for it in items])
+        return batch
+
+
+def pad_text(features: list[np.ndarray]):
+    lengths = torch.tensor([len(f) for f in features])
+    text = torch.zeros(len(features), int(lengths.max()), features[0].shape[1], dtype=torch.float32)
+    for row, f in enumerate(features):
+        text[row, : len(f)] = torch.from_numpy(f)
+    return text, lengths
+
+
+class BucketBatchSampler(torch.utils.data.Sampler):
+    """Batches of similar length, so little compute goes to padding. Each epoch: shuffle,
+    cut into pools of `pool_batches` batches, sort each pool by length, cut into batches,
+    shuffle the batch order. Every index appears exactly once per epoch.
+    shuffle=False gives length-sorted batches (evaluation)."""
+
+    def __init__(self, lengths, batch_size: int, shuffle: bool = True, seed: int = 0, pool_batches: int = 50):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.pool = batch_size * pool_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            return [order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = rng.permutation(len(self.lengths))
+        batches = []
+        for start in range(0, len(order), self.pool):
+            pool = order[start:start + self.pool]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches += [pool[i:i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self):
+        return -(-len(self.lengths) // self.batch_size) if not self.shuffle else len(self.batches())
+
+
+class RandomBatchSampler(BucketBatchSampler):
+    """Upstream's batching: a random order cut into batches (padding to the longest)."""
+
+    def batches(self) -> list[list[int]]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = rng.permutation(len(self.lengths))
+        return [order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]

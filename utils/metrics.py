@@ -1,0 +1,30 @@
+"""Emotion metrics, named as in the field: WA = overall accuracy, UA = mean of the
+per-class recalls, macro-F1, and the confusion matrix (rows = true class)."""
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+from utils.labels import CLASS_NAMES
+
+CLASSES = list(range(len(CLASS_NAMES)))
+
+
+def emotion_metrics(y_true, y_pred) -> dict:
+    """UA over the classes present in y_true, macro-F1 over those in y_true or y_pred
+    (scikit-learn's conventions; a real fold always holds all four)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    present = sorted(set(y_true.tolist()))
+    return {
+        "wa": float(accuracy_score(y_true, y_pred)),
+        "ua": float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "confusion": confusion_matrix(y_true, y_pred, labels=CLASSES).tolist(),
+        "n": int(len(y_true)),
+    }
+
+
+def summarize_folds(fold_metrics: dict) -> tuple[dict, dict]:
+    """Mean and (population) std over folds of wa, ua and macro_f1."""
+    keys = ("wa", "ua", "macro_f1")
+    values = {k: np.array([m[k] for m in fold_metrics.values()]) for k in keys}
+    return ({k: float(v.mean()) for k, v in values.items()},
+            {k: float(v.std()) for k, v in values.items()})
