@@ -16,6 +16,7 @@ def atomic_path(path, suffix: str = ""):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -25,3 +26,9 @@ def atomic_path(path, suffix: str = ""):
 def atomic_write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

@@ -1,0 +1,197 @@
+"""Text features: RoBERTa's last hidden state over each csv row's `Sentences`, written as
+`<out_dir>/<FileName>.npy` (float32, [1, T, H], T counting `<s>` and `</s>`). Batched on
+CPU or GPU, resumable (files already written are skipped), each file written atomically."""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
+from transformers import AutoModel, AutoTokenizer  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from utils.files import atomic_path  # noqa: E402
+
+log = logging.getLogger(__name__)
+REQUIRED_COLUMNS = ("FileName", "Sentences")
+MAX_NAMES_SHOWN = 10
+LOAD_HINT = "pass a local folder written by save_pretrained, or a hub name (e.g. roberta-base) with network access"
+
+
+class TextFeatureError(ValueError):
+    """Bad input to the extraction; the message names the file and the fix."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` is cuda when available, else cpu; asking for cuda without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TextFeatureError(f"--device {device} asked for, but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(device)
+
+
+def load_text_encoder(name_or_path, device) -> tuple:
+    """Tokenizer and model (eval mode, on `device`) from a save_pretrained folder or a hub name."""
+    device = resolve_device(str(device))  # before the slow load, so a bad --device fails at once
+    source = str(name_or_path)
+    looks_local = Path(source).exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+    if looks_local and not (Path(source).expanduser() / "config.json").is_file():
+        raise TextFeatureError(f"{source}: not a model folder (no config.json); {LOAD_HINT}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise TextFeatureError(f"cannot load text encoder {source!r} ({err}); {LOAD_HINT}") from err
+    if not hasattr(model.config, "max_position_embeddings"):
+        kind = model.config.model_type
+        raise TextFeatureError(f"{source}: a {kind} model is not a text encoder; pass a RoBERTa folder or hub name")
+    return tokenizer, model.to(device).eval()
+
+
+def max_tokens(tokenizer, model) -> int:
+    """Longest input the model accepts. RoBERTa numbers positions from padding_idx + 1,
+    so roberta-base's 514 positions hold 512 tokens."""
+    positions = model.config.max_position_embeddings
+    if "roberta" in model.config.model_type:
+        positions -= model.config.pad_token_id + 1
+    return min(positions, tokenizer.model_max_length)
+
+
+def tokenize(texts, tokenizer, model, names=None) -> list[list[int]]:
+    """Token ids with the tokenizer's special tokens; over-long texts are truncated with one
+    warning and empty ones warned about (they still give `<s></s>`)."""
+    names = list(names) if names is not None else [f"text #{i}" for i in range(len(texts))]
+    empty = [name for name, text in zip(names, texts) if not text.strip()]
+    if empty:
+        log.warning("empty transcript for %d utterance(s), embedding <s></s> only: %s", len(empty), _some(empty))
+    limit = max_tokens(tokenizer, model)
+    ids = tokenizer(list(texts), verbose=False)["input_ids"]
+    too_long = [i for i, row in enumerate(ids) if len(row) > limit]
+    if too_long:
+        log.warning(
+            "%d transcript(s) longer than the model's %d tokens, truncated: %s",
+            len(too_long), limit, _some([names[i] for i in too_long]),
+        )
+        cut = tokenizer([texts[i] for i in too_long], truncation=True, max_length=limit)["input_ids"]
+        for i, row in zip(too_long, cut):
+            ids[i] = row
+    return ids
+
+
+def embed_batches(token_ids, tokenizer, model, batch_size: int, progress: bool = False):
+    """Yield (index, [T, H] float32 array) per text. Batches go longest first, so each pads
+    little and an out-of-memory shows at once; every row is cut back to its own length and
+    padding is masked, so batching changes nothing."""
+    order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+    starts = range(0, len(order), batch_size)
+    device = model.device
+    with torch.inference_mode():
+        for start in tqdm(starts, desc="RoBERTa", unit="batch", disable=not progress):
+            chunk = order[start:start + batch_size]
+            batch = tokenizer.pad({"input_ids": [token_ids[i] for i in chunk]}, return_tensors="pt")
+            hidden = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).last_hidden_state.float().cpu().numpy()  # [B, T_max, H]
+            for row, i in enumerate(chunk):
+                yield i, hidden[row, : len(token_ids[i])]
+
+
+def embed_texts(texts, tokenizer, model, device=None, batch_size: int = 32, names=None) -> list[np.ndarray]:
+    """Last hidden states, one [T, H] float32 array per text, in input order. `device`
+    defaults to the model's own."""
+    if device is not None:
+        model.to(resolve_device(str(device)))
+    token_ids = tokenize(list(texts), tokenizer, model, names)
+    embeddings = [None] * len(token_ids)
+    for i, array in embed_batches(token_ids, tokenizer, model, batch_size):
+        embeddings[i] = array
+    return embeddings
+
+
+def read_transcripts(csv) -> pd.DataFrame:
+    """The csv's FileName and Sentences columns, as strings (an empty cell is "")."""
+    csv = Path(csv)
+    if not csv.is_file():
+        raise TextFeatureError(f"{csv}: csv not found; run the IEMOCAP preparation first or fix --csv")
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
+    if missing:
+        raise TextFeatureError(
+            f"{csv}: missing column(s) {missing}; it has {list(table.columns)}. "
+            f"The csv needs {list(REQUIRED_COLUMNS)} (as written by the IEMOCAP preparation)"
+        )
+    duplicated = table["FileName"][table["FileName"].duplicated()].unique().tolist()
+    if duplicated:
+        raise TextFeatureError(f"{csv}: FileName repeated, each needs its own .npy: {_some(duplicated)}")
+    return table[list(REQUIRED_COLUMNS)]
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save, atomically. Through a handle, since np.save appends `.npy` to a bare temporary name."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
+def extract(csv, out_dir, roberta="roberta-base", batch_size: int = 32, device="auto", overwrite: bool = False):
+    """Write `<out_dir>/<FileName>.npy` for every csv row not done yet (all with `overwrite`).
+    Returns the counts {"written": n, "skipped": m}."""
+    table = read_transcripts(csv)
+    out_dir = Path(out_dir)
+    targets = [out_dir / f"{name}.npy" for name in table["FileName"]]
+    todo = [i for i, path in enumerate(targets) if overwrite or not path.exists()]
+    skipped = len(targets) - len(todo)
+    if skipped:
+        log.info("%d of %d feature files already in %s, skipped (--overwrite redoes them)",
+                 skipped, len(targets), out_dir)
+    if not todo:
+        return {"written": 0, "skipped": skipped}
+    tokenizer, model = load_text_encoder(roberta, device)
+    names = [table["FileName"].iloc[i] for i in todo]
+    token_ids = tokenize([table["Sentences"].iloc[i] for i in todo], tokenizer, model, names)
+    with logging_redirect_tqdm():
+        # Files are written batch by batch, so a killed run keeps what it finished.
+        for j, array in embed_batches(token_ids, tokenizer, model, batch_size, progress=True):
+            save_npy(targets[todo[j]], array[None])  # [1, T, H], the upstream layout
+    log.info("wrote %d feature files to %s", len(todo), out_dir)
+    return {"written": len(todo), "skipped": skipped}
+
+
+def _some(names) -> str:
+    shown = ", ".join(map(str, names[:MAX_NAMES_SHOWN]))
+    return shown + (f" ... ({len(names) - MAX_NAMES_SHOWN} more)" if len(names) > MAX_NAMES_SHOWN else "")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--csv", required=True, type=Path, help="csv with FileName and Sentences columns")
+    parser.add_argument("--out_dir", required=True, type=Path, help="folder for the <FileName>.npy files")
+    parser.add_argument("--roberta", default="roberta-base",
+                        help="hub name or save_pretrained folder of the text encoder")
+    parser.add_argument("--batch_size", type=_positive_int, default=32, help="transcripts per forward pass")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    parser.add_argument("--overwrite", action="store_true", help="recompute files that already exist")
+    args = parser.parse_args(argv)
+    hf_logging.disable_progress_bar()  # per-shard save/load bars say nothing here
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        extract(args.csv, args.out_dir, args.roberta, args.batch_size, args.device, args.overwrite)
+    except TextFeatureError as err:
+        raise SystemExit(f"error: {err}") from err
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Tiny randomly initialised encoders for the tests and the offline demo: a wav2vec2 with
+the 32-symbol CTC vocabulary and a RoBERTa with a locally trained byte-level BPE tokenizer,
+saved with save_pretrained so they load exactly like facebook/wav2vec2-base and roberta-base."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import (  # noqa: E402
+    HubertConfig,
+    HubertModel,
+    RobertaConfig,
+    RobertaModel,
+    RobertaTokenizerFast,
+    Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+    WavLMConfig,
+    WavLMModel,
+)
+
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from data_prep.synthetic_lexicon import all_words  # noqa: E402
+
+# The project's copy of reference/wav2vec2_char_vocab.json (tests check they agree).
+CHAR_VOCAB_PATH = Path(__file__).resolve().parent / "wav2vec2_char_vocab.json"
+
+# Sizes shared by every tiny encoder, speech or text.
+TINY_SIZES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+
+# wav2vec2-base's feature encoder (frames of 20 ms, its real length formula) at 32 channels
+# per layer, and a small positional convolution.
+TINY_SPEECH_SIZES = dict(
+    TINY_SIZES,
+    conv_dim=(32,) * 7,
+    conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+    conv_stride=(5, 2, 2, 2, 2, 2, 2),
+    feat_extract_norm="group",
+    do_stable_layer_norm=False,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    vocab_size=32,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+SPEECH_ENCODERS = {
+    "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
+    "hubert": (HubertConfig, HubertModel),
+    "wavlm": (WavLMConfig, WavLMModel),
+}
+# WavLM's gated relative-position attention has no SDPA version in transformers.
+EAGER_ONLY = {"wavlm"}
+
+ROBERTA_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as in roberta-base
+TINY_TEXT_MAX_TOKENS = 128
+# Sentence frames that show the BPE trainer every lexicon word sentence-initial and
+# mid-sentence (byte-level BPE sees the leading space), in lower, title and upper case.
+SENTENCE_FRAMES = ["{w}", "{W}.", "{U}!", "I said {w}.", "Well, {W}, you know?", "Oh {U}!"]
+
+
+def tiny_speech_encoder_config(kind: str = "wav2vec2", **overrides):
+    """Config of a tiny wav2vec2, HuBERT or WavLM, all with wav2vec2-base's architecture choices."""
+    if kind not in SPEECH_ENCODERS:
+        raise ValueError(f"unknown speech encoder {kind!r}; choose one of {sorted(SPEECH_ENCODERS)}")
+    config_class, _ = SPEECH_ENCODERS[kind]
+    attention = "eager" if kind in EAGER_ONLY else "sdpa"
+    return config_class(**{**TINY_SPEECH_SIZES, "attn_implementation": attention, **overrides})
+
+
+def tiny_speech_encoder(kind: str = "wav2vec2", **overrides):
+    """A randomly initialised tiny speech encoder of the given kind."""
+    config = tiny_speech_encoder_config(kind, **overrides)
+    _, model_class = SPEECH_ENCODERS[kind]
+    return model_class(config)
+
+
+def tiny_wav2vec2_config(**overrides) -> Wav2Vec2Config:
+    return tiny_speech_encoder_config("wav2vec2", **overrides)
+
+
+def tiny_roberta_config(**overrides) -> RobertaConfig:
+    """RoBERTa at the tiny sizes. As in roberta-base, positions start after the padding
+    index, so max_position_embeddings is the token limit plus 2."""
+    settings = dict(
+        TINY_SIZES,
+        vocab_size=1024,
+        max_position_embeddings=TINY_TEXT_MAX_TOKENS + 2,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+        attn_implementation="sdpa",
+    )
+    return RobertaConfig(**{**settings, **overrides})
+
+
+def wav2vec2_feature_extractor() -> Wav2Vec2FeatureExtractor:
+    """The feature extractor of wav2vec2-base: 16 kHz, per-utterance zero-mean unit-variance,
+    zero padding and no attention mask (its group-norm feature encoder must not get one)."""
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+    )
+
+
+def char_ctc_tokenizer() -> Wav2Vec2CTCTokenizer:
+    """The 32-symbol character tokenizer of the CTC head (`<pad>`=0 is the blank, `|` the space)."""
+    return Wav2Vec2CTCTokenizer(
+        str(CHAR_VOCAB_PATH),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        word_delimiter_token="|",
+        do_lower_case=False,
+    )
+
+
+def tiny_bpe_corpus() -> list[str]:
+    """Training text for the tiny BPE: every lexicon word in every sentence frame."""
+    return [
+        frame.format(w=word, W=word.capitalize(), U=word.upper())
+        for word in all_words()
+        for frame in SENTENCE_FRAMES
+    ]
+
+
+def train_roberta_tokenizer(vocab_size: int = 1024) -> RobertaTokenizerFast:
+    """Byte-level BPE trained on the synthetic lexicon. Its alphabet is all 256 bytes, so
+    any text tokenizes without `<unk>`. The lexicon saturates it below `vocab_size`, so
+    each lexicon word becomes one token (contractions two, as in roberta-base)."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=ROBERTA_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(tiny_bpe_corpus(), trainer=trainer)
+    trained = json.loads(bpe.to_str())["model"]
+    # RobertaTokenizerFast adds roberta-base's pre-tokenizer, decoder and `<s> ... </s>` template.
+    return RobertaTokenizerFast(
+        vocab=trained["vocab"],
+        merges=[tuple(merge) for merge in trained["merges"]],
+        model_max_length=TINY_TEXT_MAX_TOKENS,
+    )
+
+
+def make_tiny_models(out_dir, seed: int = 0) -> dict[str, Path]:
+    """Write `out_dir/wav2vec2` and `out_dir/roberta`; the same seed gives the same weights."""
+    out_dir = Path(out_dir)
+    paths = {"wav2vec2": out_dir / "wav2vec2", "roberta": out_dir / "roberta"}
+    tokenizer = train_roberta_tokenizer()
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state untouched
+        torch.manual_seed(seed)
+        wav2vec2 = tiny_speech_encoder("wav2vec2")
+        roberta = RobertaModel(tiny_roberta_config(vocab_size=len(tokenizer)))
+    wav2vec2.save_pretrained(paths["wav2vec2"])
+    wav2vec2_feature_extractor().save_pretrained(paths["wav2vec2"])
+    char_ctc_tokenizer().save_pretrained(paths["wav2vec2"])
+    roberta.save_pretrained(paths["roberta"])
+    tokenizer.save_pretrained(paths["roberta"])
+    return paths
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True, type=Path, help="folder to write wav2vec2/ and roberta/ into")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    args = parser.parse_args(argv)
+    hf_logging.disable_progress_bar()  # per-shard save/load bars say nothing here
+    for name, path in make_tiny_models(args.out, args.seed).items():
+        print(f"tiny {name}: {path}")
+
+
+if __name__ == "__main__":
+    main()
