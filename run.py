@@ -5,10 +5,8 @@ on IEMOCAP (or re-evaluate saved / published checkpoints with --eval_only).
         --data_path_audio data/audio --data_path_roberta data/roberta --save_path runs
 """
 import argparse
-import contextlib
 import json
 import logging
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +21,8 @@ from models import MODELS, ModelConfig, build_model
 from models.encoders import audio_input_spec
 from utils import runinfo
 from utils.audio import AudioError
-from utils.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from utils.checkpoint import CheckpointError, restore_model, save_checkpoint
+from utils.device import autocast, resolve_device, seed_everything
 from utils.data import (BucketBatchSampler, Collator, DataError, EmotionDataset, RandomBatchSampler,
                         load_audio, load_text_features, loso_split, read_table)
 from utils.files import atomic_path
@@ -118,25 +117,6 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
 
 
 # ---------------------------------------------------------------- set-up
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast when asked (auto: on GPU only); fp32 otherwise."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def setup_logging(run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
@@ -296,13 +276,7 @@ def evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, checkpoint_
     """Score `<checkpoint_dir>/<session>_model.pt` on the test session and write its predictions."""
     if test_idx is None:
         test_idx = corpus.table.index[corpus.table["session"] == session].to_numpy()
-    path = checkpoint_dir / f"{session}_model.pt"
-    payload = load_checkpoint(path)
-    saved_run = (payload.get("model_config") or {}).get("run", model_cfg.run)
-    if saved_run != model_cfg.run:
-        raise DataError(f"{path}: holds a {saved_run} model but --run is {model_cfg.run}; pass --run {saved_run}")
-    model = build_model(model_cfg, pretrained=False)
-    load_weights(model, payload["state_dict"], source=str(path))
+    model, payload = restore_model(checkpoint_dir / f"{session}_model.pt", model_cfg.run, model_cfg.wav2vec2)
     model.to(device)
     loader = make_loader(corpus, test_idx, run_cfg, False, device)
     names, y_true, y_pred, probs = predict_loader(model, loader, device, run_cfg.precision)

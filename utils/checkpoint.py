@@ -86,3 +86,27 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: str = "checkp
         lines.append("  check --run, --wav2vec2 (architecture) and the RoBERTa feature size")
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state_dict, strict=True)
+
+
+def restore_model(path, run: str | None = None, wav2vec2: str | None = None):
+    """Rebuild the model a checkpoint holds and load its weights (architecture only, no
+    pretrained download). Our checkpoints carry their ModelConfig; published ones get it
+    from `run`, `wav2vec2` and the shapes in the state dict. Returns (model, payload)."""
+    from models import ModelConfig, build_model  # models import utils; keep the cycle out of import time
+
+    payload = load_checkpoint(path)
+    saved = dict(payload.get("model_config") or {})
+    if run and saved.get("run", run) != run:
+        raise CheckpointError(f"{path}: holds a {saved['run']} model but --run is {run}; pass --run {saved['run']}")
+    if not saved and not run:
+        raise CheckpointError(f"{path}: a checkpoint without our model_config; say which model it is with --run")
+    config = ModelConfig(**{k: v for k, v in saved.items() if k in ModelConfig.__dataclass_fields__})
+    config.run = saved.get("run", run)
+    if wav2vec2:
+        config.wav2vec2 = wav2vec2
+    gate = payload["state_dict"].get("gate.weight")
+    if gate is not None:
+        config.text_dim = int(gate.shape[0])
+    model = build_model(config, pretrained=False)
+    load_weights(model, payload["state_dict"], source=str(path))
+    return model.eval(), payload

@@ -1,6 +1,7 @@
 """Results of a run: results.json / results.csv (per fold, mean, std), the printed
 table, and the confusion-matrix picture."""
 import json
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -65,3 +66,79 @@ def plot_confusion(matrix, path, title: str = "") -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- comparing runs
+def find_results(paths) -> list:
+    """results.json files under the given run folders or save folders."""
+    found = []
+    for path in map(Path, paths):
+        if (path / "results.json").is_file():
+            found.append(path / "results.json")
+        else:
+            found += sorted(path.glob("*/results.json"))
+    if not found:
+        raise FileNotFoundError(f"no results.json under {', '.join(map(str, paths))}; pass run folders "
+                                "(<save_path>/<run>) or save folders written by run.py")
+    return found
+
+
+def comparison_frame(result_files) -> pd.DataFrame:
+    """One row per run: mean and std over folds of WA, UA and macro-F1 (percent)."""
+    rows = []
+    for path in result_files:
+        results = json.loads(Path(path).read_text())
+        row = {"run": results.get("run", path.parent.name), "alpha": results.get("alpha"),
+               "folds": len(results["folds"]), "path": str(path.parent)}
+        for key in METRIC_KEYS:
+            row[key] = 100 * results["mean"][key]
+            row[f"{key}_std"] = 100 * results["std"][key]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    header = "| run | alpha | folds | WA (%) | UA (%) | macro-F1 (%) |\n|---|---|---|---|---|---|\n"
+    lines = [f"| {r.run} | {r.alpha} | {r.folds} | {r.wa:.2f} ± {r.wa_std:.2f} | {r.ua:.2f} ± {r.ua_std:.2f} "
+             f"| {r.macro_f1:.2f} ± {r.macro_f1_std:.2f} |" for r in frame.itertuples()]
+    return header + "\n".join(lines) + "\n"
+
+
+def plot_comparison(frame: pd.DataFrame, path) -> None:
+    labels = [f"{r.run}\nα={r.alpha}" if r.run != "unimodal_baseline" else r.run for r in frame.itertuples()]
+    x = np.arange(len(frame))
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(frame)), 3.8))
+    for offset, key in ((-0.2, "wa"), (0.2, "ua")):
+        ax.bar(x + offset, frame[key], 0.4, yerr=frame[f"{key}_std"], capsize=3, label=key.upper())
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("percent (mean ± std over folds)")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def compare(paths, out_dir) -> pd.DataFrame:
+    """Write comparison.csv, comparison.md and comparison.png for the runs under `paths`."""
+    frame = comparison_frame(find_results(paths))
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "comparison.csv", suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.4f")
+    atomic_write_text(out_dir / "comparison.md", markdown_table(frame))
+    plot_comparison(frame, out_dir / "comparison.png")
+    return frame
+
+
+def main(argv=None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(description="Compare runs side by side: one table and one bar chart.")
+    parser.add_argument("paths", nargs="+", help="run folders (<save_path>/<run>) or save folders")
+    parser.add_argument("--out", default=".", help="folder for comparison.{csv,md,png}")
+    args = parser.parse_args(argv)
+    frame = compare(args.paths, args.out)
+    print(markdown_table(frame))
+
+
+if __name__ == "__main__":
+    main()
