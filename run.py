@@ -1,4 +1,4 @@
-"""Train and evaluate MMER and its baselines with leave-one-session-out cross-validation
+r"""Train and evaluate MMER and its baselines with leave-one-session-out cross-validation
 on IEMOCAP (or re-evaluate saved / published checkpoints with --eval_only).
 
     python run.py --run mmer --alpha 0.1 --csv_path data/iemocap.csv \
@@ -9,26 +9,28 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
+import transformers
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models import MODELS, ModelConfig, build_model
 from models.encoders import audio_input_spec
 from utils import runinfo
 from utils.audio import AudioError
 from utils.checkpoint import CheckpointError, restore_model, save_checkpoint
-from utils.device import autocast, resolve_device, seed_everything
 from utils.data import (BucketBatchSampler, Collator, DataError, EmotionDataset, RandomBatchSampler,
                         load_audio, load_text_features, loso_split, read_table)
+from utils.device import autocast, resolve_device, seed_everything
 from utils.files import atomic_path
 from utils.labels import CLASS_NAMES
 from utils.metrics import emotion_metrics
 from utils.report import format_table, write_results
+from utils.validate import InputProblems, validate_inputs
 
 log = logging.getLogger("mmer")
 OPTIMISTIC = "test (OPTIMISTIC: the best epoch is chosen on the test session, as upstream did)"
@@ -54,10 +56,14 @@ class RunConfig:
     precision: str = "auto"
     num_workers: int = 0
     batching: str = "bucket"
+    gradient_checkpointing: bool = False
+    compile: bool = False
     eval_batch_size: int = 8
     eval_only: bool = False
     checkpoint_dir: str | None = None
+    resume: bool = False
     overwrite: bool = False
+    max_skipped_fraction: float = 0.05
     max_steps: int | None = None
     limit_utterances: int | None = None
     log_every: int = 25
@@ -73,7 +79,7 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     data.add_argument("--sessions", type=int, nargs="+", default=d.sessions, help="test sessions (folds) to run")
     data.add_argument("--dev_fraction", type=float, default=d.dev_fraction,
                       help="share of the training sessions held out for model selection "
-                           "(stratified on speaker x label)")
+                           "(stratified by speaker, then label)")
     data.add_argument("--num_workers", type=int, default=d.num_workers, help="DataLoader worker processes")
     data.add_argument("--limit_utterances", type=int, default=None,
                       help="debug: keep only the first N utterances of each session")
@@ -92,6 +98,11 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     opt.add_argument("--batching", choices=["bucket", "random"], default=d.batching,
                      help="bucket: length-grouped batches in shuffled order (less padding); random: upstream's")
     opt.add_argument("--seed", type=int, default=d.seed)
+    opt.add_argument("--gradient_checkpointing", action="store_true",
+                     help="recompute encoder activations in the backward pass (less memory, ~30%% slower)")
+    opt.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow first epoch)")
+    opt.add_argument("--max_skipped_fraction", type=float, default=d.max_skipped_fraction,
+                     help="stop when more than this share of an epoch's optimizer steps had non-finite gradients")
     ctl = p.add_argument_group("run control")
     ctl.add_argument("--save_path", default=d.save_path, help="results go to <save_path>/<run>/")
     ctl.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -102,6 +113,9 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     ctl.add_argument("--eval_batch_size", type=int, default=d.eval_batch_size)
     ctl.add_argument("--eval_only", action="store_true", help="evaluate <checkpoint_dir>/<session>_model.pt")
     ctl.add_argument("--checkpoint_dir", default=None)
+    ctl.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run in the same folder: finished folds are kept, the "
+                          "unfinished one restarts from its last completed epoch")
     ctl.add_argument("--overwrite", action="store_true", help="replace the results already in <save_path>/<run>")
     ctl.add_argument("--max_steps", type=int, default=None, help="debug: optimizer steps per epoch")
     ctl.add_argument("--log_every", type=int, default=d.log_every, help="micro-batches between progress updates")
@@ -116,15 +130,15 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     return model_cfg, run_cfg
 
 
-# ---------------------------------------------------------------- set-up
 def setup_logging(run_dir: Path) -> None:
+    """Console and <run_dir>/train.log; progress bars write through logging_redirect_tqdm."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    for handler in list(root.handlers):
-        if getattr(handler, "_mmer", False):
-            root.removeHandler(handler)
+    for handler in [h for h in root.handlers if getattr(h, "_mmer", False)]:
+        root.removeHandler(handler)
+        handler.close()
     for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / "train.log")):
         handler.setFormatter(fmt)
         handler._mmer = True
@@ -140,31 +154,32 @@ class Corpus:
 
 
 def load_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
+    """Validate every input (all problems at once), then decode the audio and read the
+    text features into memory once for all folds and epochs."""
     table = read_table(run_cfg.csv_path)
     if run_cfg.limit_utterances:
         table = table.groupby("session", group_keys=False).head(run_cfg.limit_utterances).reset_index(drop=True)
-    bad = table[table["label_index"].isna()]
-    if len(bad):
-        raise DataError(f"{run_cfg.csv_path}: labels outside neu/hap/exc/ang/sad: "
-                        f"{sorted(bad['Label'].unique())} (e.g. {bad['FileName'].iloc[0]}); filter them out")
+    uses_text = MODELS[model_cfg.run].uses_text
+    validate_inputs(table, run_cfg.sessions, run_cfg.data_path_audio,
+                    run_cfg.data_path_roberta if uses_text else None, csv_path=run_cfg.csv_path)
     table["label_index"] = table["label_index"].astype(int)
     spec = audio_input_spec(model_cfg.wav2vec2)
-    log.info("loading %d utterances (audio%s)", len(table), " + text features" if MODELS[model_cfg.run].uses_text else "")
+    log.info("loading %d utterances (audio%s)", len(table), " + text features" if uses_text else "")
     waves = load_audio(table, run_cfg.data_path_audio, spec)
     text = None
-    if MODELS[model_cfg.run].uses_text:
+    if uses_text:
         text = load_text_features(table, run_cfg.data_path_roberta)
         model_cfg.text_dim = int(text[0].shape[1])
     dataset = EmotionDataset(table["FileName"], waves, table["label_index"], table["text"], text)
     return Corpus(table, dataset, Collator(spec))
 
 
-def make_loader(corpus: Corpus, indices, run_cfg: RunConfig, train: bool, device, epoch_seed: int = 0):
+def make_loader(corpus: Corpus, indices, run_cfg: RunConfig, train: bool, device):
     subset = torch.utils.data.Subset(corpus.dataset, indices)
     lengths = corpus.dataset.lengths()[indices]
     if train:
         sampler_cls = BucketBatchSampler if run_cfg.batching == "bucket" else RandomBatchSampler
-        sampler = sampler_cls(lengths, run_cfg.batch_size, shuffle=True, seed=epoch_seed)
+        sampler = sampler_cls(lengths, run_cfg.batch_size, shuffle=True, seed=run_cfg.seed)
     else:
         sampler = BucketBatchSampler(lengths, run_cfg.eval_batch_size, shuffle=False)
     return torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=corpus.collate,
@@ -173,33 +188,50 @@ def make_loader(corpus: Corpus, indices, run_cfg: RunConfig, train: bool, device
 
 
 # ---------------------------------------------------------------- training and evaluation
+def optimizer_step(optimizer, params, skipped: torch.Tensor) -> None:
+    """Step unless some gradient is non-finite. The check stays on the device: fused AdamW
+    skips the update itself when `found_inf` is set, so no host synchronisation is needed."""
+    grads = [p.grad for p in params if p.grad is not None]
+    found_inf = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
+    optimizer.found_inf, optimizer.grad_scale = found_inf, None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    skipped += found_inf
+
+
 def train_epoch(model, loader, optimizer, run_cfg: RunConfig, device, epoch: int) -> dict:
     """One epoch with gradient accumulation. Losses stay on the device and are read back
     only every `log_every` micro-batches, so the loop does not wait on the GPU each step."""
     model.train()
-    sums = torch.zeros(3, device=device)  # total, ce, ctc
-    steps, micro = 0, 0
-    optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums = torch.zeros(4, device=device)  # total, ce, ctc, finite micro-batches
+    skipped = torch.zeros((), device=device)
+    steps = micro = audio_seconds = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, disable=None)
     for micro, batch in enumerate(bar, start=1):
+        audio_seconds += int(batch.sample_lengths.sum()) / 16000
         batch = batch.to(device, non_blocking=True)
         with autocast(device, run_cfg.precision):
             output = model(**batch.model_inputs())
         losses = model.loss(output, batch.labels, batch.ctc_targets, batch.ctc_target_lengths)
         (losses["total"] / run_cfg.accum_grad).backward()
-        sums += torch.stack([losses["total"].detach(), losses["ce"].detach(),
-                             losses.get("ctc", torch.zeros((), device=device)).detach()])
+        parts = torch.stack([losses["total"], losses["ce"], losses.get("ctc", losses["ce"] * 0)]).detach()
+        finite = torch.isfinite(parts).all()
+        sums += torch.cat([torch.where(finite, parts, 0.0), finite.float()[None]])
         if micro % run_cfg.accum_grad == 0 or micro == len(loader):
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, params, skipped)
             steps += 1
             if run_cfg.max_steps and steps >= run_cfg.max_steps:
                 break
         if micro % run_cfg.log_every == 0:
-            total, ce, ctc = (sums / micro).tolist()
-            bar.set_postfix(loss=f"{total:.3f}", ce=f"{ce:.3f}", ctc=f"{ctc:.3f}")
-    total, ce, ctc = (sums / max(micro, 1)).tolist()
-    return {"loss": total, "ce_loss": ce, "ctc_loss": ctc, "optimizer_steps": steps, "micro_batches": micro}
+            total, ce, ctc = (sums[:3] / sums[3].clamp(min=1)).tolist()
+            rate = audio_seconds / (time.perf_counter() - start)
+            bar.set_postfix_str(f"loss {total:.3f} ce {ce:.3f} ctc {ctc:.3f} | {rate:.0f} audio-s/s")
+    total, ce, ctc = (sums[:3] / sums[3].clamp(min=1)).tolist()
+    return {"loss": total, "ce_loss": ce, "ctc_loss": ctc, "optimizer_steps": steps, "micro_batches": micro,
+            "skipped_steps": int(skipped.item()), "nonfinite_micro_batches": micro - int(sums[3].item()),
+            "audio_seconds": round(audio_seconds, 2)}
 
 
 @torch.inference_mode()
@@ -233,42 +265,83 @@ def write_predictions(path: Path, names, y_true, y_pred, probs) -> None:
         frame.to_csv(tmp, index=False, float_format="%.6f")
 
 
+# ---------------------------------------------------------------- one fold
+def build_training(model_cfg: ModelConfig, run_cfg: RunConfig, device):
+    model = build_model(model_cfg).to(device)
+    if run_cfg.gradient_checkpointing:
+        model.wav2vec2.gradient_checkpointing_enable()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=run_cfg.learning_rate, fused=True)
+    return model, optimizer
+
+
 def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunConfig,
              device, run_dir: Path) -> dict:
-    """Train on the other sessions, select the best epoch, save it, and score the test session."""
+    """Train on the other sessions, keep the best epoch (on dev, or on test if asked), then
+    score it on the test session. A `<session>_last.pt` after each epoch makes it resumable."""
     seed_everything(run_cfg.seed)
     train_idx, dev_idx, test_idx = loso_split(corpus.table, session, run_cfg.dev_fraction, run_cfg.seed)
     log.info("fold %d: train %d, dev %d, test %d utterances", session, len(train_idx), len(dev_idx), len(test_idx))
-    train_loader = make_loader(corpus, train_idx, run_cfg, True, device, epoch_seed=run_cfg.seed)
+    train_loader = make_loader(corpus, train_idx, run_cfg, True, device)
     dev_loader = make_loader(corpus, dev_idx, run_cfg, False, device) if len(dev_idx) else None
     test_loader = make_loader(corpus, test_idx, run_cfg, False, device)
-    model = build_model(model_cfg).to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=run_cfg.learning_rate, fused=device.type == "cuda")
-    best_score, best_epoch = -1.0, 0
-    stats_path = run_dir / f"{session}_stats.txt"
-    for epoch in range(1, run_cfg.epochs + 1):
+    model, optimizer = build_training(model_cfg, run_cfg, device)
+
+    def save_best(record):  # the fold's selected model, with the metrics it was chosen by
+        save_checkpoint(run_dir / f"{session}_model.pt", model, model_config=model_cfg.to_dict(), session=session,
+                        epoch=record["epoch"], selected_on=run_cfg.select_on,
+                        metrics={"dev": record["dev"], "test": record["test"]})
+
+    state = runinfo.FoldState.restore(run_dir, session, model, optimizer, save_best) if run_cfg.resume else None
+    state = state or runinfo.FoldState(session=session)
+    forward = torch.compile(model) if run_cfg.compile else model
+    for epoch in range(state.epoch + 1, run_cfg.epochs + 1):
         start = time.perf_counter()
         train_loader.batch_sampler.set_epoch(epoch)
-        record = {"epoch": epoch, **train_epoch(model, train_loader, optimizer, run_cfg, device, epoch)}
-        record["dev"] = evaluate(model, dev_loader, device, run_cfg.precision) if dev_loader else None
-        record["test"] = evaluate(model, test_loader, device, run_cfg.precision)
-        score = record["dev" if run_cfg.select_on == "dev" else "test"]["ua"]
+        record = {"epoch": epoch, **train_epoch(forward, train_loader, optimizer, run_cfg, device, epoch)}
+        check_skipped(record, run_cfg, session)
+        record["dev"] = evaluate(forward, dev_loader, device, run_cfg.precision) if dev_loader else None
+        record["test"] = evaluate(forward, test_loader, device, run_cfg.precision)
         record["selected_on"] = run_cfg.select_on
-        if score > best_score:
-            best_score, best_epoch = score, epoch
-            save_checkpoint(run_dir / f"{session}_model.pt", model, model_config=model_cfg.to_dict(),
-                            session=session, epoch=epoch, metrics={"dev": record["dev"], "test": record["test"]},
-                            selected_on=run_cfg.select_on)
-        record["best_epoch"] = best_epoch
+        score = record["dev" if run_cfg.select_on == "dev" else "test"]["ua"]
+        improved = score > state.best_score
+        if improved:
+            state.best_score, state.best_epoch = score, epoch
+        state.epoch = epoch
+        record["best_epoch"] = state.best_epoch
         record["seconds"] = round(time.perf_counter() - start, 3)
-        with open(stats_path, "a") as stats:
-            stats.write(json.dumps(record) + "\n")
-        log.info("fold %d epoch %d: loss %.4f (ce %.4f, ctc %.4f) dev UA %s test UA %.4f%s", session, epoch,
-                 record["loss"], record["ce_loss"], record["ctc_loss"],
-                 f"{record['dev']['ua']:.4f}" if record["dev"] else "-", record["test"]["ua"],
-                 " *" if best_epoch == epoch else "")
-    return evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, run_dir, run_dir, test_idx)
+        # last.pt first: whatever a kill interrupts after it, restore() can redo from it
+        state.save(run_dir, model, optimizer, record)
+        if improved:
+            save_best(record)
+        log_epoch(session, record)
+    return finish_fold(session, corpus, model_cfg, run_cfg, device, run_dir, test_idx)
+
+
+def check_skipped(record: dict, run_cfg: RunConfig, session: int) -> None:
+    if record["skipped_steps"]:
+        log.warning("fold %d epoch %d: %d optimizer step(s) skipped for non-finite gradients", session,
+                    record["epoch"], record["skipped_steps"])
+    if record["skipped_steps"] > run_cfg.max_skipped_fraction * max(record["optimizer_steps"], 1):
+        raise runinfo.DivergedError(
+            f"fold {session} epoch {record['epoch']}: {record['skipped_steps']} of {record['optimizer_steps']} "
+            f"optimizer steps had non-finite gradients (limit {run_cfg.max_skipped_fraction:.0%}); the run "
+            "diverged, so no model of this epoch is saved. Lower --learning_rate, or check the inputs "
+            "(utterances with targets longer than the audio are skipped by CTC's zero_infinity)")
+
+
+def log_epoch(session: int, record: dict) -> None:
+    dev = f"{record['dev']['ua']:.4f}" if record["dev"] else "-"
+    log.info("fold %d epoch %d: loss %.4f (ce %.4f, ctc %.4f) dev UA %s test UA %.4f%s [%.1fs]", session,
+             record["epoch"], record["loss"], record["ce_loss"], record["ctc_loss"], dev, record["test"]["ua"],
+             " *" if record["best_epoch"] == record["epoch"] else "", record["seconds"])
+
+
+def finish_fold(session, corpus, model_cfg, run_cfg, device, run_dir: Path, test_idx) -> dict:
+    """Score the best checkpoint on the test session, record the fold as finished."""
+    metrics = evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, run_dir, run_dir, test_idx)
+    runinfo.finish_fold(run_dir, session, metrics)
+    return metrics
 
 
 def evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, checkpoint_dir: Path, run_dir: Path,
@@ -289,31 +362,43 @@ def evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, checkpoint_
 # ---------------------------------------------------------------- main
 def main(argv=None) -> dict:
     model_cfg, run_cfg = parse_args(argv)
+    transformers.logging.disable_progress_bar()
     run_dir = Path(run_cfg.save_path) / model_cfg.run
-    runinfo.claim_run_dir(run_dir, overwrite=run_cfg.overwrite)
+    runinfo.claim_run_dir(run_dir, model_cfg, run_cfg)
     setup_logging(run_dir)
     device = resolve_device(run_cfg.device)
     log.info("run %s on %s (precision %s), sessions %s", model_cfg.run, device, run_cfg.precision, run_cfg.sessions)
     corpus = load_corpus(model_cfg, run_cfg)
     runinfo.write_config(run_dir, model_cfg, run_cfg)
     fold_metrics = {}
-    for session in run_cfg.sessions:
-        if run_cfg.eval_only:
-            fold_metrics[session] = evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device,
-                                                        Path(run_cfg.checkpoint_dir), run_dir)
-        else:
-            fold_metrics[session] = run_fold(session, corpus, model_cfg, run_cfg, device, run_dir)
-    selection = OPTIMISTIC if run_cfg.select_on == "test" else "dev split of the training sessions"
+    with logging_redirect_tqdm():
+        for session in run_cfg.sessions:
+            if run_cfg.eval_only:
+                fold_metrics[session] = evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device,
+                                                            Path(run_cfg.checkpoint_dir), run_dir)
+            elif run_cfg.resume and runinfo.finished_fold(run_dir, session):
+                log.info("fold %d: finished in an earlier run, kept", session)
+                fold_metrics[session] = runinfo.finished_fold(run_dir, session)
+            else:
+                fold_metrics[session] = run_fold(session, corpus, model_cfg, run_cfg, device, run_dir)
+    return report(run_dir, fold_metrics, model_cfg, run_cfg)
+
+
+def report(run_dir: Path, fold_metrics: dict, model_cfg: ModelConfig, run_cfg: RunConfig) -> dict:
+    if run_cfg.eval_only:
+        selection = f"re-evaluated checkpoints from {run_cfg.checkpoint_dir}"
+    else:
+        selection = OPTIMISTIC if run_cfg.select_on == "test" else "dev split of the training sessions"
     results = write_results(run_dir, fold_metrics, {"run": model_cfg.run, "alpha": model_cfg.alpha,
                                                     "selection": selection, "eval_only": run_cfg.eval_only})
-    title = f"{model_cfg.run} (alpha {model_cfg.alpha}), best epoch chosen on {selection}"
-    print(format_table(fold_metrics, title))
+    print(format_table(fold_metrics, f"{model_cfg.run} (alpha {model_cfg.alpha}); best epoch: {selection}"))
     return results
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (DataError, AudioError, CheckpointError, runinfo.RunDirError, OSError) as err:
+    except (DataError, InputProblems, AudioError, CheckpointError, runinfo.RunDirError,
+            runinfo.DivergedError, OSError) as err:
         logging.getLogger("mmer").error("%s", err)
         sys.exit(2)

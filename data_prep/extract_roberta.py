@@ -16,6 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from utils.device import resolve_device  # noqa: E402
 from utils.files import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -28,18 +29,12 @@ class TextFeatureError(ValueError):
     """Bad input to the extraction; the message names the file and the fix."""
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto` is cuda when available, else cpu; asking for cuda without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TextFeatureError(f"--device {device} asked for, but torch sees no CUDA GPU; use --device cpu")
-    return torch.device(device)
-
-
 def load_text_encoder(name_or_path, device) -> tuple:
     """Tokenizer and model (eval mode, on `device`) from a save_pretrained folder or a hub name."""
-    device = resolve_device(str(device))  # before the slow load, so a bad --device fails at once
+    try:  # before the slow load, so a bad --device fails at once
+        device = resolve_device(str(device))
+    except ValueError as err:
+        raise TextFeatureError(str(err)) from err
     source = str(name_or_path)
     looks_local = Path(source).exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
     if looks_local and not (Path(source).expanduser() / "config.json").is_file():

@@ -181,11 +181,11 @@ def test_missing_model_folder_says_to_pass_a_save_pretrained_folder(tmp_path):
         load_text_encoder(tmp_path / "no_such_model", "cpu")
 
 
-def test_device_auto_picks_cuda_only_when_available():
+def test_device_auto_picks_cuda_only_when_available(roberta):
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(TextFeatureError, match="no CUDA GPU"):
-            resolve_device("cuda")
+        with pytest.raises(TextFeatureError, match="CUDA is not available"):
+            load_text_encoder(roberta, "cuda")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

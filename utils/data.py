@@ -83,10 +83,15 @@ def speaker_of(file_name: str) -> str:
 # ---------------------------------------------------------------- features
 def load_audio(table: pd.DataFrame, audio_dir, spec: AudioInputSpec, show_progress=True) -> list[np.ndarray]:
     """Decode, resample and normalise every utterance once; kept in memory for all epochs."""
-    audio_dir = Path(audio_dir)
+    paths = [Path(audio_dir) / f"{name}.wav" for name in table["FileName"]]
+    return load_waves(paths, spec, show_progress)
+
+
+def load_waves(paths, spec: AudioInputSpec, show_progress=True) -> list[np.ndarray]:
+    """Any audio files -> the encoder's input: resampled, mono, normalised as its extractor says."""
     waves = []
-    for name in tqdm(table["FileName"], desc="audio", disable=not show_progress, leave=False):
-        samples = read_audio(audio_dir / f"{name}.wav", spec.sampling_rate)
+    for path in tqdm(paths, desc="audio", disable=None if show_progress else True, leave=False):
+        samples = read_audio(path, spec.sampling_rate)
         waves.append(normalize(samples) if spec.do_normalize else samples)
     return waves
 
@@ -95,7 +100,7 @@ def load_text_features(table: pd.DataFrame, roberta_dir, show_progress=True) -> 
     """One [T, H] float32 array per utterance from `<FileName>.npy` ([1, T, H] accepted)."""
     roberta_dir = Path(roberta_dir)
     features = []
-    for name in tqdm(table["FileName"], desc="text features", disable=not show_progress, leave=False):
+    for name in tqdm(table["FileName"], desc="text features", disable=None if show_progress else True, leave=False):
         features.append(read_text_feature(roberta_dir / f"{name}.npy"))
     return features
 
@@ -113,13 +118,14 @@ def read_text_feature(path: Path) -> np.ndarray:
 
 # ---------------------------------------------------------------- dataset and batches
 class EmotionDataset(torch.utils.data.Dataset):
-    """Items of the in-memory corpus; text may be None for the audio-only variants."""
+    """Items of the in-memory corpus; text may be None for the audio-only variants. Without
+    labels or transcripts (prediction) the items get label -1 and an empty CTC target."""
 
-    def __init__(self, names, waves, labels, transcripts, text_features=None):
+    def __init__(self, names, waves, labels=None, transcripts=None, text_features=None):
         self.names = list(names)
         self.waves = waves
-        self.labels = list(labels)
-        self.targets = [ctc_target_ids(t) for t in transcripts]
+        self.labels = list(labels) if labels is not None else [-1] * len(self.names)
+        self.targets = [ctc_target_ids(t) for t in transcripts] if transcripts is not None else [[]] * len(self.names)
         self.text_features = text_features
 
     def __len__(self):

@@ -5,14 +5,17 @@ import logging
 import platform
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
-RESULT_PATTERNS = ("*_model.pt", "*_stats.txt", "*_predictions.csv", "results.json", "results.csv",
+RESULT_PATTERNS = ("*_model.pt", "*_last.pt", "*_result.json", "*_stats.txt", "*_predictions.csv", "results.json", "results.csv",
                    "confusion_matrix.png", "config.json", "train.log")
 PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "pandas", "soundfile", "soxr")
 
@@ -21,22 +24,137 @@ class RunDirError(RuntimeError):
     """The save folder holds another run's files."""
 
 
+class DivergedError(RuntimeError):
+    """Too many optimizer steps had non-finite gradients."""
+
+
+# Settings that do not change what a run computes; a resumed run may differ in these.
+NOT_IDENTITY = {"sessions", "num_workers", "overwrite", "resume", "log_every", "device", "eval_only",
+                "checkpoint_dir", "tensorboard"}
+
+
 def existing_results(run_dir: Path) -> list[Path]:
     return sorted(p for pattern in RESULT_PATTERNS for p in run_dir.glob(pattern))
 
 
-def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """A run folder with files of an earlier run is refused unless overwrite, in which case
-    exactly those files are removed (and said so) before anything new is written."""
+def config_differences(run_dir: Path, model_cfg, run_cfg) -> list[str]:
+    """Settings in which this run differs from the one recorded in run_dir/config.json."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return []
+    saved = json.loads(path.read_text())
+    now = {"model": asdict(model_cfg), "run": asdict(run_cfg)}
+    diffs = []
+    for part in ("model", "run"):
+        for key in sorted(set(saved.get(part, {})) | set(now[part])):
+            if key in NOT_IDENTITY or key == "text_dim":
+                continue
+            old, new = saved.get(part, {}).get(key), now[part].get(key)
+            if old != new:
+                diffs.append(f"--{key}: {old!r} then, {new!r} now")
+    return diffs
+
+
+def claim_run_dir(run_dir: Path, model_cfg, run_cfg) -> None:
+    """A folder with an earlier run's files is refused unless --resume (same configuration)
+    or --overwrite (exactly those files are removed, and it is said)."""
     found = existing_results(run_dir)
     if not found:
         return
-    if not overwrite:
-        raise RunDirError(f"{run_dir}: holds the files of an earlier run ({', '.join(p.name for p in found[:4])}"
-                          f"{'...' if len(found) > 4 else ''}); pass another --save_path, or --overwrite to replace them")
-    for path in found:
-        path.unlink()
-    print(f"--overwrite: removed {len(found)} files of the earlier run in {run_dir}", file=sys.stderr)
+    if run_cfg.overwrite:
+        for path in found:
+            path.unlink()
+        print(f"--overwrite: removed {len(found)} files of the earlier run in {run_dir}", file=sys.stderr)
+        return
+    if run_cfg.resume:
+        diffs = config_differences(run_dir, model_cfg, run_cfg)
+        if diffs:
+            raise RunDirError(f"{run_dir}: --resume refused, the earlier run there used other settings "
+                              f"({'; '.join(diffs)}); rerun with its settings, or use --overwrite / another --save_path")
+        return
+    names = ", ".join(p.name for p in found[:4]) + ("..." if len(found) > 4 else "")
+    raise RunDirError(f"{run_dir}: holds the files of an earlier run ({names}); pass --resume to continue it, "
+                      "--overwrite to replace it, or another --save_path")
+
+
+# ---------------------------------------------------------------- resumable folds
+@dataclass
+class FoldState:
+    """Where a fold stands after its last completed epoch."""
+    session: int
+    epoch: int = 0
+    best_epoch: int = 0
+    best_score: float = -1.0
+
+    def save(self, run_dir: Path, model, optimizer, record: dict) -> None:
+        """`<session>_last.pt` (weights, optimizer, RNG, this state and the epoch's record)
+        atomically, then the record's line in `<session>_stats.txt`."""
+        save_checkpoint(run_dir / f"{self.session}_last.pt", model, optimizer=optimizer.state_dict(),
+                        fold_state=asdict(self), record=record, rng=rng_state())
+        with open(run_dir / f"{self.session}_stats.txt", "a") as stats:
+            stats.write(json.dumps(record) + "\n")
+
+    @classmethod
+    def restore(cls, run_dir: Path, session: int, model, optimizer, save_best) -> "FoldState | None":
+        """Load `<session>_last.pt` into model and optimizer; make the stats file and the best
+        checkpoint agree with it (a kill may have come between the writes). None: start afresh."""
+        path = run_dir / f"{session}_last.pt"
+        if not path.is_file():
+            rewrite_stats(run_dir / f"{session}_stats.txt", [])
+            return None
+        payload = load_checkpoint(path)
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(payload["optimizer"])
+        set_rng_state(payload["rng"])
+        state, record = cls(**payload["fold_state"]), payload["record"]
+        stats_path = run_dir / f"{session}_stats.txt"
+        rewrite_stats(stats_path, [r for r in read_stats(stats_path) if r["epoch"] < state.epoch] + [record])
+        best = run_dir / f"{session}_model.pt"
+        if state.best_epoch == state.epoch and (not best.is_file() or load_checkpoint(best).get("epoch") != state.epoch):
+            save_best(model, record)
+        log.info("fold %d: resumed after epoch %d (best epoch %d)", session, state.epoch, state.best_epoch)
+        return state
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_stats(path: Path) -> list[dict]:
+    """Complete JSON lines only: a line cut by a kill is dropped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def rewrite_stats(path: Path, records: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def finish_fold(run_dir: Path, session: int, metrics: dict) -> None:
+    """Record the fold's test metrics; its `last` checkpoint is no longer needed."""
+    atomic_write_text(run_dir / f"{session}_result.json", json.dumps(metrics) + "\n")
+    (run_dir / f"{session}_last.pt").unlink(missing_ok=True)
+
+
+def finished_fold(run_dir: Path, session: int) -> dict | None:
+    path = run_dir / f"{session}_result.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def git_commit() -> str | None:

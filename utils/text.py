@@ -28,5 +28,9 @@ def ctc_target_ids(text: str) -> list[int]:
 
 
 def greedy_decode(frame_ids) -> str:
-    """Best-path decoding of per-frame argmax ids: merge repeats, drop blanks, `|` -> space."""
-    return ctc_tokenizer().decode(list(frame_ids))
+    """Best-path decoding of per-frame argmax ids: merge repeats, drop blanks, `|` -> space.
+    <s>, </s> and <unk> are never CTC targets, so a frame predicting one reads as a blank."""
+    tokenizer = ctc_tokenizer()
+    specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id}
+    ids = [tokenizer.pad_token_id if i in specials else int(i) for i in frame_ids]
+    return tokenizer.decode(ids)

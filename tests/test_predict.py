@@ -1,0 +1,238 @@
+"""predict.py on tiny encoders: the same numbers as the training forward, any sample rate and
+channel count, the CTC transcript when none is given, single-session and ensemble
+checkpoints, wav/folder/csv inputs, json/csv outputs, and one-line errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+import predict
+from data_prep.extract_roberta import embed_texts, load_text_encoder
+from data_prep.make_tiny_models import make_tiny_models
+from models import ModelConfig, build_model
+from models.encoders import audio_input_spec
+from utils.checkpoint import save_checkpoint
+from utils.data import Collator, EmotionDataset, load_audio
+from utils.labels import CLASS_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+PROB_COLUMNS = [f"prob_{name}" for name in CLASS_NAMES]
+TRANSCRIPTS = {"calm": "I think we should talk about it tomorrow.", "loud": "Oh no, not again!"}
+
+
+def tone(seconds: float, sr: int, pitch: float) -> np.ndarray:
+    """A band-limited voiced sound (harmonics under 4 kHz, slow loudness contour): the same
+    continuous signal whatever the sample rate it is sampled at."""
+    t = np.arange(int(seconds * sr)) / sr
+    harmonics = sum(np.sin(2 * np.pi * k * pitch * t) / k for k in range(1, int(4000 // pitch)))
+    return (0.3 * (1 + 0.5 * np.sin(2 * np.pi * 1.5 * t)) * harmonics / 3).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Tiny encoders, two mmer sessions and one cai_sota session saved like run.py does, and wavs."""
+    root = tmp_path_factory.mktemp("predict")
+    tiny = make_tiny_models(root / "tiny", seed=0)
+    models = {}
+    for run, session in (("mmer", 1), ("mmer", 2), ("cai_sota", 1)):
+        torch.manual_seed(10 * session)
+        model = build_model(ModelConfig(run=run, wav2vec2=str(tiny["wav2vec2"]), text_dim=64)).eval()
+        save_checkpoint(root / run / f"{session}_model.pt", model, model_config=model.config.to_dict(),
+                        session=session, epoch=1)
+        models[run, session] = model
+    (root / "mmer" / "config.json").write_text(json.dumps({"run": {"roberta": str(tiny["roberta"])}}))
+    audio = root / "audio"
+    audio.mkdir()
+    sf.write(audio / "calm.wav", tone(0.7, 16000, 150), 16000)
+    sf.write(audio / "loud.wav", tone(0.45, 16000, 260), 16000)
+    return {"root": root, "tiny": tiny, "models": models, "audio": audio}
+
+
+def inputs_of(setup, names, with_transcripts=True) -> pd.DataFrame:
+    return pd.DataFrame({"path": [str(setup["audio"] / f"{n}.wav") for n in names],
+                         "transcript": [TRANSCRIPTS[n] if with_transcripts else None for n in names]})
+
+
+def run_predict(setup, inputs, run="mmer", **kwargs) -> pd.DataFrame:
+    models = predict.load_models(setup["root"] / run, **kwargs)
+    return predict.predict_files(inputs, models, roberta=str(setup["tiny"]["roberta"]), batch_size=4)
+
+
+def training_output(setup, model, names, transcripts=None):
+    """The model's output as run.py computes it: utils.data's loading, features and Collator."""
+    table = pd.DataFrame({"FileName": names})
+    spec = audio_input_spec(model.config.wav2vec2)
+    waves = load_audio(table, setup["audio"], spec, show_progress=False)
+    text = None
+    if transcripts is not None:
+        tokenizer, encoder = load_text_encoder(setup["tiny"]["roberta"], "cpu")
+        text = embed_texts(transcripts, tokenizer, encoder)
+    dataset = EmotionDataset(names, waves, [0] * len(names), transcripts or [""] * len(names), text)
+    batch = Collator(spec)([dataset[i] for i in range(len(names))])
+    with torch.no_grad():
+        return model(**batch.model_inputs())
+
+
+def training_forward(setup, model, names, transcripts=None) -> np.ndarray:
+    return torch.softmax(training_output(setup, model, names, transcripts).logits, dim=-1).numpy()
+
+
+def test_prediction_with_transcript_equals_training_forward(setup):
+    names = ["calm", "loud"]
+    result = run_predict(setup, inputs_of(setup, names), session="1")
+    expected = training_forward(setup, setup["models"]["mmer", 1], names, [TRANSCRIPTS[n] for n in names])
+    np.testing.assert_allclose(result[PROB_COLUMNS].to_numpy(), expected, atol=1e-5)
+    assert list(result["predicted_label"]) == [CLASS_NAMES[i] for i in expected.argmax(axis=1)]
+    assert list(result["transcript_source"]) == ["given", "given"]
+
+
+def test_44k_stereo_recording_predicts_like_its_16k_mono_version(setup, tmp_path):
+    mono = tone(0.6, 16000, 180)
+    wide = tone(0.6, 44100, 180)
+    difference = 0.05 * np.sin(2 * np.pi * 500 * np.arange(len(wide)) / 44100).astype(np.float32)
+    sf.write(tmp_path / "mono16k.wav", mono, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "stereo44k.wav", np.stack([wide + difference, wide - difference], axis=1), 44100,
+             subtype="FLOAT")
+    inputs = pd.DataFrame({"path": [str(tmp_path / "mono16k.wav"), str(tmp_path / "stereo44k.wav")],
+                           "transcript": ["Oh no, not again!"] * 2})
+    result = run_predict(setup, inputs, session="1")
+    assert result["predicted_label"].nunique() == 1
+    np.testing.assert_allclose(result[PROB_COLUMNS].iloc[1], result[PROB_COLUMNS].iloc[0], atol=2e-3)
+
+
+def test_missing_transcript_comes_from_the_models_ctc_head(setup):
+    names = ["calm", "loud"]
+    result = run_predict(setup, inputs_of(setup, names, with_transcripts=False), session="1")
+    assert list(result["transcript_source"]) == ["ctc", "ctc"]
+    assert list(result["transcript"]) == list(result["ctc_transcript"])
+    expected = training_forward(setup, setup["models"]["mmer", 1], names, list(result["transcript"]))
+    np.testing.assert_allclose(result[PROB_COLUMNS].to_numpy(), expected, atol=1e-5)
+
+
+def test_ctc_decoding_merges_repeats_and_reads_special_tokens_as_blanks():
+    # frames: blank A A blank A | <s> O </s> <unk> blank, then one frame past the valid length
+    frame_ids = [0, 7, 7, 0, 7, 4, 1, 8, 2, 3, 0, 9]
+    logits = torch.nn.functional.one_hot(torch.tensor([frame_ids]), 32).float()
+    assert predict.decode_ctc(logits, torch.tensor([11])) == ["AA O"]
+
+
+def test_audio_only_model_needs_no_text_and_reports_its_ctc_transcript(setup):
+    names = ["calm", "loud"]
+    models = predict.load_models(setup["root"] / "cai_sota")
+    result = predict.predict_files(inputs_of(setup, names), models,
+                                   roberta=str(setup["root"] / "no_text_encoder_here"))
+    assert list(result["transcript_source"]) == ["none", "none"]
+    expected = training_output(setup, setup["models"]["cai_sota", 1], names)
+    np.testing.assert_allclose(result[PROB_COLUMNS].to_numpy(), torch.softmax(expected.logits, -1), atol=1e-5)
+    assert list(result["ctc_transcript"]) == predict.decode_ctc(expected.ctc_logits, expected.frame_lengths)
+
+
+def test_session_flag_picks_that_checkpoint_and_default_is_the_first(setup):
+    folder = setup["root"] / "mmer"
+    assert list(predict.load_models(folder, session="2")) == [folder / "2_model.pt"]
+    assert list(predict.load_models(folder)) == [folder / "1_model.pt"]
+    restored = predict.load_models(folder, session="2")[folder / "2_model.pt"]
+    torch.testing.assert_close(restored.classifier.weight, setup["models"]["mmer", 2].classifier.weight)
+
+
+def test_ensemble_is_the_mean_of_the_session_probabilities(setup):
+    inputs = inputs_of(setup, ["loud"])
+    per_session = [run_predict(setup, inputs, session=s)[PROB_COLUMNS].to_numpy() for s in ("1", "2")]
+    assert not np.allclose(per_session[0], per_session[1])
+    ensemble = run_predict(setup, inputs, ensemble=True)[PROB_COLUMNS].to_numpy()
+    np.testing.assert_allclose(ensemble, np.mean(per_session, axis=0), atol=1e-6)
+
+
+def test_batch_size_one_scores_each_file_as_if_alone(setup):
+    """wav2vec2-base takes no attention mask, so only unpadded batches make a file's result
+    independent of the other files."""
+    models = predict.load_models(setup["root"] / "cai_sota")
+    together = predict.predict_files(inputs_of(setup, ["calm", "loud"]), models, batch_size=1)
+    alone = predict.predict_files(inputs_of(setup, ["loud"]), models, batch_size=1)  # the shorter one
+    np.testing.assert_allclose(together[PROB_COLUMNS].iloc[1], alone[PROB_COLUMNS].iloc[0], atol=1e-6)
+
+
+def test_folder_input_lists_its_wavs_sorted(setup, tmp_path):
+    for name in ("b.wav", "a.wav"):
+        sf.write(tmp_path / name, tone(0.2, 16000, 200), 16000)
+    (tmp_path / "notes.txt").write_text("not audio")
+    inputs = predict.collect_inputs([tmp_path])
+    assert list(inputs["path"]) == [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]
+    assert inputs["transcript"].isna().all()
+
+
+def test_csv_input_resolves_filenames_and_reads_transcripts(setup, tmp_path):
+    iemocap_like = tmp_path / "utterances.csv"
+    pd.DataFrame({"FileName": ["calm", "loud"], "Sentences": [TRANSCRIPTS["calm"], ""]}).to_csv(iemocap_like)
+    inputs = predict.collect_inputs([iemocap_like], audio_dir=setup["audio"])
+    assert list(inputs["path"]) == [str(setup["audio"] / "calm.wav"), str(setup["audio"] / "loud.wav")]
+    assert list(inputs["transcript"]) == [TRANSCRIPTS["calm"], None]  # an empty cell: transcribe it
+
+    (tmp_path / "clips").mkdir()
+    sf.write(tmp_path / "clips" / "x.wav", tone(0.2, 16000, 200), 16000)
+    listed = tmp_path / "listed.csv"
+    pd.DataFrame({"path": ["clips/x.wav"], "transcript": ["hello"]}).to_csv(listed, index=False)
+    inputs = predict.collect_inputs([listed])  # relative to the csv's own folder
+    assert list(inputs["path"]) == [str(tmp_path / "clips" / "x.wav")]
+    assert list(inputs["transcript"]) == ["hello"]
+
+
+def test_cli_subprocess_writes_json_with_the_recorded_text_encoder(setup, tmp_path):
+    """No --roberta: the text encoder recorded in the run's config.json is used."""
+    out = tmp_path / "predictions.json"
+    command = [sys.executable, str(REPO / "predict.py"), "--checkpoint_dir", str(setup["root"] / "mmer"),
+               str(setup["audio"] / "calm.wav"), "--transcript", TRANSCRIPTS["calm"], "--output", str(out),
+               "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "calm.wav" in done.stdout
+    written = json.loads(out.read_text())
+    assert written["run"] == "mmer" and written["checkpoints"][0].endswith("1_model.pt")
+    assert written["class_names"] == list(CLASS_NAMES)
+    row = written["predictions"][0]
+    assert row["transcript_source"] == "given" and row["transcript"] == TRANSCRIPTS["calm"]
+    assert sum(row[c] for c in PROB_COLUMNS) == pytest.approx(1.0, abs=1e-5)
+    expected = training_forward(setup, setup["models"]["mmer", 1], ["calm"], [TRANSCRIPTS["calm"]])[0]
+    assert [row[c] for c in PROB_COLUMNS] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_cli_writes_csv_for_a_folder_with_the_ensemble(setup, tmp_path):
+    out = tmp_path / "predictions.csv"
+    predict.main(["--checkpoint_dir", str(setup["root"] / "cai_sota"), "--ensemble", str(setup["audio"]),
+                  "--output", str(out), "--device", "cpu"])
+    written = pd.read_csv(out, keep_default_na=False)
+    assert list(written["file"]) == [str(setup["audio"] / "calm.wav"), str(setup["audio"] / "loud.wav")]
+    assert set(written["predicted_label"]) <= set(CLASS_NAMES)
+    np.testing.assert_allclose(written[PROB_COLUMNS].sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_dir", "checkpoint folder not found"),
+    ("empty_dir", "no <session>_model.pt checkpoints"),
+    ("csv_without_path", "no path column"),
+    ("missing_audio", "audio not found"),
+    ("wrong_run", "pass --run mmer"),
+    ("unknown_session", "sessions there: 1, 2"),
+])
+def test_bad_inputs_get_a_one_line_error_naming_the_fix(setup, tmp_path, case, message):
+    wav = str(setup["audio"] / "calm.wav")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.csv").write_text("name,words\ncalm,hello\n")
+    pd.DataFrame({"path": ["gone.wav"]}).to_csv(tmp_path / "listed.csv", index=False)
+    argv = {
+        "missing_dir": ["--checkpoint_dir", str(tmp_path / "nowhere"), wav],
+        "empty_dir": ["--checkpoint_dir", str(tmp_path / "empty"), wav],
+        "csv_without_path": ["--checkpoint_dir", str(setup["root"] / "mmer"), str(tmp_path / "bad.csv")],
+        "missing_audio": ["--checkpoint_dir", str(setup["root"] / "mmer"), str(tmp_path / "listed.csv")],
+        "wrong_run": ["--checkpoint_dir", str(setup["root"] / "mmer"), "--run", "cai_sota", wav],
+        "unknown_session": ["--checkpoint_dir", str(setup["root"] / "mmer"), "--session", "7", wav],
+    }[case]
+    with pytest.raises(SystemExit, match=message) as error:
+        predict.main(argv)
+    assert str(error.value).startswith("error: ")
