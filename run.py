@@ -369,7 +369,8 @@ def main(argv=None) -> dict:
     device = resolve_device(run_cfg.device)
     log.info("run %s on %s (precision %s), sessions %s", model_cfg.run, device, run_cfg.precision, run_cfg.sessions)
     corpus = load_corpus(model_cfg, run_cfg)
-    runinfo.write_config(run_dir, model_cfg, run_cfg)
+    runinfo.write_config(run_dir, model_cfg, run_cfg, runinfo.data_checksums(
+        run_cfg, corpus.table["FileName"], MODELS[model_cfg.run].uses_text))
     fold_metrics = {}
     with logging_redirect_tqdm():
         for session in run_cfg.sessions:

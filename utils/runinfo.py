@@ -1,5 +1,6 @@
 """Bookkeeping of a run folder: refuse to mix with an earlier run's files, and record
 the resolved configuration (flags, seed, git commit, package versions) before training."""
+import hashlib
 import json
 import logging
 import platform
@@ -111,7 +112,7 @@ class FoldState:
         rewrite_stats(stats_path, [r for r in read_stats(stats_path) if r["epoch"] < state.epoch] + [record])
         best = run_dir / f"{session}_model.pt"
         if state.best_epoch == state.epoch and (not best.is_file() or load_checkpoint(best).get("epoch") != state.epoch):
-            save_best(model, record)
+            save_best(record)
         log.info("fold %d: resumed after epoch %d (best epoch %d)", session, state.epoch, state.best_epoch)
         return state
 
@@ -176,7 +177,24 @@ def package_versions() -> dict:
     return versions
 
 
-def write_config(run_dir: Path, model_cfg, run_cfg) -> None:
-    config = {"model": asdict(model_cfg), "run": asdict(run_cfg), "seed": run_cfg.seed,
+def data_checksums(run_cfg, names, uses_text: bool) -> dict:
+    """sha256 of the csv, and of the (name, size) list of the audio and feature files it names:
+    cheap, and enough to tell that a rerun reads other data."""
+    def listing(folder, suffix):
+        h = hashlib.sha256()
+        for name in names:
+            path = Path(folder) / f"{name}{suffix}"
+            h.update(f"{name}:{path.stat().st_size}\n".encode())
+        return h.hexdigest()
+
+    sums = {"csv_sha256": hashlib.sha256(Path(run_cfg.csv_path).read_bytes()).hexdigest(),
+            "utterances": len(names), "audio_listing_sha256": listing(run_cfg.data_path_audio, ".wav")}
+    if uses_text:
+        sums["roberta_listing_sha256"] = listing(run_cfg.data_path_roberta, ".npy")
+    return sums
+
+
+def write_config(run_dir: Path, model_cfg, run_cfg, data: dict) -> None:
+    config = {"model": asdict(model_cfg), "run": asdict(run_cfg), "seed": run_cfg.seed, "data": data,
               "git_commit": git_commit(), "versions": package_versions(), "argv": sys.argv}
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
