@@ -2,6 +2,8 @@
 `<out_dir>/<FileName>.npy` (float32, [1, T, H], T counting `<s>` and `</s>`). Batched on
 CPU or GPU, resumable (files already written are skipped), each file written atomically."""
 import argparse
+import hashlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -13,11 +15,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
-from transformers import AutoModel, AutoTokenizer  # noqa: E402
+from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from utils.device import resolve_device  # noqa: E402
-from utils.files import atomic_path  # noqa: E402
+from utils.files import atomic_path, atomic_write_text  # noqa: E402
 
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("FileName", "Sentences")
@@ -139,6 +141,7 @@ def extract(csv, out_dir, roberta="roberta-base", batch_size: int = 32, device="
     Returns the counts {"written": n, "skipped": m}."""
     table = read_transcripts(csv)
     out_dir = Path(out_dir)
+    check_encoder_stamp(out_dir, roberta, overwrite)
     targets = [out_dir / f"{name}.npy" for name in table["FileName"]]
     todo = [i for i, path in enumerate(targets) if overwrite or not path.exists()]
     skipped = len(targets) - len(todo)
@@ -156,6 +159,29 @@ def extract(csv, out_dir, roberta="roberta-base", batch_size: int = 32, device="
             save_npy(targets[todo[j]], array[None])  # [1, T, H], the upstream layout
     log.info("wrote %d feature files to %s", len(todo), out_dir)
     return {"written": len(todo), "skipped": skipped}
+
+
+def encoder_stamp(roberta) -> dict:
+    """What identifies the text encoder: its name and its config (sizes, vocabulary)."""
+    config = AutoConfig.from_pretrained(str(roberta)).to_json_string(use_diff=False)
+    return {"roberta": str(roberta), "config_sha256": hashlib.sha256(config.encode()).hexdigest()}
+
+
+def check_encoder_stamp(out_dir: Path, roberta, overwrite: bool) -> None:
+    """Features already in out_dir must come from the same encoder, or a resumed extraction
+    would mix two encoders' features; `encoder.json` records which one wrote them."""
+    stamp_path = out_dir / "encoder.json"
+    try:
+        stamp = encoder_stamp(roberta)
+    except OSError as err:
+        raise TextFeatureError(f"{roberta}: cannot read the model's config ({err}); {LOAD_HINT}") from err
+    if stamp_path.is_file() and not overwrite:
+        old = json.loads(stamp_path.read_text())
+        if old["config_sha256"] != stamp["config_sha256"]:
+            raise TextFeatureError(f"{out_dir}: holds features of another text encoder ({old['roberta']}); "
+                                   "pass --overwrite to redo them all, or another --out_dir")
+        return
+    atomic_write_text(stamp_path, json.dumps(stamp, indent=1) + "\n")
 
 
 def _some(names) -> str:

@@ -11,4 +11,4 @@ DEMO=${MMER_DEMO_DIR:-data/demo}
 # fine-tuning recipe (higher learning rate, fewer epochs); everything else is the same.
 DEMO_FLAGS="--csv_path $DEMO/prepared/iemocap.csv --data_path_audio $DEMO/prepared/audio \
  --data_path_roberta $DEMO/prepared/roberta --wav2vec2 $DEMO/models/wav2vec2 --roberta $DEMO/models/roberta \
- --epochs 6 --batch_size 8 --accum_grad 1 --learning_rate 5e-4 --seed 0"
+ --epochs 10 --batch_size 8 --accum_grad 1 --learning_rate 1e-3 --seed 0"

@@ -67,7 +67,7 @@ def test_features_are_float32_1_t_h_with_t_counting_bos_and_eos(tmp_path, robert
         ids = tokenizer(text)["input_ids"]
         assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
         features = np.load(tmp_path / "out" / f"{name}.npy")
-        assert features.dtype == np.float32 and features.shape == (1, len(ids), 64)
+        assert features.dtype == np.float32 and features.shape == (1, len(ids), 128)
 
 
 def test_written_features_equal_the_model_run_on_each_utterance_alone(tmp_path, roberta, encoder):
@@ -127,7 +127,7 @@ def test_failed_write_leaves_no_truncated_or_temporary_file(tmp_path, roberta, e
     csv = write_csv(tmp_path / "iemocap.csv", TRANSCRIPTS)
     with pytest.raises(OSError, match="disk full"):
         extract(csv, tmp_path / "out", roberta, batch_size=1, device="cpu")
-    left = sorted((tmp_path / "out").iterdir())
+    left = sorted(p for p in (tmp_path / "out").iterdir() if p.name != "encoder.json")
     assert len(left) == 1 and left[0].suffix == ".npy" and not left[0].name.startswith(".")
     tokenizer, _ = encoder
     assert np.load(left[0]).shape[:2] == (1, len(tokenizer(TRANSCRIPTS[left[0].stem])["input_ids"]))
@@ -141,7 +141,7 @@ def test_empty_transcript_warns_naming_it_and_still_writes_bos_eos(tmp_path, rob
     with caplog.at_level(logging.WARNING, logger=extract_roberta.__name__):
         extract(csv, tmp_path / "out", roberta, device="cpu")
     assert any("Ses03M_impro03_M001" in record.getMessage() for record in caplog.records)
-    assert np.load(tmp_path / "out" / "Ses03M_impro03_M001.npy").shape == (1, 2, 64)
+    assert np.load(tmp_path / "out" / "Ses03M_impro03_M001.npy").shape == (1, 2, 128)
 
 
 def test_overlong_transcripts_are_truncated_with_one_warning_naming_them(tmp_path, roberta, caplog):
@@ -153,7 +153,7 @@ def test_overlong_transcripts_are_truncated_with_one_warning_naming_them(tmp_pat
     assert len(warnings) == 1 and all(name in warnings[0] for name in long_ones)
     for name in long_ones:
         features = np.load(tmp_path / "out" / f"{name}.npy")
-        assert features.shape == (1, 128, 64)
+        assert features.shape == (1, 128, 128)
 
 
 def test_missing_csv_is_named_in_the_error(tmp_path, roberta):
@@ -202,6 +202,27 @@ def test_cli_writes_features_and_reports_bad_csv_without_traceback(tmp_path, rob
                "--roberta", str(roberta), "--device", "cpu", "--batch_size", "2"]
     result = subprocess.run(command + ["--csv", str(csv)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert sorted(path.stem for path in (tmp_path / "out").iterdir()) == sorted(TRANSCRIPTS)
+    assert sorted(path.stem for path in (tmp_path / "out").glob("*.npy")) == sorted(TRANSCRIPTS)
     failed = subprocess.run(command + ["--csv", str(tmp_path / "nope.csv")], cwd=REPO, capture_output=True, text=True)
     assert failed.returncode != 0 and "nope.csv: csv not found" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_resuming_with_another_encoder_is_refused(tmp_path, tiny_dirs_for_stamp):
+    first, second = tiny_dirs_for_stamp
+    csv = tmp_path / "t.csv"
+    pd.DataFrame({"FileName": ["Ses01F_impro01_F000"], "Sentences": ["I know."]}).to_csv(csv, index=False)
+    extract(csv, tmp_path / "out", roberta=first, device="cpu")
+    with pytest.raises(TextFeatureError, match="another text encoder"):
+        extract(csv, tmp_path / "out", roberta=second, device="cpu")
+    assert extract(csv, tmp_path / "out", roberta=second, device="cpu", overwrite=True)["written"] == 1
+
+
+@pytest.fixture
+def tiny_dirs_for_stamp(tmp_path, roberta):
+    from transformers import AutoTokenizer, RobertaModel
+
+    from data_prep.make_tiny_models import tiny_roberta_config
+    other = tmp_path / "other_roberta"
+    RobertaModel(tiny_roberta_config(hidden_size=32, intermediate_size=64)).save_pretrained(other)
+    AutoTokenizer.from_pretrained(roberta).save_pretrained(other)
+    return roberta, other

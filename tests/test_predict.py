@@ -42,7 +42,7 @@ def setup(tmp_path_factory):
     models = {}
     for run, session in (("mmer", 1), ("mmer", 2), ("cai_sota", 1)):
         torch.manual_seed(10 * session)
-        model = build_model(ModelConfig(run=run, wav2vec2=str(tiny["wav2vec2"]), text_dim=64)).eval()
+        model = build_model(ModelConfig(run=run, wav2vec2=str(tiny["wav2vec2"]), text_dim=128)).eval()
         save_checkpoint(root / run / f"{session}_model.pt", model, model_config=model.config.to_dict(),
                         session=session, epoch=1)
         models[run, session] = model

@@ -115,7 +115,7 @@ def test_project_vocab_copy_equals_the_reference():
     assert json.loads(CHAR_VOCAB_PATH.read_text()) == json.loads(REFERENCE_VOCAB.read_text())
 
 
-def test_tiny_roberta_gives_one_64_dim_state_per_token_up_to_128_tokens(tiny):
+def test_tiny_roberta_gives_one_128_dim_state_per_token_up_to_128_tokens(tiny):
     tokenizer = AutoTokenizer.from_pretrained(tiny["roberta"])
     model = AutoModel.from_pretrained(tiny["roberta"]).eval()
     assert isinstance(model, RobertaModel) and model.config.vocab_size == len(tokenizer)
@@ -123,7 +123,7 @@ def test_tiny_roberta_gives_one_64_dim_state_per_token_up_to_128_tokens(tiny):
     assert encoded.input_ids.shape[1] == tokenizer.model_max_length == 128
     with torch.no_grad():
         hidden = model(**encoded).last_hidden_state
-    assert hidden.shape == (2, 128, 64)
+    assert hidden.shape == (2, 128, 128)
 
 
 def test_roberta_special_tokens_follow_roberta_base(tiny):
