@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models import MODELS, ModelConfig, build_model
-from models.encoders import audio_input_spec
+from models.encoders import audio_input_spec, frame_lengths
 from utils import runinfo
 from utils.audio import AudioError
 from utils.checkpoint import CheckpointError, restore_model, save_checkpoint
@@ -67,6 +67,7 @@ class RunConfig:
     max_steps: int | None = None
     limit_utterances: int | None = None
     log_every: int = 25
+    tensorboard: bool = False
 
 
 def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
@@ -119,6 +120,8 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     ctl.add_argument("--overwrite", action="store_true", help="replace the results already in <save_path>/<run>")
     ctl.add_argument("--max_steps", type=int, default=None, help="debug: optimizer steps per epoch")
     ctl.add_argument("--log_every", type=int, default=d.log_every, help="micro-batches between progress updates")
+    ctl.add_argument("--tensorboard", action="store_true",
+                     help="also write TensorBoard scalars to <save_path>/<run>/tensorboard/ (pip install tensorboard)")
     args = p.parse_args(argv)
     model_cfg = ModelConfig(run=args.run, wav2vec2=args.wav2vec2, alpha=args.alpha, dropout=args.dropout,
                             specaugment=args.specaugment)
@@ -286,6 +289,8 @@ def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunC
     dev_loader = make_loader(corpus, dev_idx, run_cfg, False, device) if len(dev_idx) else None
     test_loader = make_loader(corpus, test_idx, run_cfg, False, device)
     model, optimizer = build_training(model_cfg, run_cfg, device)
+    report_long_targets(model, corpus, train_idx)
+    board = tensorboard_writer(run_dir, session) if run_cfg.tensorboard else None
 
     def save_best(record):  # the fold's selected model, with the metrics it was chosen by
         save_checkpoint(run_dir / f"{session}_model.pt", model, model_config=model_cfg.to_dict(), session=session,
@@ -314,8 +319,33 @@ def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunC
         state.save(run_dir, model, optimizer, record)
         if improved:
             save_best(record)
-        log_epoch(session, record)
+        log_epoch(session, record, board)
     return finish_fold(session, corpus, model_cfg, run_cfg, device, run_dir, test_idx)
+
+
+def tensorboard_writer(run_dir: Path, session: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise OSError(f"--tensorboard needs the tensorboard package ({err}); pip install tensorboard") from err
+    return SummaryWriter(str(run_dir / "tensorboard" / f"session{session}"))
+
+
+def report_long_targets(model, corpus: Corpus, indices) -> None:
+    """CTC needs at least one frame per target symbol (two for a repeated letter); such
+    utterances get an infinite CTC loss, which zero_infinity turns into zero. Say which."""
+    samples = torch.tensor(corpus.dataset.lengths()[indices])
+    frames = frame_lengths(model.wav2vec2, samples).tolist()
+    too_long = []
+    for i, n_frames in zip(indices, frames):
+        target = corpus.dataset.targets[i]
+        needed = len(target) + sum(a == b for a, b in zip(target, target[1:]))
+        if needed > n_frames:
+            too_long.append(f"{corpus.dataset.names[i]} ({needed} > {n_frames} frames)")
+    if too_long:
+        log.warning("%d utterance(s) have transcripts longer than their audio allows for CTC; their CTC loss "
+                    "is zeroed (zero_infinity): %s%s", len(too_long), ", ".join(too_long[:10]),
+                    " ..." if len(too_long) > 10 else "")
 
 
 def check_skipped(record: dict, run_cfg: RunConfig, session: int) -> None:
@@ -330,7 +360,16 @@ def check_skipped(record: dict, run_cfg: RunConfig, session: int) -> None:
             "(utterances with targets longer than the audio are skipped by CTC's zero_infinity)")
 
 
-def log_epoch(session: int, record: dict) -> None:
+def log_epoch(session: int, record: dict, board=None) -> None:
+    if board is not None:
+        for key in ("loss", "ce_loss", "ctc_loss", "skipped_steps"):
+            board.add_scalar(f"train/{key}", record[key], record["epoch"])
+        for split in ("dev", "test"):
+            for key in ("wa", "ua", "macro_f1"):
+                if record[split]:
+                    board.add_scalar(f"{split}/{key}", record[split][key], record["epoch"])
+        board.add_scalar("speed/audio_seconds_per_second", record["audio_seconds"] / record["seconds"], record["epoch"])
+        board.flush()
     dev = f"{record['dev']['ua']:.4f}" if record["dev"] else "-"
     log.info("fold %d epoch %d: loss %.4f (ce %.4f, ctc %.4f) dev UA %s test UA %.4f%s [%.1fs]", session,
              record["epoch"], record["loss"], record["ce_loss"], record["ctc_loss"], dev, record["test"]["ua"],
