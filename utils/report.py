@@ -1,6 +1,12 @@
-"""Results of a run: results.json / results.csv (per fold, mean, std), the printed
-table, and the confusion-matrix picture."""
+"""Results of a run, and runs side by side. In a run folder: results.json / results.csv (per
+fold, mean, std), results.md (a table to paste into a paper), confusion matrices (pooled and
+per fold) and learning curves. `python -m utils.report SAVE_DIR ... --out DIR` compares runs."""
+import argparse
 import json
+import logging
+import math
+import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -13,10 +19,39 @@ from utils.metrics import summarize_folds
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 
+log = logging.getLogger(__name__)
 METRIC_KEYS = ("wa", "ua", "macro_f1")
+METRIC_NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1"}
+RUN_ORDER = ("unimodal_baseline", "cai_sota", "mmer")  # baselines first, as in the paper's tables
+NO_CTC_RUNS = {"unimodal_baseline"}  # alpha is recorded for these but weighs nothing
+LEGEND = "WA = overall accuracy, UA = mean of the per-class recalls; std = population std over the folds."
 
 
+class ReportError(RuntimeError):
+    """A results file is missing or is not one written by run.py."""
+
+
+def run_label(run: str, alpha) -> str:
+    """'mmer α=0.1'; the baseline without a CTC loss has no alpha worth naming."""
+    if run in NO_CTC_RUNS or alpha is None or (isinstance(alpha, float) and math.isnan(alpha)):
+        return str(run)
+    return f"{run} α={alpha:g}" if isinstance(alpha, (int, float)) else f"{run} α={alpha}"
+
+
+def percent(value) -> str:
+    return f"{100 * value:.2f}"
+
+
+def save_figure(fig, path) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- one run
 def results_frame(fold_metrics: dict) -> pd.DataFrame:
     """Rows: one per fold, then mean and std; columns wa, ua, macro_f1 (fractions)."""
     mean, std = summarize_folds(fold_metrics)
@@ -26,7 +61,9 @@ def results_frame(fold_metrics: dict) -> pd.DataFrame:
 
 
 def write_results(run_dir, fold_metrics: dict, info: dict) -> dict:
-    """Write results.json, results.csv and confusion_matrix.png into run_dir; return the json."""
+    """Write results.json, results.csv, results.md, the confusion matrices (pooled and per fold)
+    and the learning curves into run_dir; return the json."""
+    run_dir = Path(run_dir)
     mean, std = summarize_folds(fold_metrics)
     results = {
         "folds": {str(s): m for s, m in sorted(fold_metrics.items())},
@@ -36,8 +73,13 @@ def write_results(run_dir, fold_metrics: dict, info: dict) -> dict:
     frame = results_frame(fold_metrics)
     with atomic_path(run_dir / "results.csv", suffix=".csv") as tmp:
         frame.to_csv(tmp, index_label="fold", float_format="%.4f")
+    atomic_write_text(run_dir / "results.md", results_markdown(results))
+    name = run_label(info.get("run", run_dir.name), info.get("alpha"))
     pooled = np.sum([np.array(m["confusion"]) for m in fold_metrics.values()], axis=0)
-    plot_confusion(pooled, run_dir / "confusion_matrix.png", title=f"{info.get('run', '')} pooled over folds")
+    plot_confusion(pooled, run_dir / "confusion_matrix.png",
+                   title=f"{name}: pooled over test sessions {', '.join(map(str, sorted(fold_metrics)))}")
+    write_fold_confusions(run_dir, fold_metrics, name)
+    write_learning_curves(run_dir, fold_metrics, info, name)
     return results
 
 
@@ -46,82 +88,321 @@ def format_table(fold_metrics: dict, title: str) -> str:
     return f"{title}\n" + frame.to_string(float_format=lambda v: f"{v:6.2f}") + "\n(percent; WA = accuracy, UA = mean per-class recall)"
 
 
+def results_markdown(results: dict) -> str:
+    """One row per fold, then mean and std, in percent; the header says what was run and how
+    the best epoch was chosen (in bold when it was chosen on the test session)."""
+    selection = results.get("selection") or "not recorded"
+    if "OPTIMISTIC" in selection:
+        selection = f"**{selection}**"
+    run = results.get("run", "?")
+    alpha = "not used (no CTC loss)" if run in NO_CTC_RUNS else results.get("alpha")
+    folds = results["folds"]
+    lines = [f"**{run}**, alpha {alpha}: leave-one-session-out on IEMOCAP (4 classes), {len(folds)} folds; "
+             f"best epoch selected on: {selection}", "",
+             "| test session | utterances | WA (%) | UA (%) | macro-F1 (%) |",
+             "|---|---:|---:|---:|---:|"]
+    for session, m in folds.items():
+        lines.append(f"| {session} | {m.get('n', '')} | " + " | ".join(percent(m[k]) for k in METRIC_KEYS) + " |")
+    total = sum(m.get("n", 0) for m in folds.values())
+    for row, values, n in (("mean", results["mean"], total or ""), ("std", results["std"], "")):
+        lines.append(f"| {row} | {n} | " + " | ".join(percent(values[k]) for k in METRIC_KEYS) + " |")
+    return "\n".join(lines + ["", LEGEND]) + "\n"
+
+
 def plot_confusion(matrix, path, title: str = "") -> None:
-    """Counts and row-normalised recall side by side (rows = true class)."""
+    """Counts and row-normalised recall side by side (rows = true class); both coloured by
+    recall, so the two panels read alike whatever the class sizes."""
     matrix = np.asarray(matrix, dtype=float)
-    normalised = matrix / np.clip(matrix.sum(axis=1, keepdims=True), 1, None)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    for ax, values, name, fmt in ((axes[0], matrix, "counts", "{:.0f}"), (axes[1], normalised, "row-normalised", "{:.2f}")):
+    row_totals = matrix.sum(axis=1, keepdims=True)
+    normalised = matrix / np.clip(row_totals, 1, None)
+    true_labels = [f"{name}\n(n={total:.0f})" for name, total in zip(CLASS_NAMES, row_totals[:, 0])]
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.4))
+    for ax, values, name, fmt in ((axes[0], matrix, "counts", "{:.0f}"),
+                                  (axes[1], normalised, "row-normalised (recall)", "{:.2f}")):
         ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
         ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES)
-        ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+        ax.set_yticks(range(len(CLASS_NAMES)), true_labels)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(name)
         for (r, c), v in np.ndenumerate(values):
-            ax.text(c, r, fmt.format(v), ha="center", va="center",
-                    color="white" if normalised[r, c] > 0.5 else "black")
+            ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=11,
+                    color="white" if normalised[r, c] > 0.6 else "black")  # dark cells only
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def write_fold_confusions(run_dir: Path, fold_metrics: dict, name: str) -> None:
+    """confusion_matrix_session<k>.png per fold; pictures of folds this run no longer holds are
+    removed, so the folder never shows a fold that results.json does not."""
+    for session, metrics in sorted(fold_metrics.items()):
+        plot_confusion(metrics["confusion"], run_dir / f"confusion_matrix_session{session}.png",
+                       title=f"{name}: test session {session} (n={metrics.get('n', '?')}), "
+                             f"WA {percent(metrics['wa'])}%, UA {percent(metrics['ua'])}%")
+    keep = {f"confusion_matrix_session{s}.png" for s in fold_metrics}
+    for stale in sorted(run_dir.glob("confusion_matrix_session*.png")):
+        if stale.name not in keep:
+            log.info("removing %s: its fold is not in this run's results", stale)
+            stale.unlink()
+
+
+# ---------------------------------------------------------------- learning curves
+def read_fold_stats(run_dir: Path, sessions) -> dict:
+    """{session: epoch records, in epoch order} from `<session>_stats.txt`. Complete lines only
+    (a kill may cut the last one); a repeated epoch keeps its latest line; folds without any
+    record are left out."""
+    from utils.runinfo import read_stats  # here: runinfo pulls in torch, the comparison CLI needs none
+    stats = {}
+    for session in sorted(sessions):
+        by_epoch = {r["epoch"]: r for r in read_stats(run_dir / f"{session}_stats.txt")
+                    if isinstance(r, dict) and isinstance(r.get("epoch"), int)}
+        if by_epoch:
+            stats[session] = [by_epoch[e] for e in sorted(by_epoch)]
+    return stats
+
+
+def write_learning_curves(run_dir: Path, fold_metrics: dict, info: dict, name: str) -> None:
+    """learning_curves.png from the stats files; none when there are none to read (--eval_only),
+    and then an older picture is removed rather than left to describe other checkpoints."""
+    path = run_dir / "learning_curves.png"
+    stats = {} if info.get("eval_only") else read_fold_stats(run_dir, fold_metrics)
+    if not stats:
+        if path.is_file():
+            log.info("removing %s: no training statistics in this run", path)
+            path.unlink()
+        return
+    selected = {s: fold_metrics[s].get("epoch") or stats[s][-1].get("best_epoch") for s in stats}
+    plot_learning_curves(stats, selected, path, title=f"{name}: training loss and UA per epoch")
+
+
+def plot_learning_curves(stats: dict, selected: dict, path, title: str = "") -> None:
+    """One column per fold: training losses on top, dev/test UA below, the selected epoch marked."""
+    sessions = sorted(stats)
+    fig, axes = plt.subplots(2, len(sessions), figsize=(0.6 + 3.4 * len(sessions), 6.4), sharex="col",
+                             sharey="row", squeeze=False, layout="constrained")
+    for col, session in enumerate(sessions):
+        records, epoch = stats[session], selected.get(session)
+        plot_losses(axes[0, col], records, epoch)
+        plot_ua(axes[1, col], records, epoch)
+        axes[0, col].set_title(f"test session {session}" + (f"\nselected epoch {epoch}" if epoch else ""))
+        axes[1, col].set_xlabel("epoch")
+        axes[1, col].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0, 0].set_ylabel("training loss (log scale)")
+    axes[1, 0].set_ylabel("UA (%)")
+    handles = {}
+    for ax in axes.flat:  # one legend for the figure: folds may lack a series (no dev split, no CTC)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    ncol = min(len(handles), max(3, int(fig.get_figwidth() / 1.7)))  # wrap rather than run off a narrow figure
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=ncol)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def series(records, get) -> np.ndarray:
+    """Values per epoch, NaN where a record lacks them (a fold without dev split, an old file)."""
+    values = []
+    for record in records:
+        try:
+            values.append(float(get(record)))
+        except (KeyError, TypeError, ValueError):
+            values.append(math.nan)
+    return np.array(values)
+
+
+class PlainLogFormatter(LogFormatter):
+    """Matplotlib's choice of which log ticks to label, written as plain numbers (0.1, 2, 30)
+    rather than 1e-01 or 2 x 10^0."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def plot_losses(ax, records, selected_epoch) -> None:
+    epochs = [r["epoch"] for r in records]
+    marker = "o" if len(epochs) <= 30 else None
+    styles = (("loss", "total loss", dict(color="black", lw=3, alpha=0.35)),  # wide: CE may lie on it (alpha 0)
+              ("ce_loss", "CE loss", dict(color="C0")), ("ctc_loss", "CTC loss", dict(color="C1")))
+    for key, label, style in styles:
+        values = series(records, lambda r: r[key])
+        if np.all(np.isnan(values) | (values == 0)):  # a loss the variant does not have (CTC of the baseline)
+            continue
+        ax.plot(epochs, np.where(values > 0, values, np.nan), marker=marker, ms=3, label=label, **style)
+    ax.set_yscale("log")  # CE (about 1) and CTC (tens at first) differ by orders of magnitude
+    ax.yaxis.set_major_formatter(PlainLogFormatter())
+    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.5)))
+    if selected_epoch:
+        ax.axvline(selected_epoch, color="gray", ls=":", label="selected epoch")
+    ax.grid(alpha=0.3, which="both")
+
+
+def plot_ua(ax, records, selected_epoch) -> None:
+    epochs = [r["epoch"] for r in records]
+    marker = "o" if len(epochs) <= 30 else None
+    curves = {"dev": series(records, lambda r: 100 * r["dev"]["ua"]),
+              "test": series(records, lambda r: 100 * r["test"]["ua"])}
+    for split, color in (("dev", "C2"), ("test", "C3")):
+        if not np.all(np.isnan(curves[split])):
+            ax.plot(epochs, curves[split], marker=marker, ms=3, color=color, label=f"{split} UA")
+    ax.margins(y=0.1)  # room for the star at the top or bottom of the curve
+    if selected_epoch:
+        ax.axvline(selected_epoch, color="gray", ls=":", label="selected epoch")
+        on = records[-1].get("selected_on", "dev")
+        if on in curves and selected_epoch in epochs:
+            ax.plot(selected_epoch, curves[on][epochs.index(selected_epoch)], "*", ms=14, color="gold",
+                    markeredgecolor="black", label=f"selected on {on} UA", zorder=5)
+    ax.grid(alpha=0.3)
 
 
 # ---------------------------------------------------------------- comparing runs
 def find_results(paths) -> list:
-    """results.json files under the given run folders or save folders."""
+    """results.json files given directly, in run folders (<save>/<run>), in save folders, or one
+    level further (a folder of save folders); each file once."""
     found = []
     for path in map(Path, paths):
-        if (path / "results.json").is_file():
-            found.append(path / "results.json")
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        if path.is_file():
+            candidates = [path]
+        elif (path / "results.json").is_file():
+            candidates = [path / "results.json"]
         else:
-            found += sorted(path.glob("*/results.json"))
+            candidates = sorted(path.glob("*/results.json")) or sorted(path.glob("*/*/results.json"))
+        found += [c for c in candidates if c.resolve() not in {f.resolve() for f in found}]
     if not found:
         raise FileNotFoundError(f"no results.json under {', '.join(map(str, paths))}; pass run folders "
                                 "(<save_path>/<run>) or save folders written by run.py")
     return found
 
 
-def comparison_frame(result_files) -> pd.DataFrame:
-    """One row per run: mean and std over folds of WA, UA and macro-F1 (percent)."""
-    rows = []
-    for path in result_files:
+def load_results(path: Path) -> dict:
+    try:
         results = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ReportError(f"{path}: cannot read it as JSON ({err}); is it a results.json written by run.py?") from err
+    missing = [k for k in ("folds", "mean", "std") if k not in results] + \
+              [f"mean.{k}" for k in METRIC_KEYS if k not in results.get("mean", {})]
+    if missing:
+        raise ReportError(f"{path}: lacks {', '.join(missing)}; not a results.json written by run.py")
+    return results
+
+
+def selection_tag(results: dict) -> str:
+    """A short 'how was the best epoch chosen' for a table cell."""
+    selection = results.get("selection") or ""
+    if "OPTIMISTIC" in selection:
+        return "test (OPTIMISTIC)"
+    if results.get("eval_only"):
+        return "re-evaluated"
+    return "dev" if selection.startswith("dev") else selection or "?"
+
+
+def comparison_frame(result_files) -> pd.DataFrame:
+    """One row per run: mean and std over folds of WA, UA and macro-F1 (percent), sorted
+    baselines first then by alpha, each with a label that tells it from the others."""
+    rows = []
+    for path in map(Path, result_files):
+        results = load_results(path)
         row = {"run": results.get("run", path.parent.name), "alpha": results.get("alpha"),
-               "folds": len(results["folds"]), "path": str(path.parent)}
+               "selection": selection_tag(results), "folds": len(results["folds"]),
+               "sessions": " ".join(sorted(results["folds"], key=_session_key)), "path": str(path.parent)}
         for key in METRIC_KEYS:
             row[key] = 100 * results["mean"][key]
-            row[f"{key}_std"] = 100 * results["std"][key]
+            row[f"{key}_std"] = 100 * results["std"].get(key, math.nan)
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    order = frame["run"].map(lambda r: RUN_ORDER.index(r) if r in RUN_ORDER else len(RUN_ORDER))
+    alpha = pd.to_numeric(frame["alpha"], errors="coerce")
+    frame = frame.assign(_order=order, _alpha=alpha).sort_values(["_order", "run", "_alpha", "path"], kind="stable")
+    frame = frame.drop(columns=["_order", "_alpha"]).reset_index(drop=True)
+    frame.insert(0, "label", unique_labels(frame))
+    return frame
+
+
+def _session_key(session: str):
+    return (0, int(session)) if str(session).isdigit() else (1, str(session))
+
+
+def unique_labels(frame: pd.DataFrame) -> list:
+    """run + alpha; where two runs share that, the save folder (<save>/<run>) is added, and
+    where that is not enough either, the run folder's whole path."""
+    base = [run_label(r.run, r.alpha) for r in frame.itertuples()]
+    labels = [f"{label} [{Path(path).parent.name}]" if base.count(label) > 1 else label
+              for label, path in zip(base, frame["path"])]
+    return [f"{label} [{path}]" if labels.count(short) > 1 else short
+            for label, short, path in zip(base, labels, frame["path"])]
+
+
+def optimistic(frame: pd.DataFrame) -> pd.Series:
+    return frame["selection"].str.contains("OPTIMISTIC")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    header = "| run | alpha | folds | WA (%) | UA (%) | macro-F1 (%) |\n|---|---|---|---|---|---|\n"
-    lines = [f"| {r.run} | {r.alpha} | {r.folds} | {r.wa:.2f} ± {r.wa_std:.2f} | {r.ua:.2f} ± {r.ua_std:.2f} "
-             f"| {r.macro_f1:.2f} ± {r.macro_f1_std:.2f} |" for r in frame.itertuples()]
-    return header + "\n".join(lines) + "\n"
+    """mean ± std in percent; the best mean of each metric in bold, among the runs whose best
+    epoch was not chosen on the test session."""
+    fair = frame[~optimistic(frame)]
+    best = {k: fair[k].max() for k in METRIC_KEYS}
+    header = ("| run | WA (%) | UA (%) | macro-F1 (%) | best epoch on | test sessions |\n"
+              "|---|---:|---:|---:|---|---|\n")
+    lines = []
+    for r in frame.itertuples():
+        cells = []
+        for key in METRIC_KEYS:
+            text = f"{getattr(r, key):.2f} ± {getattr(r, key + '_std'):.2f}"
+            is_best = getattr(r, key) == best[key] and len(frame) > 1 and "OPTIMISTIC" not in r.selection
+            cells.append(f"**{text}**" if is_best else text)
+        selection = f"**{r.selection}**" if "OPTIMISTIC" in r.selection else r.selection
+        lines.append(f"| {r.label} | {' | '.join(cells)} | {selection} | {r.sessions} |")
+    notes = ["", "Mean ± population std over the folds. WA = overall accuracy, UA = mean of the per-class recalls."]
+    if frame["sessions"].nunique() > 1:
+        notes.append("**Note: these runs were tested on different sessions; their means are not comparable.**")
+    return header + "\n".join(lines + notes) + "\n"
+
+
+def tick_label(label: str, width: int = 22) -> str:
+    """The folder on its own line, long names wrapped, so neighbouring labels do not overlap."""
+    return "\n".join(textwrap.fill(part, width) for part in label.replace(" [", "\n[").split("\n"))
 
 
 def plot_comparison(frame: pd.DataFrame, path) -> None:
-    labels = [f"{r.run}\nα={r.alpha}" if r.run != "unimodal_baseline" else r.run for r in frame.itertuples()]
+    """WA and UA side by side per run, mean with std over folds as error bars, values written
+    above the bars; runs whose best epoch was chosen on the test session hatched and named so."""
     x = np.arange(len(frame))
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(frame)), 3.8))
-    for offset, key in ((-0.2, "wa"), (0.2, "ua")):
-        ax.bar(x + offset, frame[key], 0.4, yerr=frame[f"{key}_std"], capsize=3, label=key.upper())
-    ax.set_xticks(x, labels, fontsize=8)
+    flagged = optimistic(frame).to_numpy()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.45 * len(frame) + 1.5), 5.0), layout="constrained")
+    for offset, key, color in ((-0.2, "wa", "C0"), (0.2, "ua", "C1")):
+        means, stds = frame[key].to_numpy(), np.nan_to_num(frame[f"{key}_std"].to_numpy())
+        bars = ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, color=color)
+        for bar, flag in zip(bars, flagged):
+            bar.set_hatch("//" if flag else None)
+        for xi, mean, std in zip(x + offset, means, stds):
+            ax.text(xi, mean + std + 1, f"{mean:.1f}", ha="center", va="bottom", fontsize=8)
+    top = float(np.nanmax(frame[["wa", "ua"]].to_numpy() + np.nan_to_num(frame[["wa_std", "ua_std"]].to_numpy())))
+    ax.set_ylim(0, top + 8)
+    labels = [tick_label(label) + ("\nOPTIMISTIC (test-selected)" if flag else "")
+              for label, flag in zip(frame["label"], flagged)]
+    ax.set_xticks(x, labels, fontsize=9)
+    for tick, flag in zip(ax.get_xticklabels(), flagged):
+        tick.set_color("firebrick" if flag else "black")
     ax.set_ylabel("percent (mean ± std over folds)")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    fig.suptitle("Leave-one-session-out results")  # above the legend, so the two never collide
+    handles = [Patch(color="C0", label="WA"), Patch(color="C1", label="UA")]  # plain, whatever bar comes first
+    if flagged.any():
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="test-selected"))
+    ax.legend(handles=handles, ncol=len(handles), loc="lower right", bbox_to_anchor=(1, 1), frameon=False,
+              borderaxespad=0.2)  # above the axes, never over a bar
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    save_figure(fig, path)
 
 
 def compare(paths, out_dir) -> pd.DataFrame:
     """Write comparison.csv, comparison.md and comparison.png for the runs under `paths`."""
     frame = comparison_frame(find_results(paths))
+    if frame["sessions"].nunique() > 1:
+        log.warning("the runs were tested on different sessions (%s); their means are not comparable",
+                    "; ".join(f"{label}: {s}" for label, s in zip(frame["label"], frame["sessions"])))
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "comparison.csv", suffix=".csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.4f")
@@ -131,13 +412,18 @@ def compare(paths, out_dir) -> pd.DataFrame:
 
 
 def main(argv=None) -> None:
-    import argparse
     parser = argparse.ArgumentParser(description="Compare runs side by side: one table and one bar chart.")
-    parser.add_argument("paths", nargs="+", help="run folders (<save_path>/<run>) or save folders")
+    parser.add_argument("paths", nargs="+", help="run folders (<save_path>/<run>), save folders, or results.json files")
     parser.add_argument("--out", default=".", help="folder for comparison.{csv,md,png}")
     args = parser.parse_args(argv)
-    frame = compare(args.paths, args.out)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        frame = compare(args.paths, args.out)
+    except (FileNotFoundError, ReportError) as err:
+        log.error("%s", err)
+        sys.exit(2)
     print(markdown_table(frame))
+    print(f"wrote comparison.csv, comparison.md and comparison.png to {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

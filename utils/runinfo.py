@@ -17,7 +17,7 @@ from utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 RESULT_PATTERNS = ("*_model.pt", "*_last.pt", "*_result.json", "*_stats.txt", "*_predictions.csv", "results.json", "results.csv",
-                   "confusion_matrix.png", "config.json", "train.log")
+                   "results.md", "confusion_matrix*.png", "learning_curves.png", "tensorboard/*/*", "config.json", "train.log")
 PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "pandas", "soundfile", "soxr")
 
 
