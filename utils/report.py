@@ -97,7 +97,7 @@ def results_markdown(results: dict) -> str:
     run = results.get("run", "?")
     alpha = "not used (no CTC loss)" if run in NO_CTC_RUNS else results.get("alpha")
     folds = results["folds"]
-    lines = [f"**{run}**, alpha {alpha}: leave-one-session-out on IEMOCAP (4 classes), {len(folds)} folds; "
+    lines = [f"**{run}**, alpha {alpha}: leave-one-session-out, 4 classes, {len(folds)} folds; "
              f"best epoch selected on: {selection}", "",
              "| test session | utterances | WA (%) | UA (%) | macro-F1 (%) |",
              "|---|---:|---:|---:|---:|"]
