@@ -77,12 +77,15 @@ def test_ladder_goes_from_upstream_to_ours():
     assert len(bf16) == len(arms) + 1 and "precision=bf16" in next(a.label for a in bf16 if a.role == "ours")
 
 
-def test_flop_model_counts_train_above_eval(tiny_setup):
+def test_flop_model_counts_train_above_eval_and_predicts_an_unseen_length(tiny_setup):
     model_cfg = dataclasses.replace(tiny_setup[0])
     model = run.build_training(model_cfg, run.RunConfig(), CPU)[0]
-    train = bench.fit_flop_model(model, model_cfg, CPU, train=True, lengths_s=(0.5, 1.0))
-    evaluation = bench.fit_flop_model(model, model_cfg, CPU, train=False, lengths_s=(0.5, 1.0))
+    lengths = (2.0, 4.0, 8.0)
+    train = bench.fit_flop_model(model, model_cfg, CPU, train=True, lengths_s=lengths)
+    evaluation = bench.fit_flop_model(model, model_cfg, CPU, train=False, lengths_s=lengths)
     assert train(bench.SR) > evaluation(bench.SR) > 0
+    exact = bench.count_flops(model, model_cfg, 6.0, CPU, train=True)
+    assert train(6 * bench.SR) == pytest.approx(exact, rel=0.01)
 
 
 def test_grouped_conv_backward_costs_twice_its_forward():
