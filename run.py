@@ -3,6 +3,10 @@ on IEMOCAP (or re-evaluate saved / published checkpoints with --eval_only).
 
     python run.py --run mmer --alpha 0.1 --csv_path data/iemocap.csv \
         --data_path_audio data/audio --data_path_roberta data/roberta --save_path runs
+
+Data-parallel on N GPUs (one process each, DDP; --batch_size is per process; the `--` keeps
+torchrun from reading --run as its own --run-path):
+    torchrun --nproc_per_node N -- run.py --run mmer ...
 """
 import argparse
 import json
@@ -20,12 +24,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models import MODELS, ModelConfig, build_model
 from models.encoders import audio_input_spec, frame_lengths
-from utils import runinfo
+from utils import distributed, runinfo
 from utils.audio import AudioError
-from utils.checkpoint import CheckpointError, restore_model, save_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint, restore_model, save_checkpoint
 from utils.data import (BucketBatchSampler, Collator, DataError, EmotionDataset, RandomBatchSampler,
                         load_audio, load_text_features, loso_split, read_table)
-from utils.device import autocast, resolve_device, seed_everything
+from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
+from utils.device import autocast, seed_everything
 from utils.files import atomic_path
 from utils.labels import CLASS_NAMES
 from utils.metrics import emotion_metrics
@@ -68,6 +73,7 @@ class RunConfig:
     limit_utterances: int | None = None
     log_every: int = 25
     tensorboard: bool = False
+    world_size: int = 1   # processes training each fold (torchrun), not a flag; the global batch depends on it
 
 
 def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
@@ -93,7 +99,8 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     model.add_argument("--specaugment", action="store_true", help="turn the encoder's SpecAugment on")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=d.epochs)
-    opt.add_argument("--batch_size", type=int, default=d.batch_size)
+    opt.add_argument("--batch_size", type=int, default=d.batch_size,
+                     help="per process: under torchrun the global batch is batch_size x processes")
     opt.add_argument("--accum_grad", type=int, default=d.accum_grad, help="micro-batches per optimizer step")
     opt.add_argument("--learning_rate", type=float, default=d.learning_rate, help="AdamW learning rate")
     opt.add_argument("--batching", choices=["bucket", "random"], default=d.batching,
@@ -106,7 +113,8 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
                      help="stop when more than this share of an epoch's optimizer steps had non-finite gradients")
     ctl = p.add_argument_group("run control")
     ctl.add_argument("--save_path", default=d.save_path, help="results go to <save_path>/<run>/")
-    ctl.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:N")
+    ctl.add_argument("--device", default=d.device,
+                     help="auto (CUDA when present; cuda:<LOCAL_RANK> under torchrun), cpu, cuda, cuda:N")
     ctl.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
                      help="auto: bf16 autocast on GPU, fp32 on CPU")
     ctl.add_argument("--select_on", choices=["dev", "test"], default=d.select_on,
@@ -125,7 +133,7 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     args = p.parse_args(argv)
     model_cfg = ModelConfig(run=args.run, wav2vec2=args.wav2vec2, alpha=args.alpha, dropout=args.dropout,
                             specaugment=args.specaugment)
-    run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__})
+    run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)})
     if run_cfg.eval_only and not run_cfg.checkpoint_dir:
         p.error("--eval_only needs --checkpoint_dir DIR holding <session>_model.pt files")
     if run_cfg.select_on == "dev" and run_cfg.dev_fraction <= 0 and not run_cfg.eval_only:
@@ -134,15 +142,22 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
 
 
 def setup_logging(run_dir: Path) -> None:
-    """Console and <run_dir>/train.log; progress bars write through logging_redirect_tqdm."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    """Console and <run_dir>/train.log, appended to (processes running other folds in parallel
+    share it; their lines name their fold); progress bars write through logging_redirect_tqdm.
+    Under torchrun only rank 0 writes the file; the other ranks print warnings only."""
+    rank0 = distributed.is_main()
+    tag = "" if distributed.world_size() == 1 else f"[rank {distributed.rank()}] "
+    fmt = logging.Formatter(f"%(asctime)s {tag}%(levelname)s %(message)s", "%H:%M:%S")
     root = logging.getLogger()
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.INFO if rank0 else logging.WARNING)
     for handler in [h for h in root.handlers if getattr(h, "_mmer", False)]:
         root.removeHandler(handler)
         handler.close()
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / "train.log")):
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    for handler in handlers:
         handler.setFormatter(fmt)
         handler._mmer = True
         root.addHandler(handler)
@@ -168,23 +183,28 @@ def load_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
     table["label_index"] = table["label_index"].astype(int)
     spec = audio_input_spec(model_cfg.wav2vec2)
     log.info("loading %d utterances (audio%s)", len(table), " + text features" if uses_text else "")
-    waves = load_audio(table, run_cfg.data_path_audio, spec)
+    waves = load_audio(table, run_cfg.data_path_audio, spec, show_progress=distributed.is_main())
     text = None
     if uses_text:
-        text = load_text_features(table, run_cfg.data_path_roberta)
+        text = load_text_features(table, run_cfg.data_path_roberta, show_progress=distributed.is_main())
         model_cfg.text_dim = int(text[0].shape[1])
     dataset = EmotionDataset(table["FileName"], waves, table["label_index"], table["text"], text)
     return Corpus(table, dataset, Collator(spec))
 
 
 def make_loader(corpus: Corpus, indices, run_cfg: RunConfig, train: bool, device):
+    """With several processes each rank loads its part: a shard of every global training
+    batch of world x batch_size, or every world-th evaluation batch (utils/distributed.py)."""
     subset = torch.utils.data.Subset(corpus.dataset, indices)
     lengths = corpus.dataset.lengths()[indices]
+    world, rank = distributed.world_size(), distributed.rank()
     if train:
         sampler_cls = BucketBatchSampler if run_cfg.batching == "bucket" else RandomBatchSampler
-        sampler = sampler_cls(lengths, run_cfg.batch_size, shuffle=True, seed=run_cfg.seed)
+        sampler = sampler_cls(lengths, run_cfg.batch_size * world, shuffle=True, seed=run_cfg.seed)
+        sampler = DistributedBucketSampler(sampler, rank, world) if world > 1 else sampler
     else:
         sampler = BucketBatchSampler(lengths, run_cfg.eval_batch_size, shuffle=False)
+        sampler = RoundRobinBatchSampler(sampler, rank, world) if world > 1 else sampler
     return torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=corpus.collate,
                                        num_workers=run_cfg.num_workers, pin_memory=device.type == "cuda",
                                        persistent_workers=run_cfg.num_workers > 0)
@@ -202,46 +222,71 @@ def optimizer_step(optimizer, params, skipped: torch.Tensor) -> None:
     skipped += found_inf
 
 
-def train_epoch(model, loader, optimizer, run_cfg: RunConfig, device, epoch: int) -> dict:
+def train_epoch(model, loader, optimizer, run_cfg: RunConfig, device, epoch: int, ddp=None) -> dict:
     """One epoch with gradient accumulation. Losses stay on the device and are read back
-    only every `log_every` micro-batches, so the loop does not wait on the GPU each step."""
-    model.train()
+    only every `log_every` micro-batches, so the loop does not wait on the GPU each step.
+    Under torchrun `ddp` wraps `model`, each rank runs its shard of every global batch, and
+    the epoch's sums are added over the ranks at the end."""
+    (ddp or model).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    sums = torch.zeros(4, device=device)  # total, ce, ctc, finite micro-batches
+    sums = torch.zeros(5, device=device)  # weighted total, ce, ctc; weight of the finite ones; non-finite shards
     skipped = torch.zeros((), device=device)
-    steps = micro = audio_seconds = 0
+    steps = micro = 0
+    audio_seconds = 0.0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, disable=None)
-    for micro, batch in enumerate(bar, start=1):
-        audio_seconds += int(batch.sample_lengths.sum()) / 16000
-        batch = batch.to(device, non_blocking=True)
-        with autocast(device, run_cfg.precision):
-            output = model(**batch.model_inputs())
-        losses = model.loss(output, batch.labels, batch.ctc_targets, batch.ctc_target_lengths)
-        (losses["total"] / run_cfg.accum_grad).backward()
-        parts = torch.stack([losses["total"], losses["ce"], losses.get("ctc", losses["ce"] * 0)]).detach()
+    scales, last = distributed.loss_scales(loader.batch_sampler), len(loader)
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
+               disable=None if distributed.is_main() else True)
+    for micro, (batch, scale) in enumerate(zip(bar, scales), start=1):
+        audio_seconds += int(batch.sample_lengths.sum()) / 16000 if scale else 0.0
+        sync = micro % run_cfg.accum_grad == 0 or micro == last
+        with distributed.gradient_sync(ddp, sync):
+            parts = forward_backward(model, ddp, batch.to(device, non_blocking=True), scale, run_cfg, device)
+        weight = scale / distributed.world_size()  # this shard's share of the global micro-batch
         finite = torch.isfinite(parts).all()
-        sums += torch.cat([torch.where(finite, parts, 0.0), finite.float()[None]])
-        if micro % run_cfg.accum_grad == 0 or micro == len(loader):
-            optimizer_step(optimizer, params, skipped)
+        sums[:3] += torch.where(finite, parts * weight, 0.0)
+        sums[3] += torch.where(finite, weight, 0.0)
+        if scale:
+            sums[4] += (~finite).float()
+        if sync:
+            optimizer_step(optimizer, params, skipped)  # gradients are synchronised: same found_inf on every rank
             steps += 1
             if run_cfg.max_steps and steps >= run_cfg.max_steps:
                 break
         if micro % run_cfg.log_every == 0:
-            total, ce, ctc = (sums[:3] / sums[3].clamp(min=1)).tolist()
+            values = sums.tolist()
+            total, ce, ctc = mean_losses(values[:3], values[3])
             rate = audio_seconds / (time.perf_counter() - start)
             bar.set_postfix_str(f"loss {total:.3f} ce {ce:.3f} ctc {ctc:.3f} | {rate:.0f} audio-s/s")
-    total, ce, ctc = (sums[:3] / sums[3].clamp(min=1)).tolist()
+    *weighted, weight, nonfinite, audio_seconds = distributed.sum_floats([*sums.tolist(), audio_seconds], device)
+    total, ce, ctc = mean_losses(weighted, weight)
     return {"loss": total, "ce_loss": ce, "ctc_loss": ctc, "optimizer_steps": steps, "micro_batches": micro,
-            "skipped_steps": int(skipped.item()), "nonfinite_micro_batches": micro - int(sums[3].item()),
+            "skipped_steps": int(skipped.item()), "nonfinite_micro_batches": int(nonfinite),
             "audio_seconds": round(audio_seconds, 2)}
+
+
+def forward_backward(model, ddp, batch, scale: float, run_cfg: RunConfig, device) -> torch.Tensor:
+    """One micro-batch (this rank's shard) forward and backward; its loss counts with
+    `scale` (utils/distributed.DistributedBucketSampler, 1 in one process) / accum_grad.
+    -> the detached [total, ce, ctc] losses."""
+    with autocast(device, run_cfg.precision):
+        output = (ddp or model)(**batch.model_inputs())
+    losses = model.loss(output, batch.labels, batch.ctc_targets, batch.ctc_target_lengths)
+    (losses["total"] * scale / run_cfg.accum_grad).backward()
+    return torch.stack([losses["total"], losses["ce"], losses.get("ctc", losses["ce"] * 0)]).detach()
+
+
+def mean_losses(weighted: list, weight: float) -> list[float]:
+    """Micro-batch mean of the finite losses (0 when none was finite)."""
+    return [value / weight if weight else 0.0 for value in weighted]
 
 
 @torch.inference_mode()
 def predict_loader(model, loader, device, precision: str):
-    """-> names, true labels, predicted labels, class probabilities [N, 4] (loader order)."""
+    """-> names, true labels, predicted labels, class probabilities [N, 4] (loader order;
+    a rank may have no evaluation batch)."""
     model.eval()
-    names, labels, probs = [], [], []
+    names, labels, probs = [], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, len(CLASS_NAMES))]
     for batch in loader:
         names += batch.names
         labels.append(batch.labels)
@@ -253,8 +298,15 @@ def predict_loader(model, loader, device, precision: str):
     return names, torch.cat(labels).numpy(), probs.argmax(axis=1), probs
 
 
+def predict_split(model, loader, device, precision: str):
+    """predict_loader on this rank's batches, gathered from every rank: one row per utterance,
+    ordered by name (the same rows whatever the number of processes)."""
+    names, labels, _, probs = predict_loader(model, loader, device, precision)
+    return distributed.gather_predictions(names, labels, probs)
+
+
 def evaluate(model, loader, device, precision: str) -> dict:
-    _, y_true, y_pred, _ = predict_loader(model, loader, device, precision)
+    _, y_true, y_pred, _ = predict_split(model, loader, device, precision)
     return emotion_metrics(y_true, y_pred)
 
 
@@ -273,15 +325,36 @@ def build_training(model_cfg: ModelConfig, run_cfg: RunConfig, device):
     model = build_model(model_cfg).to(device)
     if run_cfg.gradient_checkpointing:
         model.wav2vec2.gradient_checkpointing_enable()
+    freeze_untrained(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=run_cfg.learning_rate, fused=True)
     return model, optimizer
 
 
+def freeze_untrained(model) -> None:
+    """Freeze what no loss reaches, so that neither AdamW nor DDP waits for its gradient: the
+    CTC head when alpha = 0 (its loss is only logged, detached) and the encoder's mask
+    embedding when SpecAugment masks no time step. (DDP cannot skip these by itself: the CTC
+    head's output is one of the forward's outputs.)"""
+    encoder_config = model.wav2vec2.config
+    if hasattr(model.wav2vec2, "masked_spec_embed") and not (
+            encoder_config.apply_spec_augment and encoder_config.mask_time_prob > 0):
+        model.wav2vec2.masked_spec_embed.requires_grad_(False)
+    if model.has_ctc and not model.config.alpha:
+        model.ctc_linear.requires_grad_(False)
+
+
+def uses_layerdrop(model) -> bool:
+    """LayerDrop skips whole encoder layers at random, differently on each rank, so DDP must
+    then look for parameters without gradient after every backward (find_unused_parameters)."""
+    return getattr(model.wav2vec2.config, "layerdrop", 0.0) > 0
+
+
 def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunConfig,
              device, run_dir: Path) -> dict:
     """Train on the other sessions, keep the best epoch (on dev, or on test if asked), then
-    score it on the test session. A `<session>_last.pt` after each epoch makes it resumable."""
+    score it on the test session. A `<session>_last.pt` after each epoch makes it resumable.
+    Under torchrun every rank trains (DDP) and evaluates its share; rank 0 alone writes."""
     seed_everything(run_cfg.seed)
     train_idx, dev_idx, test_idx = loso_split(corpus.table, session, run_cfg.dev_fraction, run_cfg.seed)
     log.info("fold %d: train %d, dev %d, test %d utterances", session, len(train_idx), len(dev_idx), len(test_idx))
@@ -289,23 +362,28 @@ def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunC
     dev_loader = make_loader(corpus, dev_idx, run_cfg, False, device) if len(dev_idx) else None
     test_loader = make_loader(corpus, test_idx, run_cfg, False, device)
     model, optimizer = build_training(model_cfg, run_cfg, device)
-    report_long_targets(model, corpus, train_idx)
-    board = tensorboard_writer(run_dir, session) if run_cfg.tensorboard else None
+    rank0 = distributed.is_main()
+    if rank0:
+        report_long_targets(model, corpus, train_idx)
+    board = tensorboard_writer(run_dir, session) if run_cfg.tensorboard and rank0 else None
 
     def save_best(record):  # the fold's selected model, with the metrics it was chosen by
         save_checkpoint(run_dir / f"{session}_model.pt", model, model_config=model_cfg.to_dict(), session=session,
                         epoch=record["epoch"], selected_on=run_cfg.select_on,
                         metrics={"dev": record["dev"], "test": record["test"]})
 
-    state = runinfo.FoldState.restore(run_dir, session, model, optimizer, save_best) if run_cfg.resume else None
+    state = restore_fold(run_dir, session, model, optimizer, save_best) if run_cfg.resume else None
     state = state or runinfo.FoldState(session=session)
     forward = torch.compile(model) if run_cfg.compile else model
+    # after the restore: DDP starts by giving every rank rank 0's weights
+    ddp = distributed.wrap_model(forward, device, find_unused_parameters=uses_layerdrop(model))
     for epoch in range(state.epoch + 1, run_cfg.epochs + 1):
         start = time.perf_counter()
+        distributed.seed_rank(run_cfg.seed, epoch)
         train_loader.batch_sampler.set_epoch(epoch)
-        record = {"epoch": epoch, **train_epoch(forward, train_loader, optimizer, run_cfg, device, epoch)}
+        record = {"epoch": epoch, **train_epoch(forward, train_loader, optimizer, run_cfg, device, epoch, ddp)}
         check_skipped(record, run_cfg, session)
-        record["dev"] = evaluate(forward, dev_loader, device, run_cfg.precision) if dev_loader else None
+        record["dev"] = evaluate(forward, dev_loader, device, run_cfg.precision) if dev_loader is not None else None
         record["test"] = evaluate(forward, test_loader, device, run_cfg.precision)
         record["selected_on"] = run_cfg.select_on
         score = record["dev" if run_cfg.select_on == "dev" else "test"]["ua"]
@@ -315,12 +393,26 @@ def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunC
         state.epoch = epoch
         record["best_epoch"] = state.best_epoch
         record["seconds"] = round(time.perf_counter() - start, 3)
-        # last.pt first: whatever a kill interrupts after it, restore() can redo from it
-        state.save(run_dir, model, optimizer, record)
-        if improved:
-            save_best(record)
+        if rank0:  # last.pt first: whatever a kill interrupts after it, restore() can redo from it
+            state.save(run_dir, model, optimizer, record)
+            if improved:
+                save_best(record)
         log_epoch(session, record, board)
     return finish_fold(session, corpus, model_cfg, run_cfg, device, run_dir, test_idx)
+
+
+def restore_fold(run_dir: Path, session: int, model, optimizer, save_best) -> "runinfo.FoldState | None":
+    """--resume: rank 0 restores `<session>_last.pt` (and repairs the stats and best model
+    after a kill); the other ranks read the fold state and optimizer from the same file, and
+    get the weights from rank 0 when DDP wraps the model. None: the fold starts afresh."""
+    if distributed.is_main():
+        return runinfo.FoldState.restore(run_dir, session, model, optimizer, save_best)
+    path = run_dir / f"{session}_last.pt"
+    if not path.is_file():
+        return None
+    payload = load_checkpoint(path)
+    optimizer.load_state_dict(payload["optimizer"])
+    return runinfo.FoldState(**payload["fold_state"])
 
 
 def tensorboard_writer(run_dir: Path, session: int):
@@ -378,8 +470,10 @@ def log_epoch(session: int, record: dict, board=None) -> None:
 
 def finish_fold(session, corpus, model_cfg, run_cfg, device, run_dir: Path, test_idx) -> dict:
     """Score the best checkpoint on the test session, record the fold as finished."""
+    distributed.barrier()  # every rank reads the best checkpoint, which rank 0 has now written
     metrics = evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, run_dir, run_dir, test_idx)
-    runinfo.finish_fold(run_dir, session, metrics)
+    if distributed.is_main():
+        runinfo.finish_fold(run_dir, session, metrics)
     return metrics
 
 
@@ -391,37 +485,73 @@ def evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, checkpoint_
     model, payload = restore_model(checkpoint_dir / f"{session}_model.pt", model_cfg.run, model_cfg.wav2vec2)
     model.to(device)
     loader = make_loader(corpus, test_idx, run_cfg, False, device)
-    names, y_true, y_pred, probs = predict_loader(model, loader, device, run_cfg.precision)
-    write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs)
+    names, y_true, y_pred, probs = predict_split(model, loader, device, run_cfg.precision)
+    if distributed.is_main():
+        write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs)
     metrics = emotion_metrics(y_true, y_pred)
     metrics["epoch"] = payload.get("epoch")
     return metrics
 
 
 # ---------------------------------------------------------------- main
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
+    """Run the folds and write the results; -> the results (None on ranks other than 0)."""
     model_cfg, run_cfg = parse_args(argv)
+    device = distributed.init_distributed(run_cfg.device)
+    try:
+        return run_folds(model_cfg, run_cfg, device)
+    finally:
+        distributed.shutdown()
+
+
+def run_folds(model_cfg: ModelConfig, run_cfg: RunConfig, device) -> dict | None:
     transformers.logging.disable_progress_bar()
+    run_cfg.world_size = distributed.world_size()
     run_dir = Path(run_cfg.save_path) / model_cfg.run
-    runinfo.claim_run_dir(run_dir, model_cfg, run_cfg)
+    if distributed.is_main():
+        runinfo.claim_run_dir(run_dir, model_cfg, run_cfg)
+    distributed.barrier()  # an --overwrite has emptied the folder before any rank reads it
     setup_logging(run_dir)
-    device = resolve_device(run_cfg.device)
-    log.info("run %s on %s (precision %s), sessions %s", model_cfg.run, device, run_cfg.precision, run_cfg.sessions)
-    corpus = load_corpus(model_cfg, run_cfg)
-    runinfo.write_config(run_dir, model_cfg, run_cfg, runinfo.data_checksums(
-        run_cfg, corpus.table["FileName"], MODELS[model_cfg.run].uses_text))
+    log.info("run %s on %s (precision %s, %d process%s), sessions %s", model_cfg.run, device, run_cfg.precision,
+             run_cfg.world_size, "es" if run_cfg.world_size > 1 else "", run_cfg.sessions)
     fold_metrics = {}
-    with logging_redirect_tqdm():
-        for session in run_cfg.sessions:
-            if run_cfg.eval_only:
-                fold_metrics[session] = evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device,
-                                                            Path(run_cfg.checkpoint_dir), run_dir)
-            elif run_cfg.resume and runinfo.finished_fold(run_dir, session):
-                log.info("fold %d: finished in an earlier run, kept", session)
-                fold_metrics[session] = runinfo.finished_fold(run_dir, session)
-            else:
-                fold_metrics[session] = run_fold(session, corpus, model_cfg, run_cfg, device, run_dir)
-    return report(run_dir, fold_metrics, model_cfg, run_cfg)
+    todo = folds_to_run(run_dir, run_cfg)
+    if todo:  # a final `--resume` over finished folds only writes the results: no data to load
+        corpus = load_corpus(model_cfg, run_cfg)
+        if distributed.is_main() and not (run_dir / "config.json").is_file():
+            # kept when present: claim_run_dir has checked it describes this run, and fold
+            # processes running in parallel must not overwrite each other's
+            runinfo.write_config(run_dir, model_cfg, run_cfg, runinfo.data_checksums(
+                run_cfg, corpus.table["FileName"], MODELS[model_cfg.run].uses_text))
+        with logging_redirect_tqdm():
+            for session in todo:
+                if run_cfg.eval_only:
+                    fold_metrics[session] = evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device,
+                                                                Path(run_cfg.checkpoint_dir), run_dir)
+                else:
+                    fold_metrics[session] = run_fold(session, corpus, model_cfg, run_cfg, device, run_dir)
+    if not distributed.is_main():
+        return None
+    return report(run_dir, fold_metrics if run_cfg.eval_only else finished_folds(run_dir), model_cfg, run_cfg)
+
+
+def folds_to_run(run_dir: Path, run_cfg: RunConfig) -> list[int]:
+    """The requested folds less, with --resume, those finished in this folder already (by an
+    earlier run, or by another process running folds in parallel)."""
+    todo = []
+    for session in run_cfg.sessions:
+        if run_cfg.resume and not run_cfg.eval_only and runinfo.finished_fold(run_dir, session):
+            log.info("fold %d: finished in an earlier run, kept", session)
+        else:
+            todo.append(session)
+    return todo
+
+
+def finished_folds(run_dir: Path) -> dict:
+    """The test metrics of every finished fold in the folder, whichever process trained it:
+    the results of a run are those of all its folds."""
+    sessions = sorted(int(path.name.split("_")[0]) for path in run_dir.glob("*_result.json"))
+    return {session: runinfo.finished_fold(run_dir, session) for session in sessions}
 
 
 def report(run_dir: Path, fold_metrics: dict, model_cfg: ModelConfig, run_cfg: RunConfig) -> dict:

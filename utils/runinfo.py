@@ -52,7 +52,8 @@ def config_differences(run_dir: Path, model_cfg, run_cfg) -> list[str]:
                 continue
             old, new = saved.get(part, {}).get(key), now[part].get(key)
             if old != new:
-                diffs.append(f"--{key}: {old!r} then, {new!r} now")
+                name = "processes (torchrun --nproc_per_node x --nnodes)" if key == "world_size" else f"--{key}"
+                diffs.append(f"{name}: {old!r} then, {new!r} now")
     return diffs
 
 
