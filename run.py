@@ -323,8 +323,8 @@ def write_predictions(path: Path, names, y_true, y_pred, probs) -> None:
 # ---------------------------------------------------------------- one fold
 def build_training(model_cfg: ModelConfig, run_cfg: RunConfig, device):
     model = build_model(model_cfg).to(device)
-    if run_cfg.gradient_checkpointing:
-        model.wav2vec2.gradient_checkpointing_enable()
+    if run_cfg.gradient_checkpointing:  # the name transformers 5 gives gradient checkpointing
+        model.wav2vec2.activation_checkpointing_enable()
     freeze_untrained(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=run_cfg.learning_rate, fused=True)
