@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from utils.audio import TARGET_SR, AudioError, read_audio, write_wav
 from utils.files import atomic_path, atomic_write_text
-from utils.labels import KEPT_LABELS, REFERENCE_LABEL_COUNTS, REFERENCE_SESSION_COUNTS, REFERENCE_TOTAL
+from utils.labels import (KEPT_LABELS, REFERENCE_LABEL_COUNTS, REFERENCE_SESSION_COUNTS, REFERENCE_TOTAL,
+                          utterance_fields)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ _LABEL_LINE = re.compile(
 # time stamp, so transcripts may hold brackets of their own (`[LAUGHTER]`).
 _TRANSCRIPT_LINE = re.compile(r"^(?P<utt>\S+)\s+\[[^\]]*\]:\s*(?P<text>.*?)\s*$")
 # `Ses01F_impro01_F000`: session digit at index 4, speaker gender just before the turn index.
-_UTTERANCE_ID = re.compile(r"^Ses0(?P<session>[1-5])[FM]_\S+_(?P<gender>[FM])\d+$")
 
 
 @dataclass(frozen=True)
@@ -107,15 +107,6 @@ def parse_transcriptions(text: str) -> dict[str, str]:
     return transcripts
 
 
-def speaker_fields(utterance: str) -> dict | None:
-    """session, speaker (`Ses01_F`) and gender of an utterance id; None if it is malformed."""
-    match = _UTTERANCE_ID.match(utterance)
-    if match is None:
-        return None
-    session, gender = int(match["session"]), match["gender"]
-    return {"session": session, "speaker": f"Ses{session:02d}_{gender}", "gender": gender}
-
-
 def join_dialog(records: list[LabelRecord], transcripts: dict[str, str],
                 label_file: str, transcript_file: str) -> tuple[list[dict], list[Problem]]:
     """csv rows (all columns but duration) for the 4-class utterances of one dialog,
@@ -124,7 +115,7 @@ def join_dialog(records: list[LabelRecord], transcripts: dict[str, str],
     for record in records:
         if record.label not in KEPT_LABELS:
             continue
-        fields = speaker_fields(record.utterance)
+        fields = utterance_fields(record.utterance)
         sentence = transcripts.get(record.utterance, "")
         if fields is None:
             problems.append(Problem(label_file, f"utterance id {record.utterance!r} is not like "

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from models.encoders import AudioInputSpec
 from utils.audio import normalize, read_audio
-from utils.labels import LABEL_TO_INDEX
+from utils.labels import LABEL_TO_INDEX, utterance_fields
 from utils.text import ctc_target_ids
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,11 @@ def stratified_sample(items: np.ndarray, levels: list, n_take: int, rng: np.rand
 
 def speaker_of(file_name: str) -> str:
     """Ses01F_impro01_F000 -> Ses01_F (the letter before the utterance index is the speaker)."""
-    return f"{file_name[:5]}_{file_name.rsplit('_', 1)[1][0]}"
+    fields = utterance_fields(file_name)
+    if fields is None:
+        raise DataError(f"{file_name}: not an IEMOCAP utterance id (Ses0<session><F|M>_<dialog>_<F|M><index>); "
+                        "the dev split needs the speaker it names")
+    return fields["speaker"]
 
 
 # ---------------------------------------------------------------- features
