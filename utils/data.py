@@ -234,7 +234,8 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         return iter(self.batches())
 
     def __len__(self):
-        return -(-len(self.lengths) // self.batch_size) if not self.shuffle else len(self.batches())
+        # pools hold a whole number of batches, so only the last batch of an epoch can be short
+        return -(-len(self.lengths) // self.batch_size)
 
 
 class RandomBatchSampler(BucketBatchSampler):
