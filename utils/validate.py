@@ -36,19 +36,29 @@ def table_problems(table: pd.DataFrame, sessions) -> dict:
     return problems
 
 
+def readable_headers(names, folder, suffix: str, read_header, errors, kinds: tuple, problems):
+    """(path, header) for each `<folder>/<name><suffix>` that exists and whose header
+    read_header() can parse; the others are filed under kinds = (missing, unreadable)."""
+    missing, unreadable = kinds
+    for name in names:
+        path = Path(folder) / f"{name}{suffix}"
+        if not path.is_file():
+            problems[missing].append(str(path))
+            continue
+        try:
+            header = read_header(path)
+        except errors as err:
+            problems[unreadable].append(f"{path}: {err}")
+            continue
+        yield path, header
+
+
 def audio_problems(names, audio_dir) -> dict:
     """Missing, unreadable or empty wavs, from their headers (nothing is decoded)."""
     problems = defaultdict(list)
-    for name in names:
-        path = Path(audio_dir) / f"{name}.wav"
-        if not path.is_file():
-            problems["missing audio files (check --data_path_audio)"].append(str(path))
-            continue
-        try:
-            frames = sf.info(str(path)).frames
-        except (sf.LibsndfileError, RuntimeError) as err:
-            problems["unreadable audio files (re-export as 16 kHz PCM wav)"].append(f"{path}: {err}")
-            continue
+    kinds = ("missing audio files (check --data_path_audio)", "unreadable audio files (re-export as 16 kHz PCM wav)")
+    for path, frames in readable_headers(names, audio_dir, ".wav", lambda p: sf.info(str(p)).frames,
+                                         (sf.LibsndfileError, RuntimeError), kinds, problems):
         if frames == 0:
             problems["empty audio files (re-export or drop the row)"].append(str(path))
     return problems
@@ -58,16 +68,10 @@ def feature_problems(names, roberta_dir) -> dict:
     """Missing or misshapen RoBERTa features: [1, T, H] or [T, H], T > 0, one H for all."""
     problems = defaultdict(list)
     dims = defaultdict(list)
-    for name in names:
-        path = Path(roberta_dir) / f"{name}.npy"
-        if not path.is_file():
-            problems["missing RoBERTa features (run data_prep/extract_roberta.py)"].append(str(path))
-            continue
-        try:
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-        except (ValueError, OSError) as err:
-            problems["unreadable .npy files (re-extract them)"].append(f"{path}: {err}")
-            continue
+    kinds = ("missing RoBERTa features (run data_prep/extract_roberta.py)", "unreadable .npy files (re-extract them)")
+    for path, shape in readable_headers(names, roberta_dir, ".npy",
+                                        lambda p: np.load(p, mmap_mode="r", allow_pickle=False).shape,
+                                        (ValueError, OSError), kinds, problems):
         if len(shape) == 3 and shape[0] == 1:
             shape = shape[1:]
         if len(shape) != 2 or shape[0] == 0:
