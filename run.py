@@ -30,7 +30,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint, restore_model, sa
 from utils.data import (BucketBatchSampler, Collator, DataError, EmotionDataset, RandomBatchSampler,
                         load_audio, load_text_features, loso_split, read_table)
 from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
-from utils.device import autocast, seed_everything
+from utils.device import autocast, check_precision, seed_everything
 from utils.files import atomic_path
 from utils.labels import CLASS_NAMES
 from utils.metrics import emotion_metrics
@@ -116,7 +116,8 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     ctl.add_argument("--device", default=d.device,
                      help="auto (CUDA when present; cuda:<LOCAL_RANK> under torchrun), cpu, cuda, cuda:N")
     ctl.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
-                     help="auto: bf16 autocast on GPU, fp32 on CPU")
+                     help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on a CPU with AVX512-BF16/AMX trains "
+                          "base-size encoders about 2x faster (see docs/PERFORMANCE.md)")
     ctl.add_argument("--select_on", choices=["dev", "test"], default=d.select_on,
                      help="pick the best epoch on the dev split; 'test' reproduces upstream (optimistic)")
     ctl.add_argument("--eval_batch_size", type=int, default=d.eval_batch_size)
@@ -512,6 +513,7 @@ def run_folds(model_cfg: ModelConfig, run_cfg: RunConfig, device) -> dict | None
         runinfo.claim_run_dir(run_dir, model_cfg, run_cfg)
     distributed.barrier()  # an --overwrite has emptied the folder before any rank reads it
     setup_logging(run_dir)
+    check_precision(device, run_cfg.precision)
     log.info("run %s on %s (precision %s, %d process%s), sessions %s", model_cfg.run, device, run_cfg.precision,
              run_cfg.world_size, "es" if run_cfg.world_size > 1 else "", run_cfg.sessions)
     fold_metrics = {}

@@ -43,7 +43,7 @@ import run  # noqa: E402
 from models import MODELS, ModelConfig, build_model  # noqa: E402
 from utils.audio import normalize, read_audio  # noqa: E402
 from utils.data import BucketBatchSampler, RandomBatchSampler, read_text_feature  # noqa: E402
-from utils.device import autocast, resolve_device, seed_everything, uses_bf16  # noqa: E402
+from utils.device import autocast, native_bf16, resolve_device, seed_everything, uses_bf16  # noqa: E402
 
 BENCH_DIR = ROOT / "data" / "bench"
 SR = 16000
@@ -69,6 +69,9 @@ LADDER = [
 ]
 # Measured beside ours with the ladder: the same effective batch in one micro-batch.
 OPTION = ("ours with micro-batch 8, no accumulation", dict(batch_size=8, accum_grad=1))
+# Measured beside ours on a CPU that multiplies bf16 natively (AVX512-BF16/AMX), where run.py's
+# precision=auto still means fp32.
+CPU_BF16 = ("ours + --precision bf16 (native bf16 CPU)", dict(precision="bf16"))
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class Arm:
     loop: str      # "upstream" (emulated, .item() every micro-batch) or "ours" (run.train_epoch)
     data: str      # "disk" (decode every step, upstream emulation) or "memory" (run.make_loader)
     settings: dict  # RunConfig fields
-    role: str = "step"  # "upstream", "step" (of the ladder), "ours" or "option"
+    role: str = "step"  # "upstream", "step" (of the ladder), "ours", "option" or "bf16"
 
 
 @dataclass
@@ -395,9 +398,9 @@ def ours_settings(overrides: dict, device) -> dict:
     return resolved({key: getattr(defaults, key) for key in SETTINGS} | overrides, device)
 
 
-def arms_for(ours: dict, ladder: bool) -> list[Arm]:
-    """The upstream configuration, the ladder of optimisations (if asked), ours, and (with the
-    ladder) ours in one micro-batch of 8."""
+def arms_for(ours: dict, ladder: bool, cpu_bf16: bool = False) -> list[Arm]:
+    """The upstream configuration, the ladder of optimisations (if asked), ours, (with the
+    ladder) ours in one micro-batch of 8, and (cpu_bf16) ours in bf16 autocast."""
     arms = [Arm("upstream configuration (emulated)", "upstream", "disk", dict(UPSTREAM), "upstream")]
     if ladder:
         for label, loop, data, change in LADDER:
@@ -410,6 +413,9 @@ def arms_for(ours: dict, ladder: bool) -> list[Arm]:
     label, change = OPTION
     if ladder and ours | change != ours:
         arms.append(Arm(label, "ours", "memory", ours | change, "option"))
+    label, change = CPU_BF16
+    if cpu_bf16 and ours | change != ours:
+        arms.append(Arm(label, "ours", "memory", ours | change, "bf16"))
     return arms
 
 
@@ -544,8 +550,9 @@ def projected_seconds(epoch_pflop: float, peak: float, utilisation: float) -> fl
 def rtf_report(run_name: str, paths: dict, n_utterances: int, threads: int, repeats: int = 3) -> dict:
     """Real-time factor (compute seconds / audio seconds) with the base-size model on the CPU:
     evaluation = run.predict_loader on the in-memory corpus (cached text features); prediction =
-    predict.predict_files on the wav files and transcripts (decoding, RoBERTa-base loading and
-    embedding included). The fastest of `repeats` passes after a warm-up."""
+    predict.predict_files on the wav files and transcripts (decoding, tokenizing and embedding
+    with RoBERTa-base included; loading RoBERTa-base, once per call, is timed apart). The fastest
+    of `repeats` passes after a warm-up, in fp32 and, where the CPU has native bf16, in bf16."""
     import predict
 
     device = torch.device("cpu")
@@ -561,17 +568,25 @@ def rtf_report(run_name: str, paths: dict, n_utterances: int, threads: int, repe
         model = build_model(model_cfg).eval()
         loader = run.make_loader(corpus, chosen, run_cfg, False, device)
         audio_s = float(durations[chosen].sum())
-        evaluate_s = fastest(lambda: run.predict_loader(model, loader, device, "fp32"), repeats)
         inputs = pd.DataFrame({"path": [str(paths["audio"] / f"{corpus.dataset.names[i]}.wav") for i in chosen],
                                "transcript": corpus.table["Sentences"].iloc[chosen].tolist()})
         roberta = str(base_roberta_dir(paths))
-        with contextlib.redirect_stderr(io.StringIO()):  # progress bars
-            predict_s = fastest(lambda: predict.predict_files(inputs, {"bench": model}, roberta, device="cpu"),
-                                repeats)
+        start = time.perf_counter()
+        text_encoder = predict.load_checked_text_encoder(roberta, model.config.text_dim, device)
+        load_s = time.perf_counter() - start
+        report = {"run": run_name, "threads": threads, "utterances": len(chosen), "audio_seconds": audio_s,
+                  "load": load(), "text_encoder_load_s": load_s}
+        for precision in ["fp32"] + (["bf16"] if native_bf16(device) else []):
+            evaluate_s = fastest(lambda: run.predict_loader(model, loader, device, precision), repeats)
+            with contextlib.redirect_stderr(io.StringIO()):  # progress bars
+                predict_s = fastest(lambda: predict.predict_files(inputs, {"bench": model}, roberta, device="cpu",
+                                                                  precision=precision, text_encoder=text_encoder),
+                                    repeats)
+            report[f"evaluate_rtf_{precision}"] = evaluate_s / audio_s
+            report[f"predict_rtf_{precision}"] = predict_s / audio_s
     finally:
         torch.set_num_threads(previous)
-    return {"run": run_name, "threads": threads, "utterances": len(chosen), "audio_seconds": audio_s, "load": load(),
-            "evaluate_rtf": evaluate_s / audio_s, "predict_rtf": predict_s / audio_s}
+    return report
 
 
 def fastest(work, repeats: int = 3) -> float:
@@ -618,7 +633,8 @@ def bench_run(run_name: str, args, paths: dict, device, first: bool) -> dict:
     sources = {"audio": paths["audio"], "roberta": roberta if MODELS[run_name].uses_text else None,
                "max_samples": max_samples}
     plan = Plan(warmup_steps=args.warmup_steps, epochs=args.epochs_measured, steps=args.steps)
-    arms = arms_for(ours_settings(args.ours, device), ladder=first and args.ladder)
+    arms = arms_for(ours_settings(args.ours, device), ladder=first and args.ladder,
+                    cpu_bf16=first and device.type == "cpu" and native_bf16(device))
 
     def measure(arm):
         m = measure_arm(arm, model_cfg, corpus, indices, base_cfg, device, plan, sources)
@@ -722,16 +738,25 @@ def print_report(machine: dict, args, corpus_line: str, results, flops, rtfs, pe
         print("\n".join(format_flops(flops, mfu)))
     for rtf in rtfs:
         print(f"\nCPU real-time factor (compute s / audio s), base-size {rtf['run']}, {rtf['threads']} threads, "
-              f"{rtf['utterances']} utterances of 2-5 s ({rtf['audio_seconds']:.1f} s), load {rtf['load']}: "
-              f"evaluation {rtf['evaluate_rtf']:.3f} (run.predict_loader, cached text features), "
-              f"prediction {rtf['predict_rtf']:.3f} (predict.predict_files: decoding, RoBERTa-base loading and "
-              "embedding included)")
+              f"{rtf['utterances']} utterances of 2-5 s ({rtf['audio_seconds']:.1f} s), load {rtf['load']}; "
+              "evaluation = run.predict_loader (cached text features), prediction = predict.predict_files "
+              "(decoding, RoBERTa-base embedding included)")
+        for precision in ("fp32", "bf16"):
+            if f"evaluate_rtf_{precision}" in rtf:
+                print(f"  {precision}: evaluation {rtf[f'evaluate_rtf_{precision}']:.3f}, "
+                      f"prediction {rtf[f'predict_rtf_{precision}']:.3f}")
+        print(f"  loading RoBERTa-base (once per predict.py call, not per audio second): "
+              f"{rtf['text_encoder_load_s']:.2f} s")
     if results[0]["profile"]:
         print("\nprofile of " + results[0]["profile"])
     ours, upstream = pick(results[0], "ours"), pick(results[0], "upstream")
     speedup = ours.throughput / upstream.throughput
     print(f"\n{results[0]['run']}: ours {ours.throughput:.1f} vs upstream {upstream.throughput:.1f} "
           f"audio-s/s on {args.size} encoders ({machine['device']})")
+    bf16 = [m for m in results[0]["measurements"] if m.role == "bf16"]
+    if bf16:
+        print(f"{results[0]['run']}: ours with --precision bf16 {bf16[0].throughput:.1f} audio-s/s, "
+              f"{bf16[0].throughput / upstream.throughput:.2f} x upstream (this CPU has native bf16)")
     print(f"speedup_vs_upstream_config: {speedup:.2f}")
     return speedup
 
@@ -781,9 +806,10 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, help="times each configuration is timed, order alternating; the fastest "
                    "counts (default on CPU: 3, 2 with --size base; on GPU: 1)")
     p.add_argument("--max_seconds", type=float, help="crop every utterance (default on CPU with --size base: 3)")
-    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
-                   help="torch.set_num_threads for training (default: cores - 1, so that upstream's loader "
-                        "worker has a core of its own rather than fighting two spinning OpenMP threads)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch.set_num_threads for training, both configurations (default: torch's own "
+                        "default, which upstream and run.py both run with; upstream's loader worker shares "
+                        "the cores)")
     p.add_argument("--rtf_threads", type=int, nargs="+", default=[2],
                    help="torch threads for the CPU real-time factors (one measurement per value)")
     p.add_argument("--ours", nargs="*", type=key_value, default=[],
