@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models import MODELS, ModelConfig, build_model
-from models.encoders import audio_input_spec, frame_lengths
+from models.encoders import audio_input_spec, conv_cache_is_exact, conv_features, encoder_config, frame_lengths
 from utils import distributed, runinfo
 from utils.audio import AudioError
 from utils.checkpoint import CheckpointError, load_checkpoint, restore_model, save_checkpoint
@@ -63,6 +63,7 @@ class RunConfig:
     batching: str = "bucket"
     gradient_checkpointing: bool = False
     compile: bool = False
+    cache_conv_features: bool = False
     eval_batch_size: int = 8
     eval_only: bool = False
     checkpoint_dir: str | None = None
@@ -109,6 +110,10 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     opt.add_argument("--gradient_checkpointing", action="store_true",
                      help="recompute encoder activations in the backward pass (less memory, ~30%% slower)")
     opt.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow first epoch)")
+    opt.add_argument("--cache_conv_features", action="store_true",
+                     help="run the frozen convolutional feature encoder once per utterance and keep its output "
+                          "in memory (exact, so only for layer-norm feature encoders such as "
+                          "wav2vec2-large-lv60; about 100 KB per audio second)")
     opt.add_argument("--max_skipped_fraction", type=float, default=d.max_skipped_fraction,
                      help="stop when more than this share of an epoch's optimizer steps had non-finite gradients")
     ctl = p.add_argument_group("run control")
@@ -135,6 +140,10 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     model_cfg = ModelConfig(run=args.run, wav2vec2=args.wav2vec2, alpha=args.alpha, dropout=args.dropout,
                             specaugment=args.specaugment)
     run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)})
+    if run_cfg.cache_conv_features and not conv_cache_is_exact(encoder_config(model_cfg.wav2vec2)):
+        p.error(f"--cache_conv_features: {model_cfg.wav2vec2} has a group-norm feature encoder, whose output on "
+                "an utterance depends on the padding of its batch, so a cached output would not be exact; it is "
+                "offered for layer-norm feature encoders (feat_extract_norm='layer', e.g. wav2vec2-large-lv60)")
     if run_cfg.eval_only and not run_cfg.checkpoint_dir:
         p.error("--eval_only needs --checkpoint_dir DIR holding <session>_model.pt files")
     if run_cfg.select_on == "dev" and run_cfg.dev_fraction <= 0 and not run_cfg.eval_only:
@@ -170,6 +179,7 @@ class Corpus:
     table: pd.DataFrame
     dataset: EmotionDataset
     collate: Collator
+    conv_weights: list | None = None   # the feature-encoder weights dataset.conv_features came from
 
 
 def load_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
@@ -191,6 +201,34 @@ def load_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
         model_cfg.text_dim = int(text[0].shape[1])
     dataset = EmotionDataset(table["FileName"], waves, table["label_index"], table["text"], text)
     return Corpus(table, dataset, Collator(spec))
+
+
+def ensure_conv_cache(model, corpus: Corpus, run_cfg: RunConfig, device) -> None:
+    """--cache_conv_features: the frozen feature encoder's output for every utterance, kept in
+    memory for the loaders to hand to the model instead of the audio. Computed on the device in
+    length-sorted batches (exact for the layer-norm encoders the flag is allowed for), and again
+    only when `model`'s feature-encoder weights differ from those it came from."""
+    if not run_cfg.cache_conv_features:
+        return
+    weights = [p.detach().cpu() for p in model.wav2vec2.feature_extractor.parameters()]
+    if corpus.conv_weights is not None and all(map(torch.equal, weights, corpus.conv_weights)):
+        return
+    corpus.dataset.conv_features = None  # the items below are then audio
+    lengths = corpus.dataset.lengths()
+    cached = [None] * len(lengths)
+    start = time.perf_counter()
+    # no DataLoader: creating its iterator draws from the global RNG, and training's dropout
+    # masks must not depend on whether the cache was built
+    for indices in tqdm(BucketBatchSampler(lengths, run_cfg.eval_batch_size, shuffle=False).batches(),
+                        desc="conv features", leave=False, disable=None if distributed.is_main() else True):
+        batch = corpus.collate([corpus.dataset[i] for i in indices])
+        features = conv_features(model.wav2vec2, batch.input_values.to(device)).float().cpu()
+        frames = frame_lengths(model.wav2vec2, batch.sample_lengths).tolist()
+        for row, (i, n) in enumerate(zip(indices, frames)):
+            cached[i] = features[row, :n].clone()
+    corpus.dataset.conv_features, corpus.conv_weights = cached, [w.clone() for w in weights]
+    log.info("cached the feature encoder's output of %d utterances (%.2f GB) in %.1f s", len(cached),
+             sum(c.nbytes for c in cached) / 1e9, time.perf_counter() - start)
 
 
 def make_loader(corpus: Corpus, indices, run_cfg: RunConfig, train: bool, device):
@@ -363,6 +401,7 @@ def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunC
     dev_loader = make_loader(corpus, dev_idx, run_cfg, False, device) if len(dev_idx) else None
     test_loader = make_loader(corpus, test_idx, run_cfg, False, device)
     model, optimizer = build_training(model_cfg, run_cfg, device)
+    ensure_conv_cache(model, corpus, run_cfg, device)
     rank0 = distributed.is_main()
     if rank0:
         report_long_targets(model, corpus, train_idx)
@@ -485,6 +524,7 @@ def evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, checkpoint_
         test_idx = corpus.table.index[corpus.table["session"] == session].to_numpy()
     model, payload = restore_model(checkpoint_dir / f"{session}_model.pt", model_cfg.run, model_cfg.wav2vec2)
     model.to(device)
+    ensure_conv_cache(model, corpus, run_cfg, device)
     loader = make_loader(corpus, test_idx, run_cfg, False, device)
     names, y_true, y_pred, probs = predict_split(model, loader, device, run_cfg.precision)
     if distributed.is_main():

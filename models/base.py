@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.encoders import frame_lengths
+from models.encoders import encode_conv_features, frame_lengths
 from models.fusion import lengths_to_mask, masked_mean
 
 
@@ -48,11 +48,17 @@ class SpeechEmotionModel(nn.Module):
         if self.has_ctc:
             self.ctc_linear = nn.Linear(self.audio_dim, config.vocab_size)
 
-    def encode_audio(self, input_values, sample_lengths, attention_mask=None):
-        """-> dropout(last hidden state) [B, T_audio, D_audio], valid-frame mask [B, T_audio], lengths [B]."""
-        hidden = self.wav2vec2(input_values, attention_mask=attention_mask).last_hidden_state
+    def encode_audio(self, input_values, sample_lengths, attention_mask=None, conv_features=None):
+        """-> dropout(last hidden state) [B, T_audio, D_audio], valid-frame mask [B, T_audio], lengths [B].
+        conv_features: the frozen feature encoder's cached output [B, T_audio, C], used instead of
+        running it on input_values (see models.encoders.conv_cache_is_exact)."""
         lengths = frame_lengths(self.wav2vec2, sample_lengths)
-        valid = lengths_to_mask(lengths, hidden.shape[1])
+        if conv_features is None:
+            hidden = self.wav2vec2(input_values, attention_mask=attention_mask).last_hidden_state
+            valid = lengths_to_mask(lengths, hidden.shape[1])
+        else:
+            valid = lengths_to_mask(lengths, conv_features.shape[1])
+            hidden = encode_conv_features(self.wav2vec2, conv_features, valid)
         return self.dropout(hidden), valid, lengths
 
     def pooled_audio(self, audio_frames, frame_valid):

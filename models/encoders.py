@@ -4,9 +4,11 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, HubertModel
 
 log = logging.getLogger(__name__)
+ENCODER_FIX = ("pass a local folder written by save_pretrained or a hub name such as facebook/wav2vec2-base "
+               "with network access")
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,19 @@ def load_speech_encoder(name_or_path: str, pretrained: bool = True, specaugment:
     asked. pretrained=False builds the architecture only (weights come from a checkpoint)."""
     # apply_spec_augment (not mask_time_prob) turns it off, so masked_spec_embed stays a
     # parameter and checkpoints written with the encoder's own config still load strictly.
-    overrides = {"apply_spec_augment": bool(specaugment)}
+    config = encoder_config(name_or_path, apply_spec_augment=bool(specaugment))
     try:
-        config = AutoConfig.from_pretrained(name_or_path, **overrides)
         encoder = _instantiate(name_or_path, config, pretrained, attn_implementation)
     except OSError as err:
-        raise OSError(f"{name_or_path}: cannot load the speech encoder ({err}); pass a local folder written "
-                      "by save_pretrained or a hub name such as facebook/wav2vec2-base with network access") from err
+        raise OSError(f"{name_or_path}: cannot load the speech encoder ({err}); {ENCODER_FIX}") from err
     return prepare_encoder(encoder)
+
+
+def encoder_config(name_or_path: str, **overrides):
+    try:
+        return AutoConfig.from_pretrained(name_or_path, **overrides)
+    except OSError as err:
+        raise OSError(f"{name_or_path}: cannot read the speech encoder's config ({err}); {ENCODER_FIX}") from err
 
 
 def _instantiate(name_or_path, config, pretrained: bool, attn_implementation: str):
@@ -73,3 +80,34 @@ def prepare_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
 def frame_lengths(encoder: torch.nn.Module, sample_lengths: torch.Tensor) -> torch.Tensor:
     """Valid frame counts from the encoder's own length formula on the true sample counts."""
     return encoder._get_feat_extract_output_lengths(sample_lengths).to(torch.long)
+
+
+def conv_cache_is_exact(config) -> bool:
+    """Whether the frozen convolutional feature encoder's output on an utterance alone equals its
+    output on the utterance's valid frames inside a padded batch (for the encoder's config).
+    True for layer-norm feature encoders (each frame normalised on its own, e.g.
+    wav2vec2-large-lv60); false for wav2vec2-base's group norm, whose statistics run over the
+    whole padded length."""
+    return getattr(config, "feat_extract_norm", None) == "layer"
+
+
+@torch.no_grad()
+def conv_features(encoder: torch.nn.Module, input_values: torch.Tensor) -> torch.Tensor:
+    """The frozen convolutional feature encoder: [B, samples] -> [B, frames, channels]."""
+    return encoder.feature_extractor(input_values).transpose(1, 2)
+
+
+def encode_conv_features(encoder: torch.nn.Module, features: torch.Tensor, frame_valid: torch.Tensor):
+    """The rest of the encoder's forward, from its convolutional features [B, frames, channels]
+    and valid-frame mask [B, frames] -> last hidden state [B, frames, hidden]. The same steps
+    as transformers' Wav2Vec2Model/HubertModel/WavLMModel.forward after `feature_extractor`
+    (tests compare the two)."""
+    hidden = encoder.feature_projection(features)
+    hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # wav2vec2 and WavLM also return the normed input
+    # SpecAugment: transformers' HubertModel.forward draws its masks without the attention mask
+    spec_augment_mask = {} if isinstance(encoder, HubertModel) else {"attention_mask": frame_valid}
+    hidden = encoder._mask_hidden_states(hidden, **spec_augment_mask)
+    hidden = encoder.encoder(hidden, attention_mask=frame_valid)[0]
+    if getattr(encoder, "adapter", None) is not None:
+        hidden = encoder.adapter(hidden)
+    return hidden

@@ -30,10 +30,12 @@ class MMER(SpeechEmotionModel):
         self.downsample_final = nn.Linear(2 * text_dim, text_dim)
         self.classifier = nn.Linear(self.audio_dim + text_dim, config.num_classes)
 
-    def forward(self, input_values, sample_lengths, attention_mask=None, text=None, text_lengths=None):
+    def forward(self, input_values, sample_lengths, attention_mask=None, text=None, text_lengths=None,
+                conv_features=None):
         if text is None or text_lengths is None:
             raise ValueError("mmer needs the transcript's RoBERTa embeddings (text, text_lengths)")
-        audio_frames, frame_valid, lengths = self.encode_audio(input_values, sample_lengths, attention_mask)
+        audio_frames, frame_valid, lengths = self.encode_audio(input_values, sample_lengths, attention_mask,
+                                                                   conv_features)
         text_tokens = self.dropout(text.to(audio_frames.dtype))          # [B, T_text, D_text]
         token_valid = lengths_to_mask(text_lengths, text_tokens.shape[1])
 

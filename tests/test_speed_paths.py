@@ -1,13 +1,19 @@
 """The speed paths change no results: length-bucketed batches still visit every utterance
-exactly once per epoch, and the bf16 autocast path stays close to fp32."""
+exactly once per epoch, the bf16 autocast path stays close to fp32, and cached outputs of the
+frozen feature encoder give the same losses as running it."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
+import run
+from data_prep.make_tiny_models import tiny_speech_encoder, wav2vec2_feature_extractor
 from models import MODELS
+from models.encoders import conv_cache_is_exact, conv_features, frame_lengths
 from tests.test_models import make_model, pad_batch, random_inputs
-from utils.data import BucketBatchSampler, RandomBatchSampler
-from utils.device import autocast
+from utils.data import BucketBatchSampler, RandomBatchSampler, pad_rows
+from utils.device import autocast, seed_everything
 
 
 def padding_efficiency(sampler, lengths) -> float:
@@ -65,3 +71,73 @@ def test_bf16_autocast_logits_stay_within_one_percent_of_fp32(run):
     relative = (bf16 - fp32).norm() / fp32.norm()
     assert relative < 1e-2
     assert not torch.equal(bf16, fp32)  # the autocast path really ran in bf16
+
+
+def cached_inputs(model, inputs):
+    """The same batch with the feature encoder's output of each utterance, computed alone."""
+    frames = frame_lengths(model.wav2vec2, inputs["sample_lengths"])
+    rows = [conv_features(model.wav2vec2, inputs["input_values"][i:i + 1, :n])[0]
+            for i, n in enumerate(inputs["sample_lengths"].tolist())]
+    assert [len(r) for r in rows] == frames.tolist()
+    features, _ = pad_rows(rows)
+    return {**inputs, "input_values": None, "attention_mask": None, "conv_features": features}
+
+
+@pytest.mark.parametrize("run", list(MODELS))
+@pytest.mark.parametrize("kind", ["wav2vec2", "hubert", "wavlm"])
+def test_cached_conv_features_give_the_same_loss_as_the_uncached_path(run, kind):
+    model = make_model(run, kind, feat_extract_norm="layer", do_stable_layer_norm=True)
+    assert conv_cache_is_exact(model.wav2vec2.config)
+    inputs = pad_batch(*random_inputs([16000, 11000, 7000], [6, 4, 9]))
+    cached = cached_inputs(model, inputs)
+    labels, targets, target_lengths = torch.tensor([0, 3, 1]), torch.randint(1, 32, (12,)), torch.tensor([5, 4, 3])
+    losses = []
+    for train, batch in [(False, inputs), (False, cached), (True, inputs), (True, cached)]:
+        model.train(train)
+        seed_everything(1)  # the same dropout and SpecAugment masks on both paths
+        losses.append(model.loss(model(**batch), labels, targets, target_lengths)["total"])
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(losses[2], losses[3], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(losses[0], losses[2])  # dropout was on in training mode
+
+
+def test_group_norm_encoders_are_not_cached_because_it_would_not_be_exact():
+    model = make_model("cai_sota")  # wav2vec2-base's group-norm feature encoder, zero padding, no mask
+    assert not conv_cache_is_exact(model.wav2vec2.config)
+    inputs = pad_batch(*random_inputs([16000, 7000], [6, 4]))
+    inputs["attention_mask"] = None
+    with torch.no_grad():
+        padded = model(**inputs).logits
+        alone = model(**cached_inputs(model, inputs)).logits
+    assert not torch.allclose(padded, alone, atol=1e-4)  # so the flag refuses such encoders
+
+
+def layer_norm_encoder(root):
+    """A tiny wav2vec2 with a layer-norm feature encoder (wav2vec2-large-lv60's choice), saved
+    with the attention-mask-taking feature extractor such encoders come with."""
+    path = root / "wav2vec2-layer-norm"
+    torch.manual_seed(0)
+    tiny_speech_encoder("wav2vec2", feat_extract_norm="layer", do_stable_layer_norm=True).save_pretrained(path)
+    extractor = wav2vec2_feature_extractor()
+    extractor.return_attention_mask = True
+    extractor.save_pretrained(path)
+    return path
+
+
+def test_a_run_with_cached_conv_features_trains_exactly_like_one_without(demo, tmp_path):
+    encoder = layer_norm_encoder(tmp_path)
+    records = []
+    for cache in (False, True):
+        save = tmp_path / f"cache-{cache}"
+        run.main(demo.flags(run="mmer", wav2vec2=encoder, sessions="1", save_path=save, cache_conv_features=cache))
+        records.append([json.loads(line) for line in (save / "mmer" / "1_stats.txt").read_text().splitlines()])
+    for plain, cached in zip(*records):
+        for key in ("loss", "ce_loss", "ctc_loss"):
+            assert cached[key] == pytest.approx(plain[key], rel=1e-4)
+        assert cached["test"]["confusion"] == plain["test"]["confusion"]
+
+
+def test_the_conv_cache_flag_is_refused_for_a_group_norm_encoder(demo, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run.main(demo.flags(save_path=tmp_path, cache_conv_features=True))
+    assert "group-norm feature encoder" in capsys.readouterr().err

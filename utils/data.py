@@ -131,6 +131,9 @@ class EmotionDataset(torch.utils.data.Dataset):
         self.labels = list(labels) if labels is not None else [-1] * len(self.names)
         self.targets = [ctc_target_ids(t) for t in transcripts] if transcripts is not None else [[]] * len(self.names)
         self.text_features = text_features
+        # [frames, channels] per utterance when the frozen feature encoder's output is cached
+        # (run.cache_conv_features); the items then carry it instead of the wave.
+        self.conv_features = None
 
     def __len__(self):
         return len(self.names)
@@ -141,13 +144,14 @@ class EmotionDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return {"name": self.names[i], "wave": self.waves[i], "label": self.labels[i],
                 "target": self.targets[i],
-                "text": None if self.text_features is None else self.text_features[i]}
+                "text": None if self.text_features is None else self.text_features[i],
+                "conv_features": None if self.conv_features is None else self.conv_features[i]}
 
 
 @dataclass
 class Batch:
     names: list
-    input_values: torch.Tensor            # [B, samples], padded with the extractor's padding value
+    input_values: torch.Tensor | None     # [B, samples], padded with the extractor's padding value
     sample_lengths: torch.Tensor          # [B] true sample counts
     labels: torch.Tensor                  # [B]
     ctc_targets: torch.Tensor             # [sum of target lengths]
@@ -155,6 +159,7 @@ class Batch:
     attention_mask: torch.Tensor | None = None   # [B, samples], only for encoders that take one
     text: torch.Tensor | None = None             # [B, T_text, H]
     text_lengths: torch.Tensor | None = None     # [B]
+    conv_features: torch.Tensor | None = None    # [B, frames, C] cached feature-encoder output (then no input_values)
 
     def to(self, device, non_blocking=False) -> "Batch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -165,7 +170,8 @@ class Batch:
 
     def model_inputs(self) -> dict:
         return {"input_values": self.input_values, "sample_lengths": self.sample_lengths,
-                "attention_mask": self.attention_mask, "text": self.text, "text_lengths": self.text_lengths}
+                "attention_mask": self.attention_mask, "text": self.text, "text_lengths": self.text_lengths,
+                "conv_features": self.conv_features}
 
 
 class Collator:
@@ -176,28 +182,30 @@ class Collator:
 
     def __call__(self, items) -> Batch:
         lengths = torch.tensor([len(it["wave"]) for it in items])
-        audio = torch.full((len(items), int(lengths.max())), self.spec.padding_value, dtype=torch.float32)
-        for row, it in enumerate(items):
-            audio[row, : len(it["wave"])] = torch.from_numpy(it["wave"])
         batch = Batch(
-            names=[it["name"] for it in items], input_values=audio, sample_lengths=lengths,
+            names=[it["name"] for it in items], input_values=None, sample_lengths=lengths,
             labels=torch.tensor([it["label"] for it in items]),
             ctc_targets=torch.tensor([t for it in items for t in it["target"]], dtype=torch.long),
             ctc_target_lengths=torch.tensor([len(it["target"]) for it in items]),
         )
-        if self.spec.return_attention_mask:
-            batch.attention_mask = (torch.arange(audio.shape[1])[None] < lengths[:, None]).long()
+        if items[0].get("conv_features") is not None:
+            batch.conv_features = pad_rows([it["conv_features"] for it in items])[0]
+        else:
+            batch.input_values = pad_rows([torch.from_numpy(it["wave"]) for it in items], self.spec.padding_value)[0]
+            if self.spec.return_attention_mask:
+                batch.attention_mask = (torch.arange(batch.input_values.shape[1])[None] < lengths[:, None]).long()
         if items[0]["text"] is not None:
-            batch.text, batch.text_lengths = pad_text([it["text"] for it in items])
+            batch.text, batch.text_lengths = pad_rows([torch.from_numpy(it["text"]) for it in items])
         return batch
 
 
-def pad_text(features: list[np.ndarray]):
-    lengths = torch.tensor([len(f) for f in features])
-    text = torch.zeros(len(features), int(lengths.max()), features[0].shape[1], dtype=torch.float32)
-    for row, f in enumerate(features):
-        text[row, : len(f)] = torch.from_numpy(f)
-    return text, lengths
+def pad_rows(rows: list[torch.Tensor], value: float = 0.0):
+    """[T_i, ...] tensors -> ([B, max T_i, ...] padded with `value`, [B] lengths)."""
+    lengths = torch.tensor([len(r) for r in rows])
+    padded = torch.full((len(rows), int(lengths.max()), *rows[0].shape[1:]), value, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        padded[i, : len(r)] = r
+    return padded, lengths
 
 
 class BucketBatchSampler(torch.utils.data.Sampler):
