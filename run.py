@@ -24,6 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models import MODELS, ModelConfig, build_model
 from models.encoders import audio_input_spec, conv_cache_is_exact, conv_features, encoder_config, frame_lengths
+from models.fusion import AttentionLayer
 from utils import distributed, runinfo
 from utils.audio import AudioError
 from utils.checkpoint import CheckpointError, load_checkpoint, restore_model, save_checkpoint
@@ -109,7 +110,9 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     opt.add_argument("--seed", type=int, default=d.seed)
     opt.add_argument("--gradient_checkpointing", action="store_true",
                      help="recompute encoder activations in the backward pass (less memory, ~30%% slower)")
-    opt.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow first epoch)")
+    opt.add_argument("--compile", action="store_true",
+                     help="torch.compile the encoder layers and fusion layers (GPU; the first epoch compiles); "
+                          "audio is then padded to fixed lengths (at most 19%% longer)")
     opt.add_argument("--cache_conv_features", action="store_true",
                      help="run the frozen convolutional feature encoder once per utterance and keep its output "
                           "in memory (exact, so only for layer-norm feature encoders such as "
@@ -179,7 +182,7 @@ class Corpus:
     table: pd.DataFrame
     dataset: EmotionDataset
     collate: Collator
-    conv_weights: list | None = None   # the feature-encoder weights dataset.conv_features came from
+    conv_cache: tuple | None = None   # (feature-encoder weights, their output per utterance)
 
 
 def load_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
@@ -203,17 +206,22 @@ def load_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
     return Corpus(table, dataset, Collator(spec))
 
 
-def ensure_conv_cache(model, corpus: Corpus, run_cfg: RunConfig, device) -> None:
-    """--cache_conv_features: the frozen feature encoder's output for every utterance, kept in
-    memory for the loaders to hand to the model instead of the audio. Computed on the device in
-    length-sorted batches (exact for the layer-norm encoders the flag is allowed for), and again
-    only when `model`'s feature-encoder weights differ from those it came from."""
+def use_conv_cache(model, corpus: Corpus, run_cfg: RunConfig, device) -> None:
+    """--cache_conv_features: the loaders hand the model the frozen feature encoder's output
+    for every utterance instead of the audio (otherwise they hand it the audio). The output is
+    computed on the device in length-sorted batches (exact for the layer-norm encoders the flag
+    is allowed for), once, and again only for a model whose feature-encoder weights differ."""
+    corpus.dataset.conv_features = None
     if not run_cfg.cache_conv_features:
         return
     weights = [p.detach().cpu() for p in model.wav2vec2.feature_extractor.parameters()]
-    if corpus.conv_weights is not None and all(map(torch.equal, weights, corpus.conv_weights)):
-        return
-    corpus.dataset.conv_features = None  # the items below are then audio
+    if corpus.conv_cache is None or not all(map(torch.equal, weights, corpus.conv_cache[0])):
+        corpus.conv_cache = ([w.clone() for w in weights], conv_features_of(model, corpus, run_cfg, device))
+    corpus.dataset.conv_features = corpus.conv_cache[1]
+
+
+def conv_features_of(model, corpus: Corpus, run_cfg: RunConfig, device) -> list[torch.Tensor]:
+    """[frames, channels] per utterance of the corpus, on the CPU."""
     lengths = corpus.dataset.lengths()
     cached = [None] * len(lengths)
     start = time.perf_counter()
@@ -226,9 +234,9 @@ def ensure_conv_cache(model, corpus: Corpus, run_cfg: RunConfig, device) -> None
         frames = frame_lengths(model.wav2vec2, batch.sample_lengths).tolist()
         for row, (i, n) in enumerate(zip(indices, frames)):
             cached[i] = features[row, :n].clone()
-    corpus.dataset.conv_features, corpus.conv_weights = cached, [w.clone() for w in weights]
     log.info("cached the feature encoder's output of %d utterances (%.2f GB) in %.1f s", len(cached),
              sum(c.nbytes for c in cached) / 1e9, time.perf_counter() - start)
+    return cached
 
 
 def make_loader(corpus: Corpus, indices, run_cfg: RunConfig, train: bool, device):
@@ -244,7 +252,8 @@ def make_loader(corpus: Corpus, indices, run_cfg: RunConfig, train: bool, device
     else:
         sampler = BucketBatchSampler(lengths, run_cfg.eval_batch_size, shuffle=False)
         sampler = RoundRobinBatchSampler(sampler, rank, world) if world > 1 else sampler
-    return torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=corpus.collate,
+    collate = Collator(corpus.collate.spec, fixed_lengths=run_cfg.compile)  # fixed shapes for compiled blocks
+    return torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=collate,
                                        num_workers=run_cfg.num_workers, pin_memory=device.type == "cuda",
                                        persistent_workers=run_cfg.num_workers > 0)
 
@@ -370,6 +379,23 @@ def build_training(model_cfg: ModelConfig, run_cfg: RunConfig, device):
     return model, optimizer
 
 
+def compile_regions(model) -> None:
+    """--compile: torch.compile the model's blocks in place (parameter names unchanged): the
+    speech encoder's feature encoder, feature projection and each layer with static shapes
+    (the Collator then pads the audio to fixed lengths, utils.data.fixed_length, so they meet
+    a small set of shapes; one compiled layer serves all its copies), each fusion layer with
+    dynamic shapes (they pair text and audio lengths). Not the whole model: LayerDrop's random
+    skipping of encoder layers is a data-dependent branch that sends the whole encoder back to
+    eager mode."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    encoder = model.wav2vec2
+    for module in [encoder.feature_extractor, encoder.feature_projection, *encoder.encoder.layers]:
+        module.compile(dynamic=False)
+    for module in model.modules():
+        if isinstance(module, AttentionLayer):
+            module.compile(dynamic=True)
+
+
 def freeze_untrained(model) -> None:
     """Freeze what no loss reaches, so that neither AdamW nor DDP waits for its gradient: the
     CTC head when alpha = 0 (its loss is only logged, detached) and the encoder's mask
@@ -401,7 +427,7 @@ def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunC
     dev_loader = make_loader(corpus, dev_idx, run_cfg, False, device) if len(dev_idx) else None
     test_loader = make_loader(corpus, test_idx, run_cfg, False, device)
     model, optimizer = build_training(model_cfg, run_cfg, device)
-    ensure_conv_cache(model, corpus, run_cfg, device)
+    use_conv_cache(model, corpus, run_cfg, device)
     rank0 = distributed.is_main()
     if rank0:
         report_long_targets(model, corpus, train_idx)
@@ -414,7 +440,9 @@ def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunC
 
     state = restore_fold(run_dir, session, model, optimizer, save_best) if run_cfg.resume else None
     state = state or runinfo.FoldState(session=session)
-    forward = torch.compile(model) if run_cfg.compile else model
+    if run_cfg.compile:
+        compile_regions(model)
+    forward = model
     # after the restore: DDP starts by giving every rank rank 0's weights
     ddp = distributed.wrap_model(forward, device, find_unused_parameters=uses_layerdrop(model))
     for epoch in range(state.epoch + 1, run_cfg.epochs + 1):
@@ -524,7 +552,7 @@ def evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, checkpoint_
         test_idx = corpus.table.index[corpus.table["session"] == session].to_numpy()
     model, payload = restore_model(checkpoint_dir / f"{session}_model.pt", model_cfg.run, model_cfg.wav2vec2)
     model.to(device)
-    ensure_conv_cache(model, corpus, run_cfg, device)
+    use_conv_cache(model, corpus, run_cfg, device)
     loader = make_loader(corpus, test_idx, run_cfg, False, device)
     names, y_true, y_pred, probs = predict_split(model, loader, device, run_cfg.precision)
     if distributed.is_main():

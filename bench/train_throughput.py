@@ -72,6 +72,8 @@ OPTION = ("ours with micro-batch 8, no accumulation", dict(batch_size=8, accum_g
 # Measured beside ours on a CPU that multiplies bf16 natively (AVX512-BF16/AMX), where run.py's
 # precision=auto still means fp32.
 CPU_BF16 = ("ours + --precision bf16 (native bf16 CPU)", dict(precision="bf16"))
+# Measured beside ours when the speech encoder has a layer-norm feature encoder (--encoder_norm layer).
+CONV_CACHE = ("ours + --cache_conv_features", dict(cache_conv_features=True))
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class Arm:
     loop: str      # "upstream" (emulated, .item() every micro-batch) or "ours" (run.train_epoch)
     data: str      # "disk" (decode every step, upstream emulation) or "memory" (run.make_loader)
     settings: dict  # RunConfig fields
-    role: str = "step"  # "upstream", "step" (of the ladder), "ours", "option" or "bf16"
+    role: str = "step"  # "upstream", "step" (of the ladder), "ours", "option", "bf16" or "conv_cache"
 
 
 @dataclass
@@ -210,18 +212,25 @@ def prepare_bench_corpus(per_session: int, seed: int = 0) -> dict:
     return paths
 
 
-def base_encoder_dir() -> Path:
-    """A wav2vec2-base-sized encoder with random weights, saved like facebook/wav2vec2-base so
-    that it loads through the project's own loader."""
+def speech_encoder_dir(paths: dict, size: str, norm: str = "group") -> Path:
+    """The speech encoder the bench trains, with random weights, saved like the real ones so
+    that it loads through the project's own loader: tiny (data_prep/make_tiny_models.py) or
+    wav2vec2-base-sized (its default config). norm="layer": the same sizes with a layer-norm
+    feature encoder (wav2vec2-large-lv60's architecture choice), whose output
+    --cache_conv_features may cache."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from data_prep.make_tiny_models import wav2vec2_feature_extractor
+    from data_prep.make_tiny_models import save_speech_encoder, tiny_speech_encoder
 
-    path = BENCH_DIR / "models" / "wav2vec2-base-random"
+    if size == "tiny" and norm == "group":
+        return paths["tiny_wav2vec2"]
+    path = BENCH_DIR / "models" / f"wav2vec2-{size}-random{'-layer-norm' if norm == 'layer' else ''}"
     if not (path / "preprocessor_config.json").is_file():
+        layer = dict(feat_extract_norm="layer", do_stable_layer_norm=True) if norm == "layer" else {}
         torch.manual_seed(0)
-        Wav2Vec2Model(Wav2Vec2Config()).save_pretrained(path)
-        wav2vec2_feature_extractor().save_pretrained(path)
+        encoder = (tiny_speech_encoder("wav2vec2", **layer) if size == "tiny"
+                   else Wav2Vec2Model(Wav2Vec2Config(**layer)))
+        save_speech_encoder(encoder, path)
     return path
 
 
@@ -327,8 +336,9 @@ def build_arm(arm: Arm, model_cfg, corpus, indices, base_cfg, device, sources: d
     release_memory(device)
     seed_everything(run_cfg.seed)  # every arm starts from the same weights
     model, optimizer = run.build_training(model_cfg, run_cfg, device)
-    if arm.loop == "ours" and getattr(run_cfg, "compile", False):  # as run.run_fold does
-        model = torch.compile(model)
+    run.use_conv_cache(model, corpus, run_cfg, device)  # as run.run_fold does; off: the audio
+    if arm.loop == "ours" and run_cfg.compile:
+        run.compile_regions(model)
     if arm.data == "disk":
         loader = upstream_loader(corpus, indices, run_cfg, sources["audio"], sources.get("roberta"),
                                  sources.get("max_samples"))
@@ -398,9 +408,10 @@ def ours_settings(overrides: dict, device) -> dict:
     return resolved({key: getattr(defaults, key) for key in SETTINGS} | overrides, device)
 
 
-def arms_for(ours: dict, ladder: bool, cpu_bf16: bool = False) -> list[Arm]:
+def arms_for(ours: dict, ladder: bool, cpu_bf16: bool = False, conv_cache: bool = False) -> list[Arm]:
     """The upstream configuration, the ladder of optimisations (if asked), ours, (with the
-    ladder) ours in one micro-batch of 8, and (cpu_bf16) ours in bf16 autocast."""
+    ladder) ours in one micro-batch of 8, (cpu_bf16) ours in bf16 autocast and (conv_cache)
+    ours with the feature encoder's output cached."""
     arms = [Arm("upstream configuration (emulated)", "upstream", "disk", dict(UPSTREAM), "upstream")]
     if ladder:
         for label, loop, data, change in LADDER:
@@ -413,9 +424,9 @@ def arms_for(ours: dict, ladder: bool, cpu_bf16: bool = False) -> list[Arm]:
     label, change = OPTION
     if ladder and ours | change != ours:
         arms.append(Arm(label, "ours", "memory", ours | change, "option"))
-    label, change = CPU_BF16
-    if cpu_bf16 and ours | change != ours:
-        arms.append(Arm(label, "ours", "memory", ours | change, "bf16"))
+    for wanted, (label, change), role in [(cpu_bf16, CPU_BF16, "bf16"), (conv_cache, CONV_CACHE, "conv_cache")]:
+        if wanted and ours | change != ours:
+            arms.append(Arm(label, "ours", "memory", ours | change, role))
     return arms
 
 
@@ -504,7 +515,7 @@ def fit_flop_model(model, model_cfg, device, train: bool, lengths_s=(2.0, 4.0, 8
 
 
 def base_model_cfg(run_name: str) -> ModelConfig:
-    return ModelConfig(run=run_name, wav2vec2=str(base_encoder_dir()), text_dim=768)
+    return ModelConfig(run=run_name, wav2vec2=str(speech_encoder_dir({}, "base")), text_dim=768)
 
 
 def flop_models(model_cfg: ModelConfig, device, lengths_s=(2.0, 4.0, 8.0)) -> tuple[FlopModel, FlopModel]:
@@ -620,7 +631,7 @@ def crop(corpus, max_samples: int | None) -> None:
 
 def bench_run(run_name: str, args, paths: dict, device, first: bool) -> dict:
     """Load the corpus for one variant and time every arm on it."""
-    encoder = str(base_encoder_dir()) if args.size == "base" else str(paths["tiny_wav2vec2"])
+    encoder = str(speech_encoder_dir(paths, args.size, args.encoder_norm))
     roberta = random_text_features(paths) if args.size == "base" else paths["roberta"]
     model_cfg = ModelConfig(run=run_name, wav2vec2=encoder, alpha=0.1)
     base_cfg = run.RunConfig(csv_path=str(paths["csv"]), data_path_audio=str(paths["audio"]),
@@ -634,7 +645,8 @@ def bench_run(run_name: str, args, paths: dict, device, first: bool) -> dict:
                "max_samples": max_samples}
     plan = Plan(warmup_steps=args.warmup_steps, epochs=args.epochs_measured, steps=args.steps)
     arms = arms_for(ours_settings(args.ours, device), ladder=first and args.ladder,
-                    cpu_bf16=first and device.type == "cpu" and native_bf16(device))
+                    cpu_bf16=first and device.type == "cpu" and native_bf16(device),
+                    conv_cache=first and args.encoder_norm == "layer")
 
     def measure(arm):
         m = measure_arm(arm, model_cfg, corpus, indices, base_cfg, device, plan, sources)
@@ -753,10 +765,10 @@ def print_report(machine: dict, args, corpus_line: str, results, flops, rtfs, pe
     speedup = ours.throughput / upstream.throughput
     print(f"\n{results[0]['run']}: ours {ours.throughput:.1f} vs upstream {upstream.throughput:.1f} "
           f"audio-s/s on {args.size} encoders ({machine['device']})")
-    bf16 = [m for m in results[0]["measurements"] if m.role == "bf16"]
-    if bf16:
-        print(f"{results[0]['run']}: ours with --precision bf16 {bf16[0].throughput:.1f} audio-s/s, "
-              f"{bf16[0].throughput / upstream.throughput:.2f} x upstream (this CPU has native bf16)")
+    for m in results[0]["measurements"]:
+        if m.role in ("bf16", "conv_cache"):
+            print(f"{results[0]['run']}: {m.label} {m.throughput:.1f} audio-s/s, "
+                  f"{m.throughput / upstream.throughput:.2f} x upstream")
     print(f"speedup_vs_upstream_config: {speedup:.2f}")
     return speedup
 
@@ -794,6 +806,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--size", choices=["tiny", "base"], help="encoder size (default: tiny on CPU, base on GPU)")
+    p.add_argument("--encoder_norm", choices=["group", "layer"], default="group",
+                   help="the speech encoder's feature-encoder norm: group (wav2vec2-base, default) or layer "
+                        "(wav2vec2-large-lv60's choice at the same size; adds a --cache_conv_features row)")
     p.add_argument("--runs", nargs="+", choices=list(MODELS),
                    help="variants to time; the first one gives the speedup line and the ladder (default: all "
                         "three, mmer only with --size base on CPU)")

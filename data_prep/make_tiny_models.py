@@ -107,12 +107,23 @@ def tiny_roberta_config(**overrides) -> RobertaConfig:
     return RobertaConfig(**{**settings, **overrides})
 
 
-def wav2vec2_feature_extractor() -> Wav2Vec2FeatureExtractor:
+def wav2vec2_feature_extractor(attention_mask: bool = False) -> Wav2Vec2FeatureExtractor:
     """The feature extractor of wav2vec2-base: 16 kHz, per-utterance zero-mean unit-variance,
-    zero padding and no attention mask (its group-norm feature encoder must not get one)."""
+    zero padding and no attention mask (its group-norm feature encoder must not get one).
+    attention_mask=True: that of layer-norm encoders such as wav2vec2-large-lv60."""
     return Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+        return_attention_mask=attention_mask,
     )
+
+
+def save_speech_encoder(encoder, path) -> Path:
+    """save_pretrained a speech encoder with the feature extractor its feature encoder takes: no
+    attention mask for group norm (wav2vec2-base), one for layer norm (wav2vec2-large-lv60)."""
+    path = Path(path)
+    encoder.save_pretrained(path)
+    wav2vec2_feature_extractor(attention_mask=encoder.config.feat_extract_norm == "layer").save_pretrained(path)
+    return path
 
 
 def char_ctc_tokenizer() -> Wav2Vec2CTCTokenizer:
@@ -168,8 +179,7 @@ def make_tiny_models(out_dir, seed: int = 0) -> dict[str, Path]:
         torch.manual_seed(seed)
         wav2vec2 = tiny_speech_encoder("wav2vec2")
         roberta = RobertaModel(tiny_roberta_config(vocab_size=len(tokenizer)))
-    wav2vec2.save_pretrained(paths["wav2vec2"])
-    wav2vec2_feature_extractor().save_pretrained(paths["wav2vec2"])
+    save_speech_encoder(wav2vec2, paths["wav2vec2"])
     char_ctc_tokenizer().save_pretrained(paths["wav2vec2"])
     roberta.save_pretrained(paths["roberta"])
     tokenizer.save_pretrained(paths["roberta"])

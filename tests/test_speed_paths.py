@@ -2,17 +2,18 @@
 exactly once per epoch, the bf16 autocast path stays close to fp32, and cached outputs of the
 frozen feature encoder give the same losses as running it."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 import run
-from data_prep.make_tiny_models import tiny_speech_encoder, wav2vec2_feature_extractor
+from data_prep.make_tiny_models import save_speech_encoder, tiny_speech_encoder
 from models import MODELS
-from models.encoders import conv_cache_is_exact, conv_features, frame_lengths
+from models.encoders import AudioInputSpec, conv_cache_is_exact, conv_features, frame_lengths
 from tests.test_models import make_model, pad_batch, random_inputs
-from utils.data import BucketBatchSampler, RandomBatchSampler, pad_rows
+from utils.data import BucketBatchSampler, Collator, RandomBatchSampler, fixed_length, pad_rows
 from utils.device import autocast, seed_everything
 
 
@@ -113,15 +114,10 @@ def test_group_norm_encoders_are_not_cached_because_it_would_not_be_exact():
 
 
 def layer_norm_encoder(root):
-    """A tiny wav2vec2 with a layer-norm feature encoder (wav2vec2-large-lv60's choice), saved
-    with the attention-mask-taking feature extractor such encoders come with."""
-    path = root / "wav2vec2-layer-norm"
+    """A tiny wav2vec2 with a layer-norm feature encoder (wav2vec2-large-lv60's choice)."""
     torch.manual_seed(0)
-    tiny_speech_encoder("wav2vec2", feat_extract_norm="layer", do_stable_layer_norm=True).save_pretrained(path)
-    extractor = wav2vec2_feature_extractor()
-    extractor.return_attention_mask = True
-    extractor.save_pretrained(path)
-    return path
+    encoder = tiny_speech_encoder("wav2vec2", feat_extract_norm="layer", do_stable_layer_norm=True)
+    return save_speech_encoder(encoder, root / "wav2vec2-layer-norm")
 
 
 def test_a_run_with_cached_conv_features_trains_exactly_like_one_without(demo, tmp_path):
@@ -141,3 +137,41 @@ def test_the_conv_cache_flag_is_refused_for_a_group_norm_encoder(demo, tmp_path,
     with pytest.raises(SystemExit):
         run.main(demo.flags(save_path=tmp_path, cache_conv_features=True))
     assert "group-norm feature encoder" in capsys.readouterr().err
+
+
+def test_fixed_lengths_form_a_small_ladder_that_pads_at_most_a_fifth():
+    samples = np.unique(np.random.default_rng(0).integers(16000, 60 * 16000, 5000))
+    rungs = np.array([fixed_length(int(n)) for n in samples])
+    assert (rungs >= samples).all() and (rungs <= 2 ** 0.25 * samples + 320).all()  # 19 % and a frame
+    assert (rungs % 320 == 0).all() and (np.diff(rungs) >= 0).all()  # whole frames, monotone
+    assert len(set(rungs)) <= 25  # shapes a compiled model meets between 1 s and 60 s
+    assert fixed_length(100) == 16000 and fixed_length(16000) == 16000
+
+
+def test_the_collator_pads_to_fixed_lengths_without_changing_the_true_lengths():
+    spec = AudioInputSpec(return_attention_mask=True)
+    items = [{"name": str(n), "wave": np.ones(n, np.float32), "label": 0, "target": [1], "text": None}
+             for n in (20000, 17000)]
+    batch = Collator(spec, fixed_lengths=True)(items)
+    assert batch.input_values.shape == (2, fixed_length(20000)) and fixed_length(20000) > 20000
+    assert batch.sample_lengths.tolist() == [20000, 17000]
+    assert batch.attention_mask.sum(dim=1).tolist() == [20000, 17000]
+    assert batch.input_values[0, 20000:].abs().sum() == 0
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_blocks_keep_parameter_names_and_outputs():
+    model = make_model("mmer", feat_extract_norm="layer", do_stable_layer_norm=True)
+    names = list(model.state_dict())
+    waves, texts = random_inputs([16000, 11000], [6, 4])
+    inputs = pad_batch(waves, texts)
+    with torch.no_grad():
+        eager = model(**inputs).logits
+        run.compile_regions(model)
+        width = fixed_length(16000 + 1)  # padded to a rung, as the Collator does under --compile
+        padded = {**inputs, "input_values": torch.nn.functional.pad(inputs["input_values"], (0, width - 16000)),
+                  "attention_mask": torch.nn.functional.pad(inputs["attention_mask"], (0, width - 16000))}
+        compiled = model(**padded).logits
+    assert list(model.state_dict()) == names  # checkpoints keep their names
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

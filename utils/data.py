@@ -2,6 +2,7 @@
 the csv table, leave-one-session-out splits, in-memory audio and text features,
 length-bucketed batches and padding with exact lengths."""
 import logging
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -174,11 +175,26 @@ class Batch:
                 "conv_features": self.conv_features}
 
 
-class Collator:
-    """Pads a list of items into a Batch following the encoder's AudioInputSpec."""
+def fixed_length(samples: int, per_octave: int = 4, shortest: int = 16000, frame: int = 320) -> int:
+    """The padded length of a batch whose longest utterance has `samples` samples, on a fixed
+    ladder of lengths: `shortest` x 2^(k / per_octave), rounded up to whole 20 ms frames.
+    Four rungs per octave pad at most 19 % more (and a frame) and give 25 lengths between 1 s
+    and 60 s, so that a compiled model (--compile) meets a small fixed set of shapes."""
+    k = max(0, math.ceil(per_octave * math.log2(max(samples, 1) / shortest)))
+    while True:
+        rung = math.ceil(shortest * 2 ** (k / per_octave) / frame) * frame
+        if rung >= samples:
+            return rung
+        k += 1
 
-    def __init__(self, spec: AudioInputSpec):
+
+class Collator:
+    """Pads a list of items into a Batch following the encoder's AudioInputSpec; with
+    fixed_lengths, the audio to the batch's rung of the `fixed_length` ladder."""
+
+    def __init__(self, spec: AudioInputSpec, fixed_lengths: bool = False):
         self.spec = spec
+        self.fixed_lengths = fixed_lengths
 
     def __call__(self, items) -> Batch:
         lengths = torch.tensor([len(it["wave"]) for it in items])
@@ -191,7 +207,9 @@ class Collator:
         if items[0].get("conv_features") is not None:
             batch.conv_features = pad_rows([it["conv_features"] for it in items])[0]
         else:
-            batch.input_values = pad_rows([torch.from_numpy(it["wave"]) for it in items], self.spec.padding_value)[0]
+            width = fixed_length(int(lengths.max())) if self.fixed_lengths else None
+            batch.input_values = pad_rows([torch.from_numpy(it["wave"]) for it in items], self.spec.padding_value,
+                                          width)[0]
             if self.spec.return_attention_mask:
                 batch.attention_mask = (torch.arange(batch.input_values.shape[1])[None] < lengths[:, None]).long()
         if items[0]["text"] is not None:
@@ -199,10 +217,11 @@ class Collator:
         return batch
 
 
-def pad_rows(rows: list[torch.Tensor], value: float = 0.0):
-    """[T_i, ...] tensors -> ([B, max T_i, ...] padded with `value`, [B] lengths)."""
+def pad_rows(rows: list[torch.Tensor], value: float = 0.0, width: int | None = None):
+    """[T_i, ...] tensors -> ([B, width or max T_i, ...] padded with `value`, [B] lengths)."""
     lengths = torch.tensor([len(r) for r in rows])
-    padded = torch.full((len(rows), int(lengths.max()), *rows[0].shape[1:]), value, dtype=torch.float32)
+    width = width or int(lengths.max())
+    padded = torch.full((len(rows), width, *rows[0].shape[1:]), value, dtype=torch.float32)
     for i, r in enumerate(rows):
         padded[i, : len(r)] = r
     return padded, lengths
