@@ -244,12 +244,20 @@ def load_checked_text_encoder(roberta: str, text_dim: int, device):
     return tokenizer, encoder
 
 
-def predict_files(inputs: pd.DataFrame, models: dict, roberta: str = DEFAULT_ROBERTA, batch_size: int = 8,
+def default_batch_size(device: torch.device) -> int:
+    """8 recordings per forward pass on a GPU; 1 on a CPU, where batching buys no parallelism
+    and padding costs compute (wav2vec2-base, 2 threads: 0.085 x real time alone against
+    0.11-0.24 in length-sorted batches of 8, docs/PERFORMANCE.md)."""
+    return 8 if device.type == "cuda" else 1
+
+
+def predict_files(inputs: pd.DataFrame, models: dict, roberta: str = DEFAULT_ROBERTA, batch_size: int | None = None,
                   device="cpu", precision: str = "fp32", progress: bool = False, text_encoder=None) -> pd.DataFrame:
     """Probabilities (mean over `models`) and predicted label per row of `inputs` (columns
     path, transcript). mmer's missing transcripts come from the first model's CTC head.
     text_encoder: (tokenizer, model) of `roberta` already loaded, for callers that predict often."""
     device = torch.device(device)
+    batch_size = batch_size or default_batch_size(device)
     first = next(iter(models.values()))
     spec = shared_input_spec(models)
     if first.uses_text and text_encoder is None:
@@ -313,9 +321,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wav2vec2", help="speech encoder architecture (default: the checkpoint's; needed for the "
                                       "published ones)")
     p.add_argument("--output", type=Path, help="write the predictions to a .json or .csv file")
-    p.add_argument("--batch_size", type=int, default=8,
-                   help="recordings per forward pass (length-sorted); 1 scores each file on its own, unaffected "
-                        "by padding, which encoders without an attention mask such as wav2vec2-base also see")
+    p.add_argument("--batch_size", type=int,
+                   help="recordings per forward pass (length-sorted; default: 8 on GPU, 1 on CPU); 1 scores each "
+                        "file on its own, unaffected by padding, which encoders without an attention mask such as "
+                        "wav2vec2-base also see, and on a CPU it is also the fastest")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on a CPU with AVX512-BF16/AMX is about "
@@ -323,7 +332,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.output is not None and args.output.suffix.lower() not in OUTPUT_SUFFIXES:
         p.error(f"--output {args.output}: give a .json or .csv file name")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         p.error("--batch_size must be at least 1")
     return args
 
@@ -337,9 +346,10 @@ def run_prediction(args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
     inputs = collect_inputs(args.inputs, args.transcript, args.audio_dir)
     models = load_models(args.checkpoint_dir, args.run, args.wav2vec2, args.session, args.ensemble, device)
     roberta = args.roberta or recorded_roberta(args.checkpoint_dir)
+    batch_size = args.batch_size or default_batch_size(device)
     with logging_redirect_tqdm():
-        table = predict_files(inputs, models, roberta, args.batch_size, device, args.precision,
-                              progress=len(inputs) > args.batch_size)
+        table = predict_files(inputs, models, roberta, batch_size, device, args.precision,
+                              progress=len(inputs) > batch_size)
     info = {"run": next(iter(models.values())).config.run, "checkpoints": [str(p) for p in models],
             "ensemble": len(models) > 1}
     return table, info

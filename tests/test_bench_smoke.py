@@ -96,3 +96,13 @@ def test_grouped_conv_backward_costs_twice_its_forward():
     with torch.utils.flop_counter.FlopCounterMode(display=False, custom_mapping=bench.FLOP_FORMULAS) as backward:
         out.sum().backward()
     assert backward.get_total_flops() == 2 * forward.get_total_flops()
+
+
+def test_the_optional_rows_are_ours_with_one_change():
+    ours = bench.ours_settings({}, CPU)
+    arms = bench.arms_for(ours, ladder=False, cpu_bf16=True, conv_cache=True)
+    by_role = {arm.role: arm for arm in arms}
+    assert by_role["ours"].settings == ours and by_role["upstream"].settings == bench.UPSTREAM
+    assert by_role["bf16"].settings == ours | {"precision": "bf16"}
+    assert by_role["conv_cache"].settings == ours | {"cache_conv_features": True}
+    assert [arm.role for arm in bench.arms_for(ours, ladder=False)] == ["upstream", "ours"]

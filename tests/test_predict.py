@@ -125,7 +125,7 @@ def test_ctc_decoding_merges_repeats_and_reads_special_tokens_as_blanks():
 def test_audio_only_model_needs_no_text_and_reports_its_ctc_transcript(setup):
     names = ["calm", "loud"]
     models = predict.load_models(setup["root"] / "cai_sota")
-    result = predict.predict_files(inputs_of(setup, names), models,
+    result = predict.predict_files(inputs_of(setup, names), models, batch_size=2,  # one batch, as below
                                    roberta=str(setup["root"] / "no_text_encoder_here"))
     assert list(result["transcript_source"]) == ["none", "none"]
     expected = training_output(setup, setup["models"]["cai_sota", 1], names)
@@ -156,6 +156,16 @@ def test_batch_size_one_scores_each_file_as_if_alone(setup):
     together = predict.predict_files(inputs_of(setup, ["calm", "loud"]), models, batch_size=1)
     alone = predict.predict_files(inputs_of(setup, ["loud"]), models, batch_size=1)  # the shorter one
     np.testing.assert_allclose(together[PROB_COLUMNS].iloc[1], alone[PROB_COLUMNS].iloc[0], atol=1e-6)
+    batched = predict.predict_files(inputs_of(setup, ["calm", "loud"]), models, batch_size=2)
+    assert not np.allclose(batched[PROB_COLUMNS].iloc[1], alone[PROB_COLUMNS].iloc[0], atol=1e-6)
+
+
+def test_on_a_cpu_each_file_is_scored_alone_by_default(setup):
+    models = predict.load_models(setup["root"] / "cai_sota")
+    by_default = predict.predict_files(inputs_of(setup, ["calm", "loud"]), models)
+    alone = predict.predict_files(inputs_of(setup, ["calm", "loud"]), models, batch_size=1)
+    pd.testing.assert_frame_equal(by_default, alone)
+    assert predict.default_batch_size(torch.device("cpu")) == 1 and predict.default_batch_size(torch.device("cuda")) == 8
 
 
 def test_folder_input_lists_its_wavs_sorted(setup, tmp_path):
