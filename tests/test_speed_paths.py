@@ -157,6 +157,10 @@ def test_the_collator_pads_to_fixed_lengths_without_changing_the_true_lengths():
     assert batch.sample_lengths.tolist() == [20000, 17000]
     assert batch.attention_mask.sum(dim=1).tolist() == [20000, 17000]
     assert batch.input_values[0, 20000:].abs().sum() == 0
+    cached = [dict(it, conv_features=torch.ones(n, 3)) for it, n in zip(items, (62, 53))]
+    batch = Collator(spec, fixed_lengths=True)(cached)
+    assert batch.input_values is None and batch.conv_features.shape == (2, fixed_length(62, shortest=50, frame=1), 3)
+    assert batch.conv_features.shape[1] > 62 and batch.conv_features[1, 53:].abs().sum() == 0
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,

@@ -190,7 +190,8 @@ def fixed_length(samples: int, per_octave: int = 4, shortest: int = 16000, frame
 
 class Collator:
     """Pads a list of items into a Batch following the encoder's AudioInputSpec; with
-    fixed_lengths, the audio to the batch's rung of the `fixed_length` ladder."""
+    fixed_lengths, the audio (or cached feature-encoder frames) to the batch's rung of the
+    `fixed_length` ladder."""
 
     def __init__(self, spec: AudioInputSpec, fixed_lengths: bool = False):
         self.spec = spec
@@ -205,7 +206,9 @@ class Collator:
             ctc_target_lengths=torch.tensor([len(it["target"]) for it in items]),
         )
         if items[0].get("conv_features") is not None:
-            batch.conv_features = pad_rows([it["conv_features"] for it in items])[0]
+            frames = max(len(it["conv_features"]) for it in items)
+            width = fixed_length(frames, shortest=50, frame=1) if self.fixed_lengths else None  # 50 frames = 1 s
+            batch.conv_features = pad_rows([it["conv_features"] for it in items], width=width)[0]
         else:
             width = fixed_length(int(lengths.max())) if self.fixed_lengths else None
             batch.input_values = pad_rows([torch.from_numpy(it["wave"]) for it in items], self.spec.padding_value,
