@@ -324,7 +324,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int,
                    help="recordings per forward pass (length-sorted; default: 8 on GPU, 1 on CPU); 1 scores each "
                         "file on its own, unaffected by padding, which encoders without an attention mask such as "
-                        "wav2vec2-base also see, and on a CPU it is also the fastest")
+                        "wav2vec2-base also see, and was the fastest on the CPUs measured")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on a CPU with AVX512-BF16/AMX is about "

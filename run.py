@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models import MODELS, ModelConfig, build_model
-from models.encoders import audio_input_spec, conv_cache_is_exact, conv_features, encoder_config, frame_lengths
+from models.encoders import audio_input_spec, conv_cache_refusal, conv_features, encoder_config, frame_lengths
 from models.fusion import AttentionLayer
 from utils import distributed, runinfo
 from utils.audio import AudioError
@@ -112,11 +112,13 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
                      help="recompute encoder activations in the backward pass (less memory, ~30%% slower)")
     opt.add_argument("--compile", action="store_true",
                      help="torch.compile the encoder layers and fusion layers (GPU; the first epoch compiles); "
-                          "audio is then padded to fixed lengths (at most 19%% longer)")
+                          "for encoders that take an attention mask, audio is then padded to fixed lengths "
+                          "(at most 19%% longer, masked)")
     opt.add_argument("--cache_conv_features", action="store_true",
                      help="run the frozen convolutional feature encoder once per utterance and keep its output "
-                          "in memory (exact, so only for layer-norm feature encoders such as "
-                          "wav2vec2-large-lv60; about 100 KB per audio second)")
+                          "in memory (exact in fp32, so only for layer-norm feature encoders that take an "
+                          "attention mask, such as wav2vec2-large-lv60; about 100 KB per audio second, "
+                          "in every process)")
     opt.add_argument("--max_skipped_fraction", type=float, default=d.max_skipped_fraction,
                      help="stop when more than this share of an epoch's optimizer steps had non-finite gradients")
     ctl = p.add_argument_group("run control")
@@ -143,10 +145,12 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     model_cfg = ModelConfig(run=args.run, wav2vec2=args.wav2vec2, alpha=args.alpha, dropout=args.dropout,
                             specaugment=args.specaugment)
     run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)})
-    if run_cfg.cache_conv_features and not conv_cache_is_exact(encoder_config(model_cfg.wav2vec2)):
-        p.error(f"--cache_conv_features: {model_cfg.wav2vec2} has a group-norm feature encoder, whose output on "
-                "an utterance depends on the padding of its batch, so a cached output would not be exact; it is "
-                "offered for layer-norm feature encoders (feat_extract_norm='layer', e.g. wav2vec2-large-lv60)")
+    if run_cfg.cache_conv_features:
+        why_not = conv_cache_refusal(encoder_config(model_cfg.wav2vec2), audio_input_spec(model_cfg.wav2vec2))
+        if why_not:
+            p.error(f"--cache_conv_features: {model_cfg.wav2vec2} {why_not}, so a cached output would not be "
+                    "exact; it is offered for wav2vec2, HuBERT and WavLM encoders with a layer-norm feature "
+                    "encoder that take an attention mask (e.g. wav2vec2-large-lv60)")
     if run_cfg.eval_only and not run_cfg.checkpoint_dir:
         p.error("--eval_only needs --checkpoint_dir DIR holding <session>_model.pt files")
     if run_cfg.select_on == "dev" and run_cfg.dev_fraction <= 0 and not run_cfg.eval_only:
@@ -252,7 +256,7 @@ def make_loader(corpus: Corpus, indices, run_cfg: RunConfig, train: bool, device
     else:
         sampler = BucketBatchSampler(lengths, run_cfg.eval_batch_size, shuffle=False)
         sampler = RoundRobinBatchSampler(sampler, rank, world) if world > 1 else sampler
-    collate = Collator(corpus.collate.spec, fixed_lengths=run_cfg.compile)  # fixed shapes for compiled blocks
+    collate = Collator(corpus.collate.spec, fixed_lengths=fixed_lengths(run_cfg, corpus.collate.spec))
     return torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=collate,
                                        num_workers=run_cfg.num_workers, pin_memory=device.type == "cuda",
                                        persistent_workers=run_cfg.num_workers > 0)
@@ -379,21 +383,30 @@ def build_training(model_cfg: ModelConfig, run_cfg: RunConfig, device):
     return model, optimizer
 
 
-def compile_regions(model) -> None:
+def compile_regions(model, static_shapes: bool) -> None:
     """--compile: torch.compile the model's blocks in place (parameter names unchanged): the
-    speech encoder's feature encoder, feature projection and each layer with static shapes
-    (the Collator then pads the audio to fixed lengths, utils.data.fixed_length, so they meet
-    a small set of shapes; one compiled layer serves all its copies), each fusion layer with
-    dynamic shapes (they pair text and audio lengths). Not the whole model: LayerDrop's random
-    skipping of encoder layers is a data-dependent branch that sends the whole encoder back to
-    eager mode."""
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    speech encoder's feature encoder, feature projection and each layer (one compiled layer
+    serves all its copies), and each fusion layer. Not the whole model: LayerDrop's random
+    skipping of encoder layers is a data-dependent branch that sends the whole encoder back
+    to eager mode. static_shapes (encoders that take an attention mask, whose batches the
+    Collator then pads to fixed lengths, see fixed_lengths): the encoder blocks compile once
+    per length of the ladder; otherwise torch makes a changing length dynamic. The fusion
+    layers pair text and audio lengths, so their shapes are always dynamic."""
+    # about 21 lengths x (training, evaluation) x (full, last) batches per compiled block
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
     encoder = model.wav2vec2
     for module in [encoder.feature_extractor, encoder.feature_projection, *encoder.encoder.layers]:
-        module.compile(dynamic=False)
+        module.compile(dynamic=False if static_shapes else None)
     for module in model.modules():
         if isinstance(module, AttentionLayer):
             module.compile(dynamic=True)
+
+
+def fixed_lengths(run_cfg: RunConfig, spec) -> bool:
+    """Pad batches to the fixed ladder of lengths (utils.data.fixed_length) under --compile,
+    where that changes no result: for encoders that take an attention mask. wav2vec2-base takes
+    none, and extra zeros would enter its group norm and attention."""
+    return run_cfg.compile and spec.return_attention_mask
 
 
 def freeze_untrained(model) -> None:
@@ -441,7 +454,7 @@ def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunC
     state = restore_fold(run_dir, session, model, optimizer, save_best) if run_cfg.resume else None
     state = state or runinfo.FoldState(session=session)
     if run_cfg.compile:
-        compile_regions(model)
+        compile_regions(model, static_shapes=fixed_lengths(run_cfg, corpus.collate.spec))
     forward = model
     # after the restore: DDP starts by giving every rank rank 0's weights
     ddp = distributed.wrap_model(forward, device, find_unused_parameters=uses_layerdrop(model))

@@ -338,7 +338,7 @@ def build_arm(arm: Arm, model_cfg, corpus, indices, base_cfg, device, sources: d
     model, optimizer = run.build_training(model_cfg, run_cfg, device)
     run.use_conv_cache(model, corpus, run_cfg, device)  # as run.run_fold does; off: the audio
     if arm.loop == "ours" and run_cfg.compile:
-        run.compile_regions(model)
+        run.compile_regions(model, static_shapes=run.fixed_lengths(run_cfg, corpus.collate.spec))
     if arm.data == "disk":
         loader = upstream_loader(corpus, indices, run_cfg, sources["audio"], sources.get("roberta"),
                                  sources.get("max_samples"))

@@ -51,7 +51,7 @@ class SpeechEmotionModel(nn.Module):
     def encode_audio(self, input_values, sample_lengths, attention_mask=None, conv_features=None):
         """-> dropout(last hidden state) [B, T_audio, D_audio], valid-frame mask [B, T_audio], lengths [B].
         conv_features: the frozen feature encoder's cached output [B, T_audio, C], used instead of
-        running it on input_values (see models.encoders.conv_cache_is_exact)."""
+        running it on input_values (see models.encoders.conv_cache_refusal)."""
         lengths = frame_lengths(self.wav2vec2, sample_lengths)
         if conv_features is None:
             hidden = self.wav2vec2(input_values, attention_mask=attention_mask).last_hidden_state

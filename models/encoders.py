@@ -7,6 +7,8 @@ import torch
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, HubertModel
 
 log = logging.getLogger(__name__)
+# Encoders whose forward after the feature encoder encode_conv_features reproduces (tests compare).
+CACHEABLE_ENCODERS = ("wav2vec2", "hubert", "wavlm")
 ENCODER_FIX = ("pass a local folder written by save_pretrained or a hub name such as facebook/wav2vec2-base "
                "with network access")
 
@@ -82,13 +84,21 @@ def frame_lengths(encoder: torch.nn.Module, sample_lengths: torch.Tensor) -> tor
     return encoder._get_feat_extract_output_lengths(sample_lengths).to(torch.long)
 
 
-def conv_cache_is_exact(config) -> bool:
-    """Whether the frozen convolutional feature encoder's output on an utterance alone equals its
-    output on the utterance's valid frames inside a padded batch (for the encoder's config).
-    True for layer-norm feature encoders (each frame normalised on its own, e.g.
-    wav2vec2-large-lv60); false for wav2vec2-base's group norm, whose statistics run over the
-    whole padded length."""
-    return getattr(config, "feat_extract_norm", None) == "layer"
+def conv_cache_refusal(config, spec: AudioInputSpec) -> str | None:
+    """Why the frozen convolutional feature encoder's output on an utterance alone would differ
+    from what the model sees of it inside a padded batch (None: it would not, and may be
+    cached). It would not for wav2vec2, HuBERT and WavLM with a layer-norm feature encoder
+    (each frame normalised on its own, e.g. wav2vec2-large-lv60) given an attention mask; it
+    would for wav2vec2-base's group norm, whose statistics run over the whole padded length."""
+    if config.model_type not in CACHEABLE_ENCODERS:
+        return f"is a {config.model_type} model (encode_conv_features mirrors {', '.join(CACHEABLE_ENCODERS)} only)"
+    if getattr(config, "feat_extract_norm", None) != "layer":
+        return "has a group-norm feature encoder, whose output on an utterance depends on the padding of its batch"
+    if not spec.return_attention_mask:
+        return "takes no attention mask, so its padded frames enter attention"
+    if getattr(config, "add_adapter", False):
+        return "has an adapter after its encoder, which encode_conv_features does not run"
+    return None
 
 
 @torch.no_grad()
@@ -101,13 +111,10 @@ def encode_conv_features(encoder: torch.nn.Module, features: torch.Tensor, frame
     """The rest of the encoder's forward, from its convolutional features [B, frames, channels]
     and valid-frame mask [B, frames] -> last hidden state [B, frames, hidden]. The same steps
     as transformers' Wav2Vec2Model/HubertModel/WavLMModel.forward after `feature_extractor`
-    (tests compare the two)."""
+    for the encoders conv_cache_refusal accepts (no adapter; tests compare the two)."""
     hidden = encoder.feature_projection(features)
     hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # wav2vec2 and WavLM also return the normed input
     # SpecAugment: transformers' HubertModel.forward draws its masks without the attention mask
     spec_augment_mask = {} if isinstance(encoder, HubertModel) else {"attention_mask": frame_valid}
     hidden = encoder._mask_hidden_states(hidden, **spec_augment_mask)
-    hidden = encoder.encoder(hidden, attention_mask=frame_valid)[0]
-    if getattr(encoder, "adapter", None) is not None:
-        hidden = encoder.adapter(hidden)
-    return hidden
+    return encoder.encoder(hidden, attention_mask=frame_valid)[0]

@@ -2,6 +2,7 @@
 exactly once per epoch, the bf16 autocast path stays close to fp32, and cached outputs of the
 frozen feature encoder give the same losses as running it."""
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 import run
 from data_prep.make_tiny_models import save_speech_encoder, tiny_speech_encoder
 from models import MODELS
-from models.encoders import AudioInputSpec, conv_cache_is_exact, conv_features, frame_lengths
+from models.encoders import AudioInputSpec, conv_cache_refusal, conv_features, frame_lengths
 from tests.test_models import make_model, pad_batch, random_inputs
 from utils.data import BucketBatchSampler, Collator, RandomBatchSampler, fixed_length, pad_rows
 from utils.device import autocast, seed_everything
@@ -74,6 +75,9 @@ def test_bf16_autocast_logits_stay_within_one_percent_of_fp32(run):
     assert not torch.equal(bf16, fp32)  # the autocast path really ran in bf16
 
 
+MASKED = AudioInputSpec(return_attention_mask=True)  # what layer-norm encoders' feature extractors say
+
+
 def cached_inputs(model, inputs):
     """The same batch with the feature encoder's output of each utterance, computed alone."""
     frames = frame_lengths(model.wav2vec2, inputs["sample_lengths"])
@@ -88,7 +92,7 @@ def cached_inputs(model, inputs):
 @pytest.mark.parametrize("kind", ["wav2vec2", "hubert", "wavlm"])
 def test_cached_conv_features_give_the_same_loss_as_the_uncached_path(run, kind):
     model = make_model(run, kind, feat_extract_norm="layer", do_stable_layer_norm=True)
-    assert conv_cache_is_exact(model.wav2vec2.config)
+    assert conv_cache_refusal(model.wav2vec2.config, MASKED) is None
     inputs = pad_batch(*random_inputs([16000, 11000, 7000], [6, 4, 9]))
     cached = cached_inputs(model, inputs)
     labels, targets, target_lengths = torch.tensor([0, 3, 1]), torch.randint(1, 32, (12,)), torch.tensor([5, 4, 3])
@@ -104,7 +108,7 @@ def test_cached_conv_features_give_the_same_loss_as_the_uncached_path(run, kind)
 
 def test_group_norm_encoders_are_not_cached_because_it_would_not_be_exact():
     model = make_model("cai_sota")  # wav2vec2-base's group-norm feature encoder, zero padding, no mask
-    assert not conv_cache_is_exact(model.wav2vec2.config)
+    assert "group-norm" in conv_cache_refusal(model.wav2vec2.config, AudioInputSpec())
     inputs = pad_batch(*random_inputs([16000, 7000], [6, 4]))
     inputs["attention_mask"] = None
     with torch.no_grad():
@@ -120,12 +124,16 @@ def layer_norm_encoder(root):
     return save_speech_encoder(encoder, root / "wav2vec2-layer-norm")
 
 
-def test_a_run_with_cached_conv_features_trains_exactly_like_one_without(demo, tmp_path):
+def test_a_run_with_cached_conv_features_trains_exactly_like_one_without(demo, tmp_path, caplog):
     encoder = layer_norm_encoder(tmp_path)
     records = []
     for cache in (False, True):
         save = tmp_path / f"cache-{cache}"
-        run.main(demo.flags(run="mmer", wav2vec2=encoder, sessions="1", save_path=save, cache_conv_features=cache))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="mmer"):
+            run.main(demo.flags(run="mmer", wav2vec2=encoder, sessions="1", save_path=save,
+                                cache_conv_features=cache))
+        assert ("cached the feature encoder's output" in caplog.text) == cache  # the cache was really used
         records.append([json.loads(line) for line in (save / "mmer" / "1_stats.txt").read_text().splitlines()])
     for plain, cached in zip(*records):
         for key in ("loss", "ce_loss", "ctc_loss"):
@@ -137,6 +145,17 @@ def test_the_conv_cache_flag_is_refused_for_a_group_norm_encoder(demo, tmp_path,
     with pytest.raises(SystemExit):
         run.main(demo.flags(save_path=tmp_path, cache_conv_features=True))
     assert "group-norm feature encoder" in capsys.readouterr().err
+
+
+def test_the_conv_cache_is_refused_wherever_it_would_not_be_exact():
+    layer = make_model("unimodal_baseline", feat_extract_norm="layer", do_stable_layer_norm=True).wav2vec2.config
+    assert conv_cache_refusal(layer, MASKED) is None
+    assert "no attention mask" in conv_cache_refusal(layer, AudioInputSpec(return_attention_mask=False))
+    with_adapter = type(layer)(**{**layer.to_dict(), "add_adapter": True})
+    assert "adapter" in conv_cache_refusal(with_adapter, MASKED)
+    other = type(layer)(**layer.to_dict())
+    other.model_type = "sew"
+    assert "sew" in conv_cache_refusal(other, MASKED)
 
 
 def test_fixed_lengths_form_a_small_ladder_that_pads_at_most_a_fifth():
@@ -163,6 +182,19 @@ def test_the_collator_pads_to_fixed_lengths_without_changing_the_true_lengths():
     assert batch.conv_features.shape[1] > 62 and batch.conv_features[1, 53:].abs().sum() == 0
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_compile_pads_to_fixed_lengths_only_where_that_changes_no_result(demo, tmp_path, layer_norm):
+    """With an attention mask the extra padding is masked; wav2vec2-base has none, and extra
+    zeros would enter its group norm, so its batches keep their own length."""
+    encoder = layer_norm_encoder(tmp_path) if layer_norm else demo.wav2vec2_model
+    model_cfg, run_cfg = run.parse_args(demo.flags(run="cai_sota", wav2vec2=encoder, compile=True))
+    corpus = run.load_corpus(model_cfg, run_cfg)
+    for batch in run.make_loader(corpus, np.arange(len(corpus.table)), run_cfg, False, torch.device("cpu")):
+        longest = int(batch.sample_lengths.max())
+        assert batch.input_values.shape[1] == (fixed_length(longest) if layer_norm else longest)
+    assert run.fixed_lengths(run_cfg, corpus.collate.spec) == layer_norm
+
+
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_blocks_keep_parameter_names_and_outputs():
@@ -172,7 +204,7 @@ def test_compiled_blocks_keep_parameter_names_and_outputs():
     inputs = pad_batch(waves, texts)
     with torch.no_grad():
         eager = model(**inputs).logits
-        run.compile_regions(model)
+        run.compile_regions(model, static_shapes=True)
         width = fixed_length(16000 + 1)  # padded to a rung, as the Collator does under --compile
         padded = {**inputs, "input_values": torch.nn.functional.pad(inputs["input_values"], (0, width - 16000)),
                   "attention_mask": torch.nn.functional.pad(inputs["attention_mask"], (0, width - 16000))}

@@ -24,16 +24,14 @@ def uses_bf16(device: torch.device, precision: str) -> bool:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether the device multiplies bf16 in hardware: a CUDA GPU with bf16 support, or a CPU
-    with AVX512-BF16 or AMX (oneDNN's bf16 kernels; about 4.5x the fp32 matmul rate on the
-    2-core EPYC of docs/PERFORMANCE.md)."""
+    """Whether the device multiplies bf16 in hardware: a CUDA GPU of compute capability 8.0 or
+    later (Ampere on), or a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels; about 4.5x
+    the fp32 matmul rate on the 2-core EPYC of docs/PERFORMANCE.md)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(check() for check in checks if check is not None)
     return False
 
 
