@@ -42,7 +42,7 @@ from torch.utils.flop_counter import (FlopCounterMode, conv_flop_count, sdpa_bac
 import run  # noqa: E402
 from models import MODELS, ModelConfig, build_model  # noqa: E402
 from utils.audio import normalize, read_audio  # noqa: E402
-from utils.data import BucketBatchSampler, RandomBatchSampler, read_text_feature  # noqa: E402
+from utils.data import BucketBatchSampler, RandomBatchSampler, fixed_length, read_text_feature  # noqa: E402
 from utils.device import autocast, native_bf16, resolve_device, seed_everything, uses_bf16  # noqa: E402
 
 BENCH_DIR = ROOT / "data" / "bench"
@@ -323,10 +323,12 @@ def upstream_train_epoch(model, loader, optimizer, run_cfg, device, epoch: int) 
 
 
 # ---------------------------------------------------------------- timing one arm
-def padded_totals(lengths: np.ndarray, batches: list) -> tuple[int, int]:
-    """(real samples, samples after padding each batch to its longest) over `batches`."""
+def padded_totals(lengths: np.ndarray, batches: list, fixed: bool = False) -> tuple[int, int]:
+    """(real samples, samples after padding each batch to its longest, or with fixed=True to
+    its rung of utils.data.fixed_length as --compile does) over `batches`."""
+    width = fixed_length if fixed else int
     real = sum(int(lengths[b].sum()) for b in batches)
-    padded = sum(len(b) * int(lengths[b].max()) for b in batches)
+    padded = sum(len(b) * width(int(lengths[b].max())) for b in batches)
     return real, padded
 
 
@@ -373,8 +375,9 @@ def measure_arm(arm: Arm, model_cfg, corpus, indices, base_cfg, device, plan: Pl
     synchronize(device)
     seconds = time.perf_counter() - start
     memory = peak_memory_mb(device)
-    real, padded = padded_totals(lengths, consumed)
-    epoch_real, epoch_padded = padded_totals(lengths, sampler.batches())
+    fixed = arm.data == "memory" and run.fixed_lengths(run_cfg, corpus.collate.spec)
+    real, padded = padded_totals(lengths, consumed, fixed)
+    epoch_real, epoch_padded = padded_totals(lengths, sampler.batches(), fixed)
     measured = not plan.steps
     epoch_seconds = seconds / plan.epochs if measured else seconds * epoch_padded / padded
     return Measurement(arm.label, arm.role, seconds, len(consumed), real / SR, padded / SR, epoch_real / epoch_padded,

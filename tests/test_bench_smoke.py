@@ -13,7 +13,7 @@ from data_prep.iemocap_prep import prepare
 from data_prep.make_synthetic_iemocap import make_corpus
 from data_prep.make_tiny_models import make_tiny_models
 from models import ModelConfig
-from utils.data import BucketBatchSampler, RandomBatchSampler
+from utils.data import BucketBatchSampler, RandomBatchSampler, fixed_length
 
 CPU = torch.device("cpu")
 
@@ -106,3 +106,10 @@ def test_the_optional_rows_are_ours_with_one_change():
     assert by_role["bf16"].settings == ours | {"precision": "bf16"}
     assert by_role["conv_cache"].settings == ours | {"cache_conv_features": True}
     assert [arm.role for arm in bench.arms_for(ours, ladder=False)] == ["upstream", "ours"]
+
+
+def test_padding_is_counted_to_the_fixed_lengths_that_compile_pads_to():
+    lengths = np.array([20000, 17000, 9000])
+    assert bench.padded_totals(lengths, [[0, 1], [2]]) == (46000, 2 * 20000 + 9000)
+    fixed = bench.padded_totals(lengths, [[0, 1], [2]], fixed=True)
+    assert fixed == (46000, 2 * fixed_length(20000) + fixed_length(9000)) and fixed[1] > 49000
