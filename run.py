@@ -455,17 +455,16 @@ def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunC
     state = state or runinfo.FoldState(session=session)
     if run_cfg.compile:
         compile_regions(model, static_shapes=fixed_lengths(run_cfg, corpus.collate.spec))
-    forward = model
     # after the restore: DDP starts by giving every rank rank 0's weights
-    ddp = distributed.wrap_model(forward, device, find_unused_parameters=uses_layerdrop(model))
+    ddp = distributed.wrap_model(model, device, find_unused_parameters=uses_layerdrop(model))
     for epoch in range(state.epoch + 1, run_cfg.epochs + 1):
         start = time.perf_counter()
         distributed.seed_rank(run_cfg.seed, epoch)
         train_loader.batch_sampler.set_epoch(epoch)
-        record = {"epoch": epoch, **train_epoch(forward, train_loader, optimizer, run_cfg, device, epoch, ddp)}
+        record = {"epoch": epoch, **train_epoch(model, train_loader, optimizer, run_cfg, device, epoch, ddp)}
         check_skipped(record, run_cfg, session)
-        record["dev"] = evaluate(forward, dev_loader, device, run_cfg.precision) if dev_loader is not None else None
-        record["test"] = evaluate(forward, test_loader, device, run_cfg.precision)
+        record["dev"] = evaluate(model, dev_loader, device, run_cfg.precision) if dev_loader is not None else None
+        record["test"] = evaluate(model, test_loader, device, run_cfg.precision)
         record["selected_on"] = run_cfg.select_on
         score = record["dev" if run_cfg.select_on == "dev" else "test"]["ua"]
         improved = score > state.best_score

@@ -333,7 +333,7 @@ def padded_totals(lengths: np.ndarray, batches: list, fixed: bool = False) -> tu
 
 
 def build_arm(arm: Arm, model_cfg, corpus, indices, base_cfg, device, sources: dict):
-    """-> model (or its compiled forward), optimizer, loader, loop function, RunConfig."""
+    """-> model (its blocks compiled in place under compile=true), optimizer, loader, loop function, RunConfig."""
     run_cfg = dataclasses.replace(base_cfg, **arm.settings)
     release_memory(device)
     seed_everything(run_cfg.seed)  # every arm starts from the same weights

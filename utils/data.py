@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models.encoders import AudioInputSpec
+from models.fusion import lengths_to_mask
 from utils.audio import normalize, read_audio
 from utils.labels import LABEL_TO_INDEX, utterance_fields
 from utils.text import ctc_target_ids
@@ -214,7 +215,7 @@ class Collator:
             batch.input_values = pad_rows([torch.from_numpy(it["wave"]) for it in items], self.spec.padding_value,
                                           width)[0]
             if self.spec.return_attention_mask:
-                batch.attention_mask = (torch.arange(batch.input_values.shape[1])[None] < lengths[:, None]).long()
+                batch.attention_mask = lengths_to_mask(lengths, batch.input_values.shape[1]).long()
         if items[0]["text"] is not None:
             batch.text, batch.text_lengths = pad_rows([torch.from_numpy(it["text"]) for it in items])
         return batch
