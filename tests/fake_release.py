@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-UPSTREAM_CSV = Path(__file__).resolve().parents[2] / "shared/reference/iemocap_4class_upstream.csv"
+UPSTREAM_CSV = Path(__file__).resolve().parent / "reference" / "iemocap_4class_upstream.csv"
 DISTRACTOR_LABELS = ("fru", "sur", "xxx", "fea", "dis", "oth")
 CATEGORY = {"neu": "Neutral", "hap": "Happiness", "exc": "Excited", "ang": "Anger", "sad": "Sadness",
             "fru": "Frustration", "sur": "Surprise", "fea": "Fear", "dis": "Disgust", "oth": "Other",
@@ -87,7 +87,7 @@ def build_fake_release(root, csv_path=UPSTREAM_CSV, per_session: int | None = No
     first n upstream utterances of each session, for fast tests and reduced counts."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise FileNotFoundError(f"{csv_path}: upstream csv missing; the shared/ folder must sit beside the repo")
+        raise FileNotFoundError(f"{csv_path}: upstream csv missing; tests/reference/ holds a copy of shared/reference/iemocap_4class_upstream.csv")
     rows = pd.read_csv(csv_path, keep_default_na=False)[["FileName", "Sentences", "Label"]]
     if per_session is not None:
         rows = rows.groupby(rows.FileName.str[4], sort=False).head(per_session)

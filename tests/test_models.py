@@ -18,7 +18,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint, load_weights, sav
 from utils.data import loso_split
 from utils.metrics import emotion_metrics
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "published_checkpoint_keys.tsv"
+REFERENCE = Path(__file__).resolve().parent / "reference" / "published_checkpoint_keys.tsv"
 TEXT_DIM = 64
 
 
