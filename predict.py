@@ -20,16 +20,16 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers.utils import logging as hf_logging
 
-from data_prep.extract_roberta import TextFeatureError, embed_texts, load_text_encoder
+from data_prep.extract_roberta import TextFeatureError, agreed_text_encoder, embed_texts, load_text_encoder
 from models import MODELS
-from models.encoders import audio_input_spec
+from models.encoders import audio_input_spec, padding_is_exact
 from utils.audio import AudioError
-from utils.checkpoint import CheckpointError, restore_model
-from utils.data import BucketBatchSampler, Collator, DataError, EmotionDataset, load_waves
+from utils.checkpoint import CheckpointError, find_checkpoints, restore_model
+from utils.data import Collator, DataError, EmotionDataset, ExactBatchSampler, load_waves
 from utils.device import autocast, check_precision, resolve_device
 from utils.files import atomic_path, atomic_write_text
 from utils.labels import CLASS_NAMES
-from utils.text import greedy_decode
+from utils.text import greedy_decode, sentence_case
 
 log = logging.getLogger("mmer.predict")
 PATH_COLUMNS = ("path", "FileName")            # FileName: IEMOCAP id, the audio is <FileName>.wav
@@ -95,19 +95,6 @@ def read_input_csv(csv: Path, audio_dir=None) -> list[tuple]:
     return [(str(base / Path(n).expanduser()), t if t.strip() else None) for n, t in zip(names, texts)]
 
 
-def find_checkpoints(checkpoint_dir) -> dict[str, Path]:
-    """{session: <checkpoint_dir>/<session>_model.pt}, numeric sessions first, in order."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: checkpoint folder not found; pass --checkpoint_dir the folder run.py "
-                              "wrote (<save_path>/<run>) or the one holding the published <session>_model.pt")
-    found = {p.name[: -len("_model.pt")]: p for p in folder.glob("*_model.pt")}
-    if not found:
-        raise CheckpointError(f"{folder}: no <session>_model.pt checkpoints in it; train with run.py first or "
-                              "point --checkpoint_dir at the folder holding them")
-    return dict(sorted(found.items(), key=lambda item: (not item[0].isdigit(), item[0].zfill(9))))
-
-
 def select_checkpoints(found: dict[str, Path], session=None, ensemble: bool = False) -> list[Path]:
     if ensemble:
         log.info("ensemble: averaging the probabilities of %d checkpoints (sessions %s)",
@@ -115,8 +102,9 @@ def select_checkpoints(found: dict[str, Path], session=None, ensemble: bool = Fa
         return list(found.values())
     if session is None:
         session = next(iter(found))
-        log.info("using %s, the first of %d checkpoints (--session N picks another, --ensemble averages all)",
-                 found[session], len(found))
+        if len(found) > 1:
+            log.warning("using session %s's model %s, the first of %d (one per fold); --session N picks another, "
+                        "--ensemble averages them all", session, found[session], len(found))
     if str(session) not in found:
         folder = next(iter(found.values())).parent
         raise CheckpointError(f"{folder}/{session}_model.pt not found; sessions there: {', '.join(found)}")
@@ -144,35 +132,30 @@ def shared_input_spec(models: dict):
     return specs.pop()
 
 
-def recorded_roberta(checkpoint_dir) -> str:
-    """The text encoder recorded in the run's config.json (utils.runinfo.write_config), else roberta-base."""
+def recorded_roberta(checkpoint_dir, roberta: str | None = None) -> str:
+    """The text encoder of the run's features, recorded in its config.json (utils.runinfo.write_config);
+    a given `roberta` must be that one. Without a record: `roberta`, else roberta-base."""
     config = Path(checkpoint_dir) / "config.json"
     if not config.is_file():
-        return DEFAULT_ROBERTA
+        return roberta or DEFAULT_ROBERTA
     try:
-        recorded = json.loads(config.read_text()).get("run", {}).get("roberta")
-    except (json.JSONDecodeError, AttributeError) as err:
+        saved = json.loads(config.read_text())
+        stamp = saved.get("text_encoder") or ({"roberta": saved["run"]["roberta"]} if saved["run"].get("roberta")
+                                               else None)
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as err:
         raise PredictError(f"{config}: not the config.json run.py writes ({err}); name the text encoder "
                            "with --roberta") from err
-    return recorded or DEFAULT_ROBERTA
+    return agreed_text_encoder(stamp, roberta, str(config), DEFAULT_ROBERTA)
 
 
 # ---------------------------------------------------------------- inference
-def batches(dataset: EmotionDataset, spec, batch_size: int, device, desc=None, progress=False):
-    """run.py's evaluation batching: length-sorted batches padded by the Collator."""
-    sampler = BucketBatchSampler(dataset.lengths(), batch_size, shuffle=False)
+def batches(dataset: EmotionDataset, spec, batch_size: int, device, exact: bool, desc=None, progress=False):
+    """run.py's evaluation batching, padding-exact (utils.data.ExactBatchSampler): each recording
+    gets what it gets alone, whatever the batch size."""
+    sampler = ExactBatchSampler(dataset.lengths(), batch_size, exact)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(spec))
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         yield batch.to(device)
-
-
-def note_padding(spec, waves, batch_size: int) -> None:
-    """An encoder without an attention mask (wav2vec2-base) also sees the zero padding, so a
-    recording batched with longer ones gets slightly different probabilities than alone."""
-    if not spec.return_attention_mask and batch_size > 1 and len({len(w) for w in waves}) > 1:
-        log.info("recordings of different lengths share padded batches and this speech encoder takes no "
-                 "attention mask (as in training), so each file's result depends slightly on its batch-mates; "
-                 "--batch_size 1 scores every file on its own")
 
 
 def recordings(waves, text=None) -> EmotionDataset:
@@ -191,7 +174,7 @@ def decode_ctc(ctc_logits: torch.Tensor, frame_lengths: torch.Tensor) -> list[st
 def transcribe(model, waves, spec, batch_size: int, device, precision: str) -> list[str]:
     """The model's CTC head on the audio alone (the text side does not touch it)."""
     heard = [""] * len(waves)
-    for batch in batches(recordings(waves), spec, batch_size, device):
+    for batch in batches(recordings(waves), spec, batch_size, device, exact_padding(model, spec)):
         with autocast(device, precision):
             frames, _, lengths = model.encode_audio(batch.input_values, batch.sample_lengths, batch.attention_mask)
             ctc_logits = model.ctc_head(frames)
@@ -205,7 +188,8 @@ def run_model(model, dataset, spec, batch_size: int, device, precision: str, pro
     """-> class probabilities [N, 4] and, for a model with a CTC head, its transcripts (dataset order)."""
     probs = np.zeros((len(dataset), len(CLASS_NAMES)))
     heard = [""] * len(dataset) if model.has_ctc else None
-    for batch in batches(dataset, spec, batch_size, device, desc="predict", progress=progress):
+    for batch in batches(dataset, spec, batch_size, device, exact_padding(model, spec), desc="predict",
+                         progress=progress):
         with autocast(device, precision):
             output = model(**batch.model_inputs())
         probs[batch.names] = torch.softmax(output.logits.float(), dim=-1).cpu().numpy()
@@ -215,6 +199,10 @@ def run_model(model, dataset, spec, batch_size: int, device, precision: str, pro
     return probs, heard
 
 
+def exact_padding(model, spec) -> bool:
+    return padding_is_exact(model.wav2vec2.config, spec)
+
+
 def given_transcripts(inputs: pd.DataFrame) -> list:
     """The `transcript` column with blanks, NaN and a missing column read as None (not given)."""
     column = inputs["transcript"] if "transcript" in inputs else [None] * len(inputs)
@@ -222,17 +210,27 @@ def given_transcripts(inputs: pd.DataFrame) -> list:
 
 
 def fill_transcripts(model, waves, transcripts, spec, batch_size, device, precision):
-    """Given transcripts kept; the others transcribed by the model's CTC head. -> texts, sources."""
+    """Given transcripts kept; the others transcribed by the model's CTC head, in sentence case
+    like the transcripts the features were made from. -> texts, sources."""
     missing = [i for i, text in enumerate(transcripts) if text is None]
     sources = ["ctc" if text is None else "given" for text in transcripts]
     texts = list(transcripts)
     if missing:
+        check_ctc_trained(model, len(missing))
         log.info("%d of %d recordings without a transcript: transcribing them with the CTC head of the model",
                  len(missing), len(texts))
         heard = transcribe(model, [waves[i] for i in missing], spec, batch_size, device, precision)
         for i, text in zip(missing, heard):
-            texts[i] = text
+            texts[i] = sentence_case(text)
     return texts, sources
+
+
+def check_ctc_trained(model, missing: int) -> None:
+    """A model trained with --alpha 0 has a CTC head that no loss trained: its transcripts are noise."""
+    if not model.config.alpha:
+        raise PredictError(f"{missing} recording(s) have no transcript, and this model was trained with alpha 0, so "
+                           "its CTC head is untrained and cannot transcribe them; pass --transcript, or a csv with a "
+                           "transcript column")
 
 
 def load_checked_text_encoder(roberta: str, text_dim: int, device):
@@ -245,9 +243,9 @@ def load_checked_text_encoder(roberta: str, text_dim: int, device):
 
 
 def default_batch_size(device: torch.device) -> int:
-    """8 recordings per forward pass on a GPU; 1 on a CPU, where batching buys no parallelism
-    and padding costs compute (wav2vec2-base, 2 threads: 0.085 x real time alone against
-    0.11-0.24 in length-sorted batches of 8, docs/PERFORMANCE.md)."""
+    """Up to 8 recordings per forward pass on a GPU; 1 on a CPU, where batching buys no
+    parallelism (wav2vec2-base, 2 threads: 0.085 x real time alone against 0.11-0.24 in
+    length-sorted batches of 8, docs/PERFORMANCE.md). Batches are padding-exact either way."""
     return 8 if device.type == "cuda" else 1
 
 
@@ -263,8 +261,9 @@ def predict_files(inputs: pd.DataFrame, models: dict, roberta: str = DEFAULT_ROB
     if first.uses_text and text_encoder is None:
         text_encoder = load_checked_text_encoder(roberta, first.config.text_dim, device)
     waves = load_waves(list(inputs["path"]), spec, progress)
-    note_padding(spec, waves, batch_size)
     texts, sources, text = [""] * len(waves), ["none"] * len(waves), None
+    if not first.uses_text and any(t is not None for t in given_transcripts(inputs)):
+        log.warning("the %s model reads no text: the transcripts given are not used", first.config.run)
     if first.uses_text:
         texts, sources = fill_transcripts(first, waves, given_transcripts(inputs), spec, batch_size, device,
                                           precision)
@@ -316,15 +315,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     which.add_argument("--ensemble", action="store_true", help="average the probabilities of all checkpoints")
     p.add_argument("--transcript", help="mmer: the transcript of the one recording given")
     p.add_argument("--audio_dir", help="folder the csv's paths are relative to (default: the csv's folder)")
-    p.add_argument("--roberta", help="text encoder for mmer (default: the one in <checkpoint_dir>/config.json, "
-                                     f"else {DEFAULT_ROBERTA})")
+    p.add_argument("--roberta", help="text encoder for mmer (default: the one recorded in <checkpoint_dir>/config.json, "
+                                     f"else {DEFAULT_ROBERTA}); refused when it contradicts the record")
     p.add_argument("--wav2vec2", help="speech encoder architecture (default: the checkpoint's; needed for the "
                                       "published ones)")
     p.add_argument("--output", type=Path, help="write the predictions to a .json or .csv file")
     p.add_argument("--batch_size", type=int,
-                   help="recordings per forward pass (length-sorted; default: 8 on GPU, 1 on CPU); 1 scores each "
-                        "file on its own, unaffected by padding, which encoders without an attention mask such as "
-                        "wav2vec2-base also see, and was the fastest on the CPUs measured")
+                   help="at most this many recordings per forward pass (default: 8 on GPU, 1 on CPU, the fastest "
+                        "there). Results do not depend on it: encoders without an attention mask (wav2vec2-base) "
+                        "batch only recordings of equal length, so nothing they see is padded")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on a CPU with AVX512-BF16/AMX is about "
@@ -345,7 +344,10 @@ def run_prediction(args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
         raise PredictError(str(err)) from err
     inputs = collect_inputs(args.inputs, args.transcript, args.audio_dir)
     models = load_models(args.checkpoint_dir, args.run, args.wav2vec2, args.session, args.ensemble, device)
-    roberta = args.roberta or recorded_roberta(args.checkpoint_dir)
+    try:
+        roberta = recorded_roberta(args.checkpoint_dir, args.roberta)
+    except TextFeatureError as err:
+        raise PredictError(str(err)) from err
     batch_size = args.batch_size or default_batch_size(device)
     with logging_redirect_tqdm():
         table = predict_files(inputs, models, roberta, batch_size, device, args.precision,

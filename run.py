@@ -22,14 +22,18 @@ import transformers
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from data_prep.extract_roberta import TextFeatureError, features_text_encoder, recorded_encoder
 from models import MODELS, ModelConfig, build_model
-from models.encoders import audio_input_spec, conv_cache_refusal, conv_features, encoder_config, frame_lengths
+from models.base import CTC_REDUCTIONS
+from models.encoders import (audio_input_spec, conv_cache_refusal, conv_features, encoder_config, frame_lengths,
+                             padding_is_exact)
 from models.fusion import AttentionLayer
 from utils import distributed, runinfo
 from utils.audio import AudioError
-from utils.checkpoint import CheckpointError, load_checkpoint, restore_model, save_checkpoint
-from utils.data import (BucketBatchSampler, Collator, DataError, EmotionDataset, RandomBatchSampler,
-                        load_audio, load_text_features, loso_split, read_table)
+from utils.checkpoint import (CheckpointError, checkpoint_path, find_checkpoints, load_checkpoint, restore_model,
+                              save_checkpoint)
+from utils.data import (BucketBatchSampler, Collator, DataError, EmotionDataset, ExactBatchSampler,
+                        RandomBatchSampler, load_audio, load_text_features, loso_split, read_table)
 from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
 from utils.device import autocast, check_precision, seed_everything
 from utils.files import atomic_path
@@ -40,6 +44,9 @@ from utils.validate import InputProblems, validate_inputs
 
 log = logging.getLogger("mmer")
 OPTIMISTIC = "test (OPTIMISTIC: the best epoch is chosen on the test session, as upstream did)"
+DEV_SELECTION = "dev split of the training sessions"
+PUBLISHED = ("test (OPTIMISTIC: checkpoints without our selection record, e.g. the published ones, whose "
+             "authors chose the best epoch on the test session)")
 
 
 @dataclass
@@ -48,7 +55,7 @@ class RunConfig:
     csv_path: str = "data/iemocap.csv"
     data_path_audio: str = "data/audio"
     data_path_roberta: str = "data/roberta"
-    roberta: str = "roberta-base"
+    roberta: str | None = None   # the text encoder of the features (their encoder.json), else roberta-base
     save_path: str = "runs"
     sessions: list = field(default_factory=lambda: [1, 2, 3, 4, 5])
     epochs: int = 100
@@ -85,7 +92,9 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     data.add_argument("--csv_path", default=d.csv_path, help="utterance csv from data_prep/iemocap_prep.py")
     data.add_argument("--data_path_audio", default=d.data_path_audio, help="folder of <FileName>.wav")
     data.add_argument("--data_path_roberta", default=d.data_path_roberta, help="folder of <FileName>.npy (mmer)")
-    data.add_argument("--sessions", type=int, nargs="+", default=d.sessions, help="test sessions (folds) to run")
+    data.add_argument("--sessions", type=int, nargs="+", default=None,
+                      help="test sessions (folds) to run (default: 1 2 3 4 5; with --eval_only, the sessions of "
+                           "the csv that have a checkpoint)")
     data.add_argument("--dev_fraction", type=float, default=d.dev_fraction,
                       help="share of the training sessions held out for model selection "
                            "(stratified by speaker, then label)")
@@ -94,9 +103,16 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
                       help="debug: keep only the first N utterances of each session")
     model = p.add_argument_group("model")
     model.add_argument("--run", default=m.run, choices=list(MODELS), help="which variant")
-    model.add_argument("--alpha", type=float, default=m.alpha, help="weight of the CTC loss (mmer, cai_sota)")
+    model.add_argument("--alpha", type=float, default=m.alpha,
+                       help="weight of the CTC loss (mmer, cai_sota): loss = CE + alpha * (2 / B) * sum of the "
+                            "B utterances' CTC losses, upstream's CE + alpha * CTC_sum at its micro-batch of 2")
+    model.add_argument("--ctc_reduction", choices=CTC_REDUCTIONS, default=m.ctc_reduction,
+                       help="sum: each utterance's CTC loss summed over its frames (upstream's scale); mean: "
+                            "divided by its target length as well (F.ctc_loss's 'mean', about 55x smaller on IEMOCAP)")
     model.add_argument("--wav2vec2", default=m.wav2vec2, help="speech encoder: hub name or local folder")
-    model.add_argument("--roberta", default=d.roberta, help="text encoder the features came from (recorded)")
+    model.add_argument("--roberta", default=None,
+                       help="text encoder the features came from (default: the one their encoder.json names, "
+                            "else roberta-base); recorded, and refused when it contradicts encoder.json")
     model.add_argument("--dropout", type=float, default=m.dropout)
     model.add_argument("--specaugment", action="store_true", help="turn the encoder's SpecAugment on")
     opt = p.add_argument_group("optimisation")
@@ -142,8 +158,8 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     ctl.add_argument("--tensorboard", action="store_true",
                      help="also write TensorBoard scalars to <save_path>/<run>/tensorboard/ (pip install tensorboard)")
     args = p.parse_args(argv)
-    model_cfg = ModelConfig(run=args.run, wav2vec2=args.wav2vec2, alpha=args.alpha, dropout=args.dropout,
-                            specaugment=args.specaugment)
+    model_cfg = ModelConfig(run=args.run, wav2vec2=local_path(args.wav2vec2), alpha=args.alpha,
+                            ctc_reduction=args.ctc_reduction, dropout=args.dropout, specaugment=args.specaugment)
     run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)})
     if run_cfg.cache_conv_features:
         why_not = conv_cache_refusal(encoder_config(model_cfg.wav2vec2), audio_input_spec(model_cfg.wav2vec2))
@@ -155,7 +171,39 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
         p.error("--eval_only needs --checkpoint_dir DIR holding <session>_model.pt files")
     if run_cfg.select_on == "dev" and run_cfg.dev_fraction <= 0 and not run_cfg.eval_only:
         p.error("--select_on dev needs --dev_fraction > 0")
+    if run_cfg.select_on == "test":
+        run_cfg.dev_fraction = 0.0  # upstream trained on all four training sessions
+    for key in ("csv_path", "data_path_audio", "data_path_roberta", "save_path", "checkpoint_dir"):
+        setattr(run_cfg, key, absolute(getattr(run_cfg, key)))
+    if run_cfg.sessions is None:
+        run_cfg.sessions = evaluable_sessions(run_cfg) if run_cfg.eval_only else d.sessions
+    if MODELS[model_cfg.run].uses_text:
+        try:
+            run_cfg.roberta = features_text_encoder(run_cfg.data_path_roberta, run_cfg.roberta)
+        except TextFeatureError as err:
+            p.error(str(err))
     return model_cfg, run_cfg
+
+
+def evaluable_sessions(run_cfg: RunConfig) -> list[int]:
+    """--eval_only without --sessions: the csv's sessions that have a checkpoint (a csv of one
+    session evaluates that one, as upstream's inference script does)."""
+    have = {int(s) for s in find_checkpoints(run_cfg.checkpoint_dir) if s.isdigit()}
+    sessions = sorted(set(read_table(run_cfg.csv_path)["session"]) & have)
+    if not sessions:
+        raise DataError(f"{run_cfg.checkpoint_dir}: no checkpoint for any session of {run_cfg.csv_path} (checkpoints "
+                        f"for sessions {sorted(have)}); name the sessions with --sessions")
+    return sessions
+
+
+def absolute(path: str | None) -> str | None:
+    """Paths are recorded absolute, so a run folder's config works from any working directory."""
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def local_path(name_or_path: str) -> str:
+    """A model given as a local folder is recorded absolute; a hub name stays as it is."""
+    return absolute(name_or_path) if Path(name_or_path).expanduser().exists() else name_or_path
 
 
 def setup_logging(run_dir: Path) -> None:
@@ -186,6 +234,7 @@ class Corpus:
     table: pd.DataFrame
     dataset: EmotionDataset
     collate: Collator
+    padding_exact: bool                # padded evaluation batches are exact (models.encoders.padding_is_exact)
     conv_cache: tuple | None = None   # (feature-encoder weights, their output per utterance)
 
 
@@ -197,9 +246,11 @@ def load_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
         table = table.groupby("session", group_keys=False).head(run_cfg.limit_utterances).reset_index(drop=True)
     uses_text = MODELS[model_cfg.run].uses_text
     validate_inputs(table, run_cfg.sessions, run_cfg.data_path_audio,
-                    run_cfg.data_path_roberta if uses_text else None, csv_path=run_cfg.csv_path)
+                    run_cfg.data_path_roberta if uses_text else None, csv_path=run_cfg.csv_path,
+                    needs_training=not run_cfg.eval_only)
     table["label_index"] = table["label_index"].astype(int)
     spec = audio_input_spec(model_cfg.wav2vec2)
+    padding_exact = padding_is_exact(encoder_config(model_cfg.wav2vec2), spec)
     log.info("loading %d utterances (audio%s)", len(table), " + text features" if uses_text else "")
     waves = load_audio(table, run_cfg.data_path_audio, spec, show_progress=distributed.is_main())
     text = None
@@ -207,7 +258,7 @@ def load_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
         text = load_text_features(table, run_cfg.data_path_roberta, show_progress=distributed.is_main())
         model_cfg.text_dim = int(text[0].shape[1])
     dataset = EmotionDataset(table["FileName"], waves, table["label_index"], table["text"], text)
-    return Corpus(table, dataset, Collator(spec))
+    return Corpus(table, dataset, Collator(spec), padding_exact)
 
 
 def use_conv_cache(model, corpus: Corpus, run_cfg: RunConfig, device) -> None:
@@ -231,7 +282,7 @@ def conv_features_of(model, corpus: Corpus, run_cfg: RunConfig, device) -> list[
     start = time.perf_counter()
     # no DataLoader: creating its iterator draws from the global RNG, and training's dropout
     # masks must not depend on whether the cache was built
-    for indices in tqdm(BucketBatchSampler(lengths, run_cfg.eval_batch_size, shuffle=False).batches(),
+    for indices in tqdm(ExactBatchSampler(lengths, run_cfg.eval_batch_size, corpus.padding_exact).batches(),
                         desc="conv features", leave=False, disable=None if distributed.is_main() else True):
         batch = corpus.collate([corpus.dataset[i] for i in indices])
         features = conv_features(model.wav2vec2, batch.input_values.to(device)).float().cpu()
@@ -253,8 +304,8 @@ def make_loader(corpus: Corpus, indices, run_cfg: RunConfig, train: bool, device
         sampler_cls = BucketBatchSampler if run_cfg.batching == "bucket" else RandomBatchSampler
         sampler = sampler_cls(lengths, run_cfg.batch_size * world, shuffle=True, seed=run_cfg.seed)
         sampler = DistributedBucketSampler(sampler, rank, world) if world > 1 else sampler
-    else:
-        sampler = BucketBatchSampler(lengths, run_cfg.eval_batch_size, shuffle=False)
+    else:  # padding-exact: every utterance scored as if alone, whatever --eval_batch_size
+        sampler = ExactBatchSampler(lengths, run_cfg.eval_batch_size, corpus.padding_exact)
         sampler = RoundRobinBatchSampler(sampler, rank, world) if world > 1 else sampler
     collate = Collator(corpus.collate.spec, fixed_lengths=fixed_lengths(run_cfg, corpus.collate.spec))
     return torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=collate,
@@ -562,7 +613,7 @@ def evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, checkpoint_
     """Score `<checkpoint_dir>/<session>_model.pt` on the test session and write its predictions."""
     if test_idx is None:
         test_idx = corpus.table.index[corpus.table["session"] == session].to_numpy()
-    model, payload = restore_model(checkpoint_dir / f"{session}_model.pt", model_cfg.run, model_cfg.wav2vec2)
+    model, payload = restore_model(checkpoint_path(checkpoint_dir, session), model_cfg.run, model_cfg.wav2vec2)
     model.to(device)
     use_conv_cache(model, corpus, run_cfg, device)
     loader = make_loader(corpus, test_idx, run_cfg, False, device)
@@ -571,6 +622,7 @@ def evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, checkpoint_
         write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs)
     metrics = emotion_metrics(y_true, y_pred)
     metrics["epoch"] = payload.get("epoch")
+    metrics["selected_on"] = payload.get("selected_on")  # None: a checkpoint without our record (published)
     return metrics
 
 
@@ -603,8 +655,10 @@ def run_folds(model_cfg: ModelConfig, run_cfg: RunConfig, device) -> dict | None
         if distributed.is_main() and not (run_dir / "config.json").is_file():
             # kept when present: claim_run_dir has checked it describes this run, and fold
             # processes running in parallel must not overwrite each other's
-            runinfo.write_config(run_dir, model_cfg, run_cfg, runinfo.data_checksums(
-                run_cfg, corpus.table["FileName"], MODELS[model_cfg.run].uses_text))
+            uses_text = MODELS[model_cfg.run].uses_text
+            runinfo.write_config(run_dir, model_cfg, run_cfg,
+                                 runinfo.data_checksums(run_cfg, corpus.table["FileName"], uses_text),
+                                 recorded_encoder(run_cfg.data_path_roberta) if uses_text else None)
         with logging_redirect_tqdm():
             for session in todo:
                 if run_cfg.eval_only:
@@ -636,11 +690,18 @@ def finished_folds(run_dir: Path) -> dict:
     return {session: runinfo.finished_fold(run_dir, session) for session in sessions}
 
 
+def selection_label(fold_metrics: dict, run_cfg: RunConfig) -> str:
+    """How the best epochs were chosen: by this run's --select_on, or, re-evaluating checkpoints,
+    by what each records (ours say; published ones were chosen on the test session upstream)."""
+    if not run_cfg.eval_only:
+        return OPTIMISTIC if run_cfg.select_on == "test" else DEV_SELECTION
+    recorded = {m.get("selected_on") for m in fold_metrics.values()}
+    labels = sorted({PUBLISHED if on is None else OPTIMISTIC if on == "test" else DEV_SELECTION for on in recorded})
+    return f"{'; '.join(labels)} (re-evaluated checkpoints from {run_cfg.checkpoint_dir})"
+
+
 def report(run_dir: Path, fold_metrics: dict, model_cfg: ModelConfig, run_cfg: RunConfig) -> dict:
-    if run_cfg.eval_only:
-        selection = f"re-evaluated checkpoints from {run_cfg.checkpoint_dir}"
-    else:
-        selection = OPTIMISTIC if run_cfg.select_on == "test" else "dev split of the training sessions"
+    selection = selection_label(fold_metrics, run_cfg)
     results = write_results(run_dir, fold_metrics, {"run": model_cfg.run, "alpha": model_cfg.alpha,
                                                     "selection": selection, "eval_only": run_cfg.eval_only})
     print(format_table(fold_metrics, f"{model_cfg.run} (alpha {model_cfg.alpha}); best epoch: {selection}"))

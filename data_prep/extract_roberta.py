@@ -162,9 +162,54 @@ def extract(csv, out_dir, roberta="roberta-base", batch_size: int = 32, device="
 
 
 def encoder_stamp(roberta) -> dict:
-    """What identifies the text encoder: its name and its config (sizes, vocabulary)."""
+    """What identifies the text encoder: its name (a local folder as an absolute path, so the
+    record holds from any working directory) and its config (sizes, vocabulary)."""
     config = AutoConfig.from_pretrained(str(roberta)).to_json_string(use_diff=False)
-    return {"roberta": str(roberta), "config_sha256": hashlib.sha256(config.encode()).hexdigest()}
+    local = Path(str(roberta)).expanduser()
+    name = str(local.resolve()) if local.exists() else str(roberta)
+    return {"roberta": name, "config_sha256": hashlib.sha256(config.encode()).hexdigest()}
+
+
+def recorded_encoder(features_dir) -> dict | None:
+    """The encoder.json of a features folder (None for features without one, e.g. upstream's)."""
+    path = Path(features_dir) / "encoder.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TextFeatureError(f"{path}: not the encoder.json extract_roberta.py writes ({err}); re-extract "
+                               "the features or delete the file") from err
+
+
+def features_text_encoder(features_dir, roberta: str | None = None, default: str = "roberta-base") -> str:
+    """The text encoder that made the features in features_dir, from their encoder.json."""
+    return agreed_text_encoder(recorded_encoder(features_dir), roberta, f"{Path(features_dir) / 'encoder.json'}",
+                               default)
+
+
+def agreed_text_encoder(stamp: dict | None, roberta: str | None, where: str, default: str = "roberta-base") -> str:
+    """The text encoder a record (`stamp`, as encoder_stamp writes it) names; a given `roberta`
+    must be that one (the same name or folder, or a config with the same hash). Without a
+    record: `roberta`, else `default`."""
+    if stamp is None:
+        return roberta or default
+    if roberta is None or _same_encoder(roberta, stamp):
+        return stamp["roberta"]
+    raise TextFeatureError(f"the text features were made by {stamp['roberta']} ({where}), not by --roberta "
+                           f"{roberta}; drop --roberta, or extract features with it and train on those")
+
+
+def _same_encoder(roberta: str, stamp: dict) -> bool:
+    local = Path(roberta).expanduser()
+    if (str(local.resolve()) if local.exists() else roberta) == stamp["roberta"]:
+        return True
+    if "config_sha256" not in stamp:
+        return False
+    try:
+        return encoder_stamp(roberta)["config_sha256"] == stamp["config_sha256"]
+    except (OSError, ValueError):
+        return False
 
 
 def check_encoder_stamp(out_dir: Path, roberta, overwrite: bool) -> None:

@@ -1,5 +1,12 @@
 """What the three variants share: the model settings, the wav2vec2 audio path
-(encoder -> dropout -> valid frames), the CTC head and the CE + alpha * CTC loss."""
+(encoder -> dropout -> valid frames), the CTC head and the CE + alpha * CTC loss.
+
+The loss of a micro-batch of B utterances (upstream's scale, see README "The loss"):
+    CE_mean + alpha * (2 / B) * sum_i CTC_i
+CTC_i is utterance i's CTC loss summed over its frames (not divided by its target length),
+so at upstream's micro-batch of 2 this is exactly upstream's CE + alpha * F.ctc_loss(sum),
+and the weight of the CTC task does not change with --batch_size, bucketing or DDP shards.
+ctc_reduction="mean" divides each CTC_i by its target length instead (F.ctc_loss's "mean")."""
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,6 +23,7 @@ class ModelConfig:
     run: str = "mmer"
     wav2vec2: str = "facebook/wav2vec2-base"
     alpha: float = 0.1                # weight of the auxiliary CTC loss
+    ctc_reduction: str = "sum"        # sum: upstream's per-utterance sums; mean: divided by target length
     dropout: float = 0.1              # on the encoder's last hidden state and the text embeddings
     num_classes: int = 4
     vocab_size: int = 32              # CTC symbols, <pad>=0 is the blank
@@ -68,22 +76,34 @@ class SpeechEmotionModel(nn.Module):
         return self.ctc_linear(audio_frames) if self.has_ctc else None
 
     def loss(self, output: EmotionOutput, labels, ctc_targets=None, ctc_target_lengths=None) -> dict:
-        """CE + alpha * CTC. With alpha = 0 the CTC term is computed for the log only,
-        detached, so the CTC head receives no gradient."""
+        """CE + alpha * CTC, CTC on upstream's scale (module docstring). With alpha = 0 the
+        CTC term is computed for the log only, detached, so the CTC head receives no gradient."""
         ce = F.cross_entropy(output.logits.float(), labels)
         losses = {"ce": ce, "total": ce}
         if self.has_ctc and ctc_targets is not None:
             ctc_logits = output.ctc_logits if self.config.alpha else output.ctc_logits.detach()
-            ctc = ctc_loss(ctc_logits, output.frame_lengths, ctc_targets, ctc_target_lengths)
+            per_utterance = ctc_loss(ctc_logits, output.frame_lengths, ctc_targets, ctc_target_lengths,
+                                     self.config.ctc_reduction)
+            ctc = per_utterance.mean() * (UPSTREAM_MICRO_BATCH if self.config.ctc_reduction == "sum" else 1)
             losses["ctc"] = ctc
             if self.config.alpha:
                 losses["total"] = ce + self.config.alpha * ctc
         return losses
 
 
-def ctc_loss(ctc_logits, frame_lengths, targets, target_lengths):
-    """Mean CTC loss (blank = 0) over the true frame counts, in fp32; zero_infinity so an
-    utterance whose transcript is longer than its audio cannot poison the step."""
+UPSTREAM_MICRO_BATCH = 2  # upstream summed the CTC loss over micro-batches of 2 utterances
+CTC_REDUCTIONS = ("sum", "mean")
+
+
+def ctc_loss(ctc_logits, frame_lengths, targets, target_lengths, reduction: str = "sum"):
+    """CTC loss (blank = 0) of each utterance over its true frame count, in fp32 -> [B]:
+    summed over the frames ("sum", upstream's), or divided by the target length ("mean").
+    zero_infinity, so an utterance whose transcript is longer than its audio cannot poison the step."""
+    if reduction not in CTC_REDUCTIONS:
+        raise ValueError(f"ctc_reduction {reduction!r}: choose one of {', '.join(CTC_REDUCTIONS)}")
     log_probs = F.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # [T_audio, B, vocab]
-    return F.ctc_loss(log_probs, targets, frame_lengths, target_lengths,
-                      blank=0, reduction="mean", zero_infinity=True)
+    per_utterance = F.ctc_loss(log_probs, targets, frame_lengths, target_lengths,
+                               blank=0, reduction="none", zero_infinity=True)
+    if reduction == "mean":
+        per_utterance = per_utterance / target_lengths.clamp(min=1).to(per_utterance.dtype)
+    return per_utterance

@@ -20,6 +20,7 @@ from models.encoders import audio_input_spec
 from utils.checkpoint import save_checkpoint
 from utils.data import Collator, EmotionDataset, load_audio
 from utils.labels import CLASS_NAMES
+from utils.text import sentence_case
 
 REPO = Path(__file__).resolve().parents[1]
 PROB_COLUMNS = [f"prob_{name}" for name in CLASS_NAMES]
@@ -80,7 +81,12 @@ def training_output(setup, model, names, transcripts=None):
 
 
 def training_forward(setup, model, names, transcripts=None) -> np.ndarray:
-    return torch.softmax(training_output(setup, model, names, transcripts).logits, dim=-1).numpy()
+    """Each recording's probabilities as the training forward gives them to it alone (unpadded:
+    the reference every evaluation and prediction must reproduce)."""
+    return np.concatenate([
+        torch.softmax(training_output(setup, model, [name], None if transcripts is None else [text]).logits,
+                      dim=-1).numpy()
+        for name, text in zip(names, transcripts or [None] * len(names))])
 
 
 def test_prediction_with_transcript_equals_training_forward(setup):
@@ -110,7 +116,7 @@ def test_missing_transcript_comes_from_the_models_ctc_head(setup):
     names = ["calm", "loud"]
     result = run_predict(setup, inputs_of(setup, names, with_transcripts=False), session="1")
     assert list(result["transcript_source"]) == ["ctc", "ctc"]
-    assert list(result["transcript"]) == list(result["ctc_transcript"])
+    assert list(result["transcript"]) == [sentence_case(t) for t in result["ctc_transcript"]]
     expected = training_forward(setup, setup["models"]["mmer", 1], names, list(result["transcript"]))
     np.testing.assert_allclose(result[PROB_COLUMNS].to_numpy(), expected, atol=1e-5)
 
@@ -125,12 +131,14 @@ def test_ctc_decoding_merges_repeats_and_reads_special_tokens_as_blanks():
 def test_audio_only_model_needs_no_text_and_reports_its_ctc_transcript(setup):
     names = ["calm", "loud"]
     models = predict.load_models(setup["root"] / "cai_sota")
-    result = predict.predict_files(inputs_of(setup, names), models, batch_size=2,  # one batch, as below
+    result = predict.predict_files(inputs_of(setup, names), models, batch_size=2,
                                    roberta=str(setup["root"] / "no_text_encoder_here"))
     assert list(result["transcript_source"]) == ["none", "none"]
-    expected = training_output(setup, setup["models"]["cai_sota", 1], names)
-    np.testing.assert_allclose(result[PROB_COLUMNS].to_numpy(), torch.softmax(expected.logits, -1), atol=1e-5)
-    assert list(result["ctc_transcript"]) == predict.decode_ctc(expected.ctc_logits, expected.frame_lengths)
+    for row, name in enumerate(names):
+        expected = training_output(setup, setup["models"]["cai_sota", 1], [name])
+        np.testing.assert_allclose(result[PROB_COLUMNS].to_numpy()[row], torch.softmax(expected.logits, -1)[0],
+                                   atol=1e-5)
+        assert result["ctc_transcript"][row] == predict.decode_ctc(expected.ctc_logits, expected.frame_lengths)[0]
 
 
 def test_session_flag_picks_that_checkpoint_and_default_is_the_first(setup):
@@ -149,15 +157,18 @@ def test_ensemble_is_the_mean_of_the_session_probabilities(setup):
     np.testing.assert_allclose(ensemble, np.mean(per_session, axis=0), atol=1e-6)
 
 
-def test_batch_size_one_scores_each_file_as_if_alone(setup):
-    """wav2vec2-base takes no attention mask, so only unpadded batches make a file's result
-    independent of the other files."""
+def test_every_file_is_scored_as_if_alone_whatever_the_batch_size(setup, tmp_path):
+    """wav2vec2-base takes no attention mask, so padding would move a file's result: only
+    recordings of equal length share a batch, and those need no padding."""
     models = predict.load_models(setup["root"] / "cai_sota")
-    together = predict.predict_files(inputs_of(setup, ["calm", "loud"]), models, batch_size=1)
-    alone = predict.predict_files(inputs_of(setup, ["loud"]), models, batch_size=1)  # the shorter one
-    np.testing.assert_allclose(together[PROB_COLUMNS].iloc[1], alone[PROB_COLUMNS].iloc[0], atol=1e-6)
-    batched = predict.predict_files(inputs_of(setup, ["calm", "loud"]), models, batch_size=2)
-    assert not np.allclose(batched[PROB_COLUMNS].iloc[1], alone[PROB_COLUMNS].iloc[0], atol=1e-6)
+    sf.write(tmp_path / "twin.wav", tone(0.45, 16000, 200), 16000)  # as long as loud.wav, another sound
+    inputs = pd.concat([inputs_of(setup, ["calm", "loud"]), pd.DataFrame({"path": [str(tmp_path / "twin.wav")]})],
+                       ignore_index=True)
+    alone = [predict.predict_files(inputs.iloc[[i]].reset_index(drop=True), models, batch_size=1) for i in range(3)]
+    alone = np.concatenate([a[PROB_COLUMNS].to_numpy() for a in alone])
+    for batch_size in (1, 2, 8):
+        batched = predict.predict_files(inputs, models, batch_size=batch_size)
+        np.testing.assert_allclose(batched[PROB_COLUMNS].to_numpy(), alone, atol=1e-6)
 
 
 def test_on_a_cpu_each_file_is_scored_alone_by_default(setup):
@@ -224,7 +235,7 @@ def test_cli_writes_csv_for_a_folder_with_the_ensemble(setup, tmp_path):
 
 @pytest.mark.parametrize("case, message", [
     ("missing_dir", "checkpoint folder not found"),
-    ("empty_dir", "no <session>_model.pt checkpoints"),
+    ("empty_dir", r"no <session>_model.pt \(or .safetensors\) checkpoints"),
     ("csv_without_path", "no path column"),
     ("missing_audio", "audio not found"),
     ("wrong_run", "pass --run mmer"),
@@ -246,3 +257,30 @@ def test_bad_inputs_get_a_one_line_error_naming_the_fix(setup, tmp_path, case, m
     with pytest.raises(SystemExit, match=message) as error:
         predict.main(argv)
     assert str(error.value).startswith("error: ")
+
+
+def test_a_model_trained_with_alpha_zero_refuses_the_ctc_fallback(setup, tmp_path):
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(run="mmer", wav2vec2=str(setup["tiny"]["wav2vec2"]), text_dim=128, alpha=0.0))
+    save_checkpoint(tmp_path / "1_model.pt", model, model_config=model.config.to_dict(), session=1, epoch=1)
+    models = predict.load_models(tmp_path)
+    with pytest.raises(predict.PredictError, match="alpha 0.*untrained.*--transcript"):
+        predict.predict_files(inputs_of(setup, ["calm"], with_transcripts=False), models,
+                              roberta=str(setup["tiny"]["roberta"]))
+    given = predict.predict_files(inputs_of(setup, ["calm"]), models, roberta=str(setup["tiny"]["roberta"]))
+    assert list(given["transcript_source"]) == ["given"]
+
+
+def test_transcripts_for_an_audio_only_model_and_the_default_fold_are_said(setup, caplog):
+    with caplog.at_level("WARNING"):
+        predict.load_models(setup["root"] / "mmer")
+        predict.predict_files(inputs_of(setup, ["calm"]), predict.load_models(setup["root"] / "cai_sota"))
+    assert "session 1's model" in caplog.text and "--ensemble" in caplog.text
+    assert "reads no text: the transcripts given are not used" in caplog.text
+
+
+def test_safetensors_checkpoints_are_found(setup, tmp_path):
+    from safetensors.torch import save_file
+    save_file(setup["models"]["cai_sota", 1].state_dict(), tmp_path / "3_model.safetensors")
+    models = predict.load_models(tmp_path, run="cai_sota", wav2vec2=str(setup["tiny"]["wav2vec2"]))
+    assert list(models) == [tmp_path / "3_model.safetensors"]

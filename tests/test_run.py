@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
+from safetensors.torch import save_file
 
 import run
 from models.base import SpeechEmotionModel
@@ -81,12 +83,75 @@ def test_resume_refuses_a_different_configuration(demo, trained):
         run.main(demo.flags(run="mmer", save_path=run_dir.parent, resume=True, learning_rate=1e-3))
 
 
-def test_select_on_test_is_labelled_optimistic(demo, tmp_path):
+def test_eval_only_overwrite_never_removes_the_checkpoints_it_evaluates(demo, trained, tmp_path):
+    run_dir = tmp_path / "mmer"
+    shutil.copytree(trained[0], run_dir)
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(RunDirError, match="would remove files this command reads.*1_model.pt"):
+        run.main(demo.flags(save_path=tmp_path, eval_only=True, checkpoint_dir=run_dir, overwrite=True))
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_select_on_test_trains_on_all_training_sessions_and_is_labelled_optimistic(demo, tmp_path):
     results = run.main(demo.flags(run="unimodal_baseline", save_path=tmp_path, select_on="test",
                                   epochs=1, sessions="1"))
     assert "OPTIMISTIC" in results["selection"]
     stats = json.loads((tmp_path / "unimodal_baseline" / "1_stats.txt").read_text().splitlines()[0])
-    assert stats["selected_on"] == "test"
+    assert stats["selected_on"] == "test" and stats["dev"] is None  # no dev split held out, as upstream
+    table = pd.read_csv(demo.csv)
+    training = table.loc[table["session"] != 1, "FileName"]
+    seconds = sum(sf.info(str(demo.audio / f"{name}.wav")).duration for name in training)
+    assert stats["audio_seconds"] == pytest.approx(seconds, abs=0.02)  # every utterance of sessions 2-5
+    config = json.loads((tmp_path / "unimodal_baseline" / "config.json").read_text())
+    assert config["run"]["dev_fraction"] == 0
+
+
+def scripted(ua_per_call: list):
+    """A stand-in for run.evaluate returning the given UAs in call order (dev, then test, per epoch)."""
+    calls = iter(ua_per_call)
+
+    def evaluate(model, loader, device, precision):
+        ua = next(calls)
+        return {"wa": ua, "ua": ua, "macro_f1": ua, "confusion": [[1]], "n": 1}
+    return evaluate
+
+
+def test_the_best_epoch_is_chosen_on_dev_never_on_test(demo, tmp_path, monkeypatch):
+    # epoch:  1 (dev .5, test .1)   2 (dev .3, test .9)   3 (dev .4, test .2)
+    monkeypatch.setattr(run, "evaluate", scripted([0.5, 0.1, 0.3, 0.9, 0.4, 0.2]))
+    run.main(demo.flags(run="unimodal_baseline", save_path=tmp_path, epochs=3, sessions="1"))
+    run_dir = tmp_path / "unimodal_baseline"
+    assert load_checkpoint(run_dir / "1_model.pt")["epoch"] == 1
+    assert [json.loads(line)["best_epoch"] for line in (run_dir / "1_stats.txt").read_text().splitlines()] == [1, 1, 1]
+
+
+def test_the_text_encoder_is_the_one_the_features_record(demo, tmp_path, capsys):
+    model_cfg, run_cfg = run.parse_args(demo.flags(roberta=None, save_path=tmp_path))
+    assert run_cfg.roberta == str(Path(demo.roberta_model).resolve())
+    with pytest.raises(SystemExit) as caught:  # a contradicting --roberta: the speech encoder's folder
+        run.parse_args(demo.flags(roberta=demo.wav2vec2_model, save_path=tmp_path))
+    assert caught.value.code == 2 and "made by" in capsys.readouterr().err
+
+
+def test_paths_are_recorded_absolute_so_the_run_works_from_any_directory(demo, monkeypatch):
+    monkeypatch.chdir(demo.root)
+    relative = {key: os.path.relpath(value, demo.root) for key, value in
+                {"csv_path": demo.csv, "data_path_audio": demo.audio, "data_path_roberta": demo.roberta,
+                 "wav2vec2": demo.wav2vec2_model, "save_path": demo.root / "runs"}.items()}
+    model_cfg, run_cfg = run.parse_args(demo.flags(**relative))
+    for path in (model_cfg.wav2vec2, run_cfg.csv_path, run_cfg.data_path_audio, run_cfg.data_path_roberta,
+                 run_cfg.save_path, run_cfg.roberta):
+        assert Path(path).is_absolute() and Path(path).exists() or path == run_cfg.save_path
+
+
+def test_safetensors_checkpoints_are_found_and_evaluated(demo, trained, tmp_path):
+    run_dir, results = trained
+    folder = tmp_path / "published"
+    folder.mkdir()
+    for session in ("1", "2"):
+        save_file(load_checkpoint(run_dir / f"{session}_model.pt")["state_dict"], folder / f"{session}_model.safetensors")
+    again = run.main(demo.flags(save_path=tmp_path / "out", eval_only=True, checkpoint_dir=folder, sessions=None))
+    assert fold_metrics(again) == fold_metrics(results)
 
 
 # ---------------------------------------------------------------- killed and resumed

@@ -17,8 +17,33 @@ _RENAMES = {
 _IGNORED_PREFIXES = ("self_attention.",)  # upstream mmer's unused block (self_attention_v2 is used)
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".safetensors")  # <session>_model.pt (ours, upstream's) or .safetensors
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+def find_checkpoints(folder) -> dict[str, Path]:
+    """{session: <folder>/<session>_model.pt or .safetensors}, numeric sessions first, in order
+    (a session with both files: the .pt, which carries our model settings)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint folder not found; pass the folder run.py wrote "
+                              "(<save_path>/<run>) or the one holding the published <session>_model.pt")
+    found = {}
+    for suffix in reversed(CHECKPOINT_SUFFIXES):
+        found.update({p.name[: -len(f"_model{suffix}")]: p for p in folder.glob(f"*_model{suffix}")})
+    if not found:
+        raise CheckpointError(f"{folder}: no <session>_model.pt (or .safetensors) checkpoints in it; train with "
+                              "run.py first or point it at the folder holding them")
+    return dict(sorted(found.items(), key=lambda item: (not item[0].isdigit(), item[0].zfill(9))))
+
+
+def checkpoint_path(folder, session) -> Path:
+    """The checkpoint of one session in `folder`: `<session>_model.pt`, else `.safetensors`."""
+    candidates = [Path(folder) / f"{session}_model{suffix}" for suffix in CHECKPOINT_SUFFIXES]
+    return next((path for path in candidates if path.is_file()), candidates[0])
 
 
 def save_checkpoint(path, model: torch.nn.Module, **extra) -> None:

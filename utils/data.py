@@ -269,6 +269,27 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         return -(-len(self.lengths) // self.batch_size)
 
 
+class ExactBatchSampler(BucketBatchSampler):
+    """Evaluation batches in length order that give every utterance exactly what it gets alone.
+    Where padding is exact (models.encoders.padding_is_exact: layer-norm feature encoder and an
+    attention mask), batches of `batch_size`; otherwise only utterances of equal length share a
+    batch, so nothing is padded (on a CPU, one at a time is as fast as padded batches)."""
+
+    def __init__(self, lengths, batch_size: int, padding_exact: bool):
+        super().__init__(lengths, batch_size, shuffle=False)
+        self.padding_exact = padding_exact
+
+    def batches(self) -> list[list[int]]:
+        order = np.argsort(self.lengths, kind="stable")
+        if self.padding_exact:
+            return [order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        groups = np.split(order, np.flatnonzero(np.diff(self.lengths[order])) + 1)
+        return [group[i:i + self.batch_size].tolist() for group in groups for i in range(0, len(group), self.batch_size)]
+
+    def __len__(self):
+        return len(self.batches())
+
+
 class RandomBatchSampler(BucketBatchSampler):
     """Upstream's batching: a random order cut into batches (padding to the longest)."""
 

@@ -293,9 +293,8 @@ def selection_tag(results: dict) -> str:
     selection = results.get("selection") or ""
     if "OPTIMISTIC" in selection:
         return "test (OPTIMISTIC)"
-    if results.get("eval_only"):
-        return "re-evaluated"
-    return "dev" if selection.startswith("dev") else selection or "?"
+    tag = "dev" if selection.startswith("dev") else selection or "?"
+    return f"{tag}, re-evaluated" if results.get("eval_only") else tag
 
 
 def comparison_frame(result_files) -> pd.DataFrame:

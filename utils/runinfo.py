@@ -57,13 +57,35 @@ def config_differences(run_dir: Path, model_cfg, run_cfg) -> list[str]:
     return diffs
 
 
+def command_inputs(run_cfg) -> list[Path]:
+    """Files and folders the command reads: the csv, the audio and feature folders and, for
+    --eval_only, the checkpoints and the config.json of --checkpoint_dir."""
+    inputs = [Path(run_cfg.csv_path), Path(run_cfg.data_path_audio), Path(run_cfg.data_path_roberta)]
+    if run_cfg.eval_only and run_cfg.checkpoint_dir:
+        folder = Path(run_cfg.checkpoint_dir)
+        inputs += [*folder.glob("*_model.pt"), *folder.glob("*_model.safetensors"), folder / "config.json"]
+    return [path.resolve() for path in inputs]
+
+
+def inputs_among(paths, run_cfg) -> list[Path]:
+    """Those of `paths` that the command reads (are, or lie inside, one of its inputs)."""
+    inputs = command_inputs(run_cfg)
+    return [p for p in paths if any(p.resolve() == i or i in p.resolve().parents for i in inputs)]
+
+
 def claim_run_dir(run_dir: Path, model_cfg, run_cfg) -> None:
     """A folder with an earlier run's files is refused unless --resume (same configuration)
-    or --overwrite (exactly those files are removed, and it is said)."""
+    or --overwrite (exactly those files are removed, and it is said). An overwrite that would
+    remove an input of this same command (the checkpoints --eval_only evaluates) is refused."""
     found = existing_results(run_dir)
     if not found:
         return
     if run_cfg.overwrite:
+        needed = inputs_among(found, run_cfg)
+        if needed:
+            names = ", ".join(p.name for p in needed[:4]) + ("..." if len(needed) > 4 else "")
+            raise RunDirError(f"{run_dir}: --overwrite refused, it would remove files this command reads "
+                              f"({names}); write the results elsewhere with another --save_path")
         for path in found:
             path.unlink()
         print(f"--overwrite: removed {len(found)} files of the earlier run in {run_dir}", file=sys.stderr)
@@ -195,7 +217,9 @@ def data_checksums(run_cfg, names, uses_text: bool) -> dict:
     return sums
 
 
-def write_config(run_dir: Path, model_cfg, run_cfg, data: dict) -> None:
+def write_config(run_dir: Path, model_cfg, run_cfg, data: dict, text_encoder: dict | None = None) -> None:
+    """text_encoder: the features' encoder.json (name and config hash), which predict.py checks."""
     config = {"model": asdict(model_cfg), "run": asdict(run_cfg), "seed": run_cfg.seed, "data": data,
-              "git_commit": git_commit(), "versions": package_versions(), "argv": sys.argv}
+              "text_encoder": text_encoder, "git_commit": git_commit(), "versions": package_versions(),
+              "argv": sys.argv}
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")

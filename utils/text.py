@@ -14,17 +14,33 @@ def ctc_tokenizer() -> Wav2Vec2CTCTokenizer:
     return Wav2Vec2CTCTokenizer(str(VOCAB_FILE), word_delimiter_token="|", do_lower_case=False)
 
 
+# IEMOCAP's non-speech tags: [LAUGHTER], [BREATHING], [GARBAGE] in the transcripts, {LG}, {BR}, {NS}
+# in upstream's `text` column. Nothing in the audio spells them, so they are no CTC target.
+NON_SPEECH_TAG = re.compile(r"\[[^\]]*\]|\{[^}]*\}")
+
+
 def clean_transcript(text: str) -> str:
-    """Upper-case, drop characters outside the vocabulary, collapse spaces."""
+    """The CTC target text: non-speech tags removed, upper-case, every character outside the
+    vocabulary (punctuation) read as a word boundary, spaces collapsed. Upstream dropped such
+    characters instead, which glues words ("HUSBAND.[LAUGHTER]" -> "HUSBANDLAUGHTER"); on text
+    whose punctuation stands between spaces, as in upstream's csv, both give the same target."""
     vocab = ctc_tokenizer().get_vocab()
-    kept = "".join(ch if (ch in vocab and len(ch) == 1 and ch != "|") else (" " if ch.isspace() else "")
-                   for ch in str(text).upper())
+    spoken = NON_SPEECH_TAG.sub(" ", str(text)).upper()
+    kept = "".join(ch if (ch in vocab and len(ch) == 1 and ch != "|") else " " for ch in spoken)
     return re.sub(r" +", " ", kept).strip()
 
 
 def ctc_target_ids(text: str) -> list[int]:
     """Target ids for the CTC loss; spaces become the word delimiter `|`."""
     return ctc_tokenizer()(clean_transcript(text)).input_ids
+
+
+def sentence_case(text: str) -> str:
+    """"WELL I FINALLY DID IT" -> "Well I finally did it": the greedy CTC transcript in the case
+    of the sentence-case transcripts the text features were made from (a capital first letter
+    and a capital pronoun I)."""
+    lowered = re.sub(r"\bi\b", "I", text.lower())
+    return lowered[:1].upper() + lowered[1:]
 
 
 def greedy_decode(frame_ids) -> str:

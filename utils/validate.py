@@ -17,8 +17,9 @@ class InputProblems(ValueError):
     """Raised with the full list of problems found in a run's inputs."""
 
 
-def table_problems(table: pd.DataFrame, sessions) -> dict:
-    """Problems visible in the csv alone: kind -> list of 'where: what' strings."""
+def table_problems(table: pd.DataFrame, sessions, needs_training: bool = True) -> dict:
+    """Problems visible in the csv alone: kind -> list of 'where: what' strings. A csv of the
+    test session alone is fine for evaluation (needs_training False), as upstream's inference."""
     problems = defaultdict(list)
     for name in table.loc[table["FileName"].duplicated(), "FileName"].unique():
         problems["duplicate ids (keep one row each)"].append(name)
@@ -31,7 +32,7 @@ def table_problems(table: pd.DataFrame, sessions) -> dict:
     for session in sessions:
         if session not in present:
             problems["test sessions with no utterances (check --sessions and the csv)"].append(f"session {session}")
-    if present and present <= set(sessions) and len(present) == 1:
+    if needs_training and present and present <= set(sessions) and len(present) == 1:
         problems["no training sessions (the csv holds only the test session)"].append(f"sessions {sorted(present)}")
     return problems
 
@@ -88,9 +89,9 @@ def feature_problems(names, roberta_dir) -> dict:
     return problems
 
 
-def validate_inputs(table, sessions, audio_dir, roberta_dir=None, csv_path="csv") -> None:
+def validate_inputs(table, sessions, audio_dir, roberta_dir=None, csv_path="csv", needs_training=True) -> None:
     """Raise InputProblems listing everything wrong, grouped by kind, or return quietly."""
-    problems = table_problems(table, sessions)
+    problems = table_problems(table, sessions, needs_training)
     for found in (audio_problems(table["FileName"], audio_dir),
                   feature_problems(table["FileName"], roberta_dir) if roberta_dir else {}):
         for kind, items in found.items():
