@@ -8,12 +8,12 @@ Data-parallel on N GPUs (one process each, DDP; --batch_size is per process; the
 torchrun from reading --run as its own --run-path):
     torchrun --nproc_per_node N -- run.py --run mmer ...
 """
-import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -22,18 +22,22 @@ import transformers
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from data_prep.extract_roberta import TextFeatureError, features_text_encoder, recorded_encoder
+from data_prep.extract_roberta import TextFeatureError, features_text_encoder, recorded_encoder, text_encoder_width
 from models import MODELS, ModelConfig, build_model
 from models.base import CTC_REDUCTIONS
 from models.encoders import (audio_input_spec, conv_cache_refusal, conv_features, encoder_config, frame_lengths,
-                             padding_is_exact)
+                             min_samples, padding_is_exact)
 from models.fusion import AttentionLayer
 from utils import distributed, runinfo
 from utils.audio import AudioError
+from utils.cli import HelpFormatter, Parser, add_number
+from utils.hub import check_model_name
+from utils.lock import LockedError, RunLock
 from utils.checkpoint import (CheckpointError, checkpoint_path, find_checkpoints, load_checkpoint, restore_model,
                               save_checkpoint)
 from utils.data import (BucketBatchSampler, Collator, DataError, EmotionDataset, ExactBatchSampler,
-                        RandomBatchSampler, load_audio, load_text_features, loso_split, read_table)
+                        RandomBatchSampler, load_audio, load_text_features, loso_split, read_table,
+                        text_feature_width)
 from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
 from utils.device import autocast, check_precision, seed_everything
 from utils.files import atomic_path
@@ -45,6 +49,7 @@ from utils.validate import InputProblems, validate_inputs
 log = logging.getLogger("mmer")
 OPTIMISTIC = "test (OPTIMISTIC: the best epoch is chosen on the test session, as upstream did)"
 DEV_SELECTION = "dev split of the training sessions"
+PROGRESS_SECONDS = 60.0  # progress lines in a log file, where no bar is drawn
 PUBLISHED = ("test (OPTIMISTIC: checkpoints without our selection record, e.g. the published ones, whose "
              "authors chose the best epoch on the test session)")
 
@@ -85,45 +90,51 @@ class RunConfig:
     world_size: int = 1   # processes training each fold (torchrun), not a flag; the global batch depends on it
 
 
+# flags whose default, under --eval_only, is what the run being re-evaluated recorded
+RECORDED = {"run": "model", "wav2vec2": "model", "alpha": "model", "ctc_reduction": "model", "csv_path": "run",
+            "data_path_audio": "run", "data_path_roberta": "run", "roberta": "run"}
+
+
 def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Flags -> the two configurations. Nonsense is refused here (exit code 2, one line), before
+    any data is read; --eval_only fills what is not given from the run it re-evaluates."""
+    p = Parser(description=__doc__, formatter_class=HelpFormatter)
     d, m = RunConfig(), ModelConfig()
     data = p.add_argument_group("data")
-    data.add_argument("--csv_path", default=d.csv_path, help="utterance csv from data_prep/iemocap_prep.py")
-    data.add_argument("--data_path_audio", default=d.data_path_audio, help="folder of <FileName>.wav")
-    data.add_argument("--data_path_roberta", default=d.data_path_roberta, help="folder of <FileName>.npy (mmer)")
-    data.add_argument("--sessions", type=int, nargs="+", default=None,
-                      help="test sessions (folds) to run (default: 1 2 3 4 5; with --eval_only, the sessions of "
-                           "the csv that have a checkpoint)")
-    data.add_argument("--dev_fraction", type=float, default=d.dev_fraction,
-                      help="share of the training sessions held out for model selection "
-                           "(stratified by speaker, then label)")
-    data.add_argument("--num_workers", type=int, default=d.num_workers, help="DataLoader worker processes")
-    data.add_argument("--limit_utterances", type=int, default=None,
-                      help="debug: keep only the first N utterances of each session")
+    data.add_argument("--csv_path", help=f"utterance csv from data_prep/iemocap_prep.py (default {d.csv_path})")
+    data.add_argument("--data_path_audio", help=f"folder of <FileName>.wav (default {d.data_path_audio})")
+    data.add_argument("--data_path_roberta", help=f"folder of <FileName>.npy, mmer (default {d.data_path_roberta})")
+    add_number(data, "--sessions", int, 1, nargs="+", default=None,
+               help="test sessions (folds) to run (default: 1 2 3 4 5; with --eval_only, the sessions of the csv "
+                    "that have a checkpoint)")
+    add_number(data, "--dev_fraction", float, 0, 1, high_open=True, default=d.dev_fraction,
+               help="share of the training sessions held out for model selection (stratified by speaker, then label)")
+    add_number(data, "--num_workers", int, 0, default=d.num_workers, help="DataLoader worker processes")
+    add_number(data, "--limit_utterances", int, 1, default=None,
+               help="debug: keep only the first N utterances of each session")
     model = p.add_argument_group("model")
-    model.add_argument("--run", default=m.run, choices=list(MODELS), help="which variant")
-    model.add_argument("--alpha", type=float, default=m.alpha,
-                       help="weight of the CTC loss (mmer, cai_sota): loss = CE + alpha * (2 / B) * sum of the "
-                            "B utterances' CTC losses, upstream's CE + alpha * CTC_sum at its micro-batch of 2")
-    model.add_argument("--ctc_reduction", choices=CTC_REDUCTIONS, default=m.ctc_reduction,
-                       help="sum: each utterance's CTC loss summed over its frames (upstream's scale); mean: "
-                            "divided by its target length as well (F.ctc_loss's 'mean', about 55x smaller on IEMOCAP)")
-    model.add_argument("--wav2vec2", default=m.wav2vec2, help="speech encoder: hub name or local folder")
-    model.add_argument("--roberta", default=None,
-                       help="text encoder the features came from (default: the one their encoder.json names, "
-                            "else roberta-base); recorded, and refused when it contradicts encoder.json")
-    model.add_argument("--dropout", type=float, default=m.dropout)
+    model.add_argument("--run", choices=list(MODELS), help=f"which variant (default {m.run})")
+    add_number(model, "--alpha", float, 0, default=None,
+               help="weight of the CTC loss (mmer, cai_sota): loss = CE + alpha * (2 / B) * sum of the B utterances' "
+                    f"CTC losses, upstream's CE + alpha * CTC_sum at its micro-batch of 2 (default {m.alpha})")
+    model.add_argument("--ctc_reduction", choices=CTC_REDUCTIONS,
+                       help="sum: each utterance's CTC loss summed over its frames (upstream's scale); mean: divided "
+                            f"by its target length as well (F.ctc_loss's 'mean') (default {m.ctc_reduction})")
+    model.add_argument("--wav2vec2", help=f"speech encoder: hub name or local folder (default {m.wav2vec2})")
+    model.add_argument("--roberta", help="text encoder the features came from (default: the one their encoder.json "
+                                         "names, else roberta-base); recorded, refused when it contradicts encoder.json")
+    add_number(model, "--dropout", float, 0, 1, high_open=True, default=m.dropout,
+               help="on the encoder's last hidden state, the text embeddings and the fusion layers")
     model.add_argument("--specaugment", action="store_true", help="turn the encoder's SpecAugment on")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=d.epochs)
-    opt.add_argument("--batch_size", type=int, default=d.batch_size,
-                     help="per process: under torchrun the global batch is batch_size x processes")
-    opt.add_argument("--accum_grad", type=int, default=d.accum_grad, help="micro-batches per optimizer step")
-    opt.add_argument("--learning_rate", type=float, default=d.learning_rate, help="AdamW learning rate")
+    add_number(opt, "--epochs", int, 1, default=d.epochs)
+    add_number(opt, "--batch_size", int, 1, default=d.batch_size,
+               help="utterances per micro-batch and process: under torchrun the global batch is batch_size x processes")
+    add_number(opt, "--accum_grad", int, 1, default=d.accum_grad, help="micro-batches per optimizer step")
+    add_number(opt, "--learning_rate", float, 0, low_open=True, default=d.learning_rate, help="AdamW learning rate")
     opt.add_argument("--batching", choices=["bucket", "random"], default=d.batching,
                      help="bucket: length-grouped batches in shuffled order (less padding); random: upstream's")
-    opt.add_argument("--seed", type=int, default=d.seed)
+    add_number(opt, "--seed", int, 0, default=d.seed, help="seeds the model, the dev split and the batch order")
     opt.add_argument("--gradient_checkpointing", action="store_true",
                      help="recompute encoder activations in the backward pass (less memory, ~30%% slower)")
     opt.add_argument("--compile", action="store_true",
@@ -135,8 +146,8 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
                           "in memory (exact in fp32, so only for layer-norm feature encoders that take an "
                           "attention mask, such as wav2vec2-large-lv60; about 100 KB per audio second, "
                           "in every process)")
-    opt.add_argument("--max_skipped_fraction", type=float, default=d.max_skipped_fraction,
-                     help="stop when more than this share of an epoch's optimizer steps had non-finite gradients")
+    add_number(opt, "--max_skipped_fraction", float, 0, 1, default=d.max_skipped_fraction,
+               help="stop when more than this share of an epoch's optimizer steps had non-finite gradients")
     ctl = p.add_argument_group("run control")
     ctl.add_argument("--save_path", default=d.save_path, help="results go to <save_path>/<run>/")
     ctl.add_argument("--device", default=d.device,
@@ -145,19 +156,43 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
                      help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on a CPU with AVX512-BF16/AMX trains "
                           "base-size encoders about 2x faster (see docs/PERFORMANCE.md)")
     ctl.add_argument("--select_on", choices=["dev", "test"], default=d.select_on,
-                     help="pick the best epoch on the dev split; 'test' reproduces upstream (optimistic)")
-    ctl.add_argument("--eval_batch_size", type=int, default=d.eval_batch_size)
-    ctl.add_argument("--eval_only", action="store_true", help="evaluate <checkpoint_dir>/<session>_model.pt")
-    ctl.add_argument("--checkpoint_dir", default=None)
+                     help="pick the best epoch on the dev split; 'test' reproduces upstream (optimistic, no dev split)")
+    add_number(ctl, "--eval_batch_size", int, 1, default=d.eval_batch_size,
+               help="at most this many utterances per evaluation pass; results do not depend on it")
+    ctl.add_argument("--eval_only", action="store_true",
+                     help="evaluate <checkpoint_dir>/<session>_model.pt; flags not given are read from the "
+                          "checkpoints and the run's config.json")
+    ctl.add_argument("--checkpoint_dir", default=None, help="folder of <session>_model.pt (.safetensors) files")
     ctl.add_argument("--resume", action="store_true",
                      help="continue an interrupted run in the same folder: finished folds are kept, the "
                           "unfinished one restarts from its last completed epoch")
     ctl.add_argument("--overwrite", action="store_true", help="replace the results already in <save_path>/<run>")
-    ctl.add_argument("--max_steps", type=int, default=None, help="debug: optimizer steps per epoch")
-    ctl.add_argument("--log_every", type=int, default=d.log_every, help="micro-batches between progress updates")
+    add_number(ctl, "--max_steps", int, 1, default=None, help="debug: optimizer steps per epoch")
+    add_number(ctl, "--log_every", int, 1, default=d.log_every, help="micro-batches between progress-bar updates")
     ctl.add_argument("--tensorboard", action="store_true",
                      help="also write TensorBoard scalars to <save_path>/<run>/tensorboard/ (pip install tensorboard)")
     args = p.parse_args(argv)
+    try:
+        return resolve_configs(args, p)
+    except (CheckpointError, DataError, TextFeatureError, OSError) as err:
+        p.error(str(err))
+
+
+def resolve_configs(args, p) -> tuple[ModelConfig, RunConfig]:
+    d, m = RunConfig(), ModelConfig()
+    if args.eval_only and not args.checkpoint_dir:
+        p.error("--eval_only needs --checkpoint_dir DIR holding <session>_model.pt files")
+    if args.eval_only:
+        fill_recorded(args, recorded_settings(args.checkpoint_dir))
+    builtin = {**asdict(m), **asdict(d)}
+    for key in RECORDED:
+        if getattr(args, key) is None:
+            setattr(args, key, builtin[key])
+    if args.sessions is not None and len(set(args.sessions)) < len(args.sessions):
+        p.error(f"--sessions {' '.join(map(str, args.sessions))}: a session is named twice; name each once")
+    if args.select_on == "dev" and args.dev_fraction <= 0 and not args.eval_only:
+        p.error("--select_on dev needs --dev_fraction > 0")
+    check_model_name(args.wav2vec2, "--wav2vec2")
     model_cfg = ModelConfig(run=args.run, wav2vec2=local_path(args.wav2vec2), alpha=args.alpha,
                             ctc_reduction=args.ctc_reduction, dropout=args.dropout, specaugment=args.specaugment)
     run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)})
@@ -167,10 +202,6 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
             p.error(f"--cache_conv_features: {model_cfg.wav2vec2} {why_not}, so a cached output would not be "
                     "exact; it is offered for wav2vec2, HuBERT and WavLM encoders with a layer-norm feature "
                     "encoder that take an attention mask (e.g. wav2vec2-large-lv60)")
-    if run_cfg.eval_only and not run_cfg.checkpoint_dir:
-        p.error("--eval_only needs --checkpoint_dir DIR holding <session>_model.pt files")
-    if run_cfg.select_on == "dev" and run_cfg.dev_fraction <= 0 and not run_cfg.eval_only:
-        p.error("--select_on dev needs --dev_fraction > 0")
     if run_cfg.select_on == "test":
         run_cfg.dev_fraction = 0.0  # upstream trained on all four training sessions
     for key in ("csv_path", "data_path_audio", "data_path_roberta", "save_path", "checkpoint_dir"):
@@ -178,11 +209,41 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     if run_cfg.sessions is None:
         run_cfg.sessions = evaluable_sessions(run_cfg) if run_cfg.eval_only else d.sessions
     if MODELS[model_cfg.run].uses_text:
-        try:
-            run_cfg.roberta = features_text_encoder(run_cfg.data_path_roberta, run_cfg.roberta)
-        except TextFeatureError as err:
-            p.error(str(err))
+        run_cfg.roberta = features_text_encoder(run_cfg.data_path_roberta, run_cfg.roberta)
     return model_cfg, run_cfg
+
+
+def recorded_settings(checkpoint_dir) -> dict:
+    """What the run in checkpoint_dir recorded: its config.json (run.py's runs) and the model
+    settings in its first checkpoint ({} for the published checkpoints, which record nothing)."""
+    folder = Path(checkpoint_dir)
+    recorded = {}
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            saved = json.loads(config.read_text())
+            recorded = {key: saved[part].get(key) for key, part in RECORDED.items()}
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as err:
+            raise CheckpointError(f"{config}: not the config.json run.py writes ({err}); give the settings as flags "
+                                  "or remove the file") from err
+    checkpoint = next(iter(find_checkpoints(folder).values()))
+    saved_model = load_checkpoint(checkpoint).get("model_config") or {}
+    recorded.update({key: saved_model[key] for key in ("run", "wav2vec2", "alpha", "ctc_reduction") if key in saved_model})
+    return {key: value for key, value in recorded.items() if value is not None}
+
+
+def fill_recorded(args, recorded: dict) -> None:
+    """Flags not given take the recorded value; a given one wins, and a contradiction is named
+    (the variant must match: the checkpoints hold that model)."""
+    for key, value in recorded.items():
+        given = getattr(args, key)
+        if given is None:
+            setattr(args, key, value)
+        elif str(given) != str(value) and local_path(str(given)) != str(value):
+            if key == "run":
+                raise CheckpointError(f"{args.checkpoint_dir}: holds {value} models, but --run is {given}; "
+                                      f"drop --run or pass --run {value}")
+            log.warning("--%s %s given; the run in %s recorded %s", key, given, args.checkpoint_dir, value)
 
 
 def evaluable_sessions(run_cfg: RunConfig) -> list[int]:
@@ -238,17 +299,36 @@ class Corpus:
     conv_cache: tuple | None = None   # (feature-encoder weights, their output per utterance)
 
 
-def load_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
-    """Validate every input (all problems at once), then decode the audio and read the
-    text features into memory once for all folds and epochs."""
+def checked_table(model_cfg: ModelConfig, run_cfg: RunConfig) -> pd.DataFrame:
+    """The csv's table once every input has been checked (all problems at once, from the files'
+    headers: nothing is decoded, and nothing is written before this passes)."""
     table = read_table(run_cfg.csv_path)
     if run_cfg.limit_utterances:
         table = table.groupby("session", group_keys=False).head(run_cfg.limit_utterances).reset_index(drop=True)
     uses_text = MODELS[model_cfg.run].uses_text
     validate_inputs(table, run_cfg.sessions, run_cfg.data_path_audio,
                     run_cfg.data_path_roberta if uses_text else None, csv_path=run_cfg.csv_path,
-                    needs_training=not run_cfg.eval_only)
+                    needs_training=not run_cfg.eval_only, min_samples=min_samples(model_cfg.wav2vec2))
+    if uses_text:
+        model_cfg.text_dim = check_text_width(table, run_cfg)
     table["label_index"] = table["label_index"].astype(int)
+    return table
+
+
+def check_text_width(table: pd.DataFrame, run_cfg: RunConfig) -> int:
+    """The features' width, which must be the text encoder's (a roberta-large name over
+    roberta-base features would otherwise be recorded, and fail only in predict.py)."""
+    width = text_feature_width(Path(run_cfg.data_path_roberta) / f"{table['FileName'].iloc[0]}.npy")
+    hidden = text_encoder_width(run_cfg.roberta)
+    if hidden is not None and hidden != width:
+        raise DataError(f"{run_cfg.data_path_roberta}: the features are {width} wide, but the text encoder "
+                        f"{run_cfg.roberta} gives {hidden}; pass the --roberta that made them, or re-extract them")
+    return width
+
+
+def load_corpus(table: pd.DataFrame, model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
+    """Decode the audio and read the text features into memory once for all folds and epochs."""
+    uses_text = MODELS[model_cfg.run].uses_text
     spec = audio_input_spec(model_cfg.wav2vec2)
     padding_exact = padding_is_exact(encoder_config(model_cfg.wav2vec2), spec)
     log.info("loading %d utterances (audio%s)", len(table), " + text features" if uses_text else "")
@@ -256,7 +336,6 @@ def load_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
     text = None
     if uses_text:
         text = load_text_features(table, run_cfg.data_path_roberta, show_progress=distributed.is_main())
-        model_cfg.text_dim = int(text[0].shape[1])
     dataset = EmotionDataset(table["FileName"], waves, table["label_index"], table["text"], text)
     return Corpus(table, dataset, Collator(spec), padding_exact)
 
@@ -340,6 +419,7 @@ def train_epoch(model, loader, optimizer, run_cfg: RunConfig, device, epoch: int
     scales, last = distributed.loss_scales(loader.batch_sampler), len(loader)
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                disable=None if distributed.is_main() else True)
+    logged = start
     for micro, (batch, scale) in enumerate(zip(bar, scales), start=1):
         audio_seconds += int(batch.sample_lengths.sum()) / 16000 if scale else 0.0
         sync = micro % run_cfg.accum_grad == 0 or micro == last
@@ -356,11 +436,17 @@ def train_epoch(model, loader, optimizer, run_cfg: RunConfig, device, epoch: int
             steps += 1
             if run_cfg.max_steps and steps >= run_cfg.max_steps:
                 break
-        if micro % run_cfg.log_every == 0:
+        log_line = bar.disable and distributed.is_main() and time.perf_counter() - logged >= PROGRESS_SECONDS
+        if micro % run_cfg.log_every == 0 or log_line:
             values = sums.tolist()
             total, ce, ctc = mean_losses(values[:3], values[3])
-            rate = audio_seconds / (time.perf_counter() - start)
-            bar.set_postfix_str(f"loss {total:.3f} ce {ce:.3f} ctc {ctc:.3f} | {rate:.0f} audio-s/s")
+            elapsed = time.perf_counter() - start
+            progress = f"loss {total:.3f} ce {ce:.3f} ctc {ctc:.3f} | {audio_seconds / elapsed:.0f} audio-s/s"
+            bar.set_postfix_str(progress)
+            if log_line:  # no bar in a log file (nohup, batch jobs): a line a minute instead
+                logged = time.perf_counter()
+                log.info("epoch %d: %d/%d micro-batches, %s, about %.0f s left", epoch, micro, last, progress,
+                         elapsed / micro * (last - micro))
     *weighted, weight, nonfinite, audio_seconds = distributed.sum_floats([*sums.tolist(), audio_seconds], device)
     total, ce, ctc = mean_losses(weighted, weight)
     return {"loss": total, "ce_loss": ce, "ctc_loss": ctc, "optimizer_steps": steps, "micro_batches": micro,
@@ -638,37 +724,46 @@ def main(argv=None) -> dict | None:
 
 
 def run_folds(model_cfg: ModelConfig, run_cfg: RunConfig, device) -> dict | None:
+    """Check the inputs, take the run folder (rank 0: a lock per fold, held to the end), run the
+    folds, write the results. Nothing is written into the folder before the inputs pass."""
     transformers.logging.disable_progress_bar()
     run_cfg.world_size = distributed.world_size()
     run_dir = Path(run_cfg.save_path) / model_cfg.run
-    if distributed.is_main():
-        runinfo.claim_run_dir(run_dir, model_cfg, run_cfg)
-    distributed.barrier()  # an --overwrite has emptied the folder before any rank reads it
-    setup_logging(run_dir)
-    check_precision(device, run_cfg.precision)
-    log.info("run %s on %s (precision %s, %d process%s), sessions %s", model_cfg.run, device, run_cfg.precision,
-             run_cfg.world_size, "es" if run_cfg.world_size > 1 else "", run_cfg.sessions)
-    fold_metrics = {}
     todo = folds_to_run(run_dir, run_cfg)
-    if todo:  # a final `--resume` over finished folds only writes the results: no data to load
-        corpus = load_corpus(model_cfg, run_cfg)
-        if distributed.is_main() and not (run_dir / "config.json").is_file():
-            # kept when present: claim_run_dir has checked it describes this run, and fold
-            # processes running in parallel must not overwrite each other's
-            uses_text = MODELS[model_cfg.run].uses_text
-            runinfo.write_config(run_dir, model_cfg, run_cfg,
-                                 runinfo.data_checksums(run_cfg, corpus.table["FileName"], uses_text),
-                                 recorded_encoder(run_cfg.data_path_roberta) if uses_text else None)
-        with logging_redirect_tqdm():
-            for session in todo:
-                if run_cfg.eval_only:
-                    fold_metrics[session] = evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device,
-                                                                Path(run_cfg.checkpoint_dir), run_dir)
-                else:
-                    fold_metrics[session] = run_fold(session, corpus, model_cfg, run_cfg, device, run_dir)
-    if not distributed.is_main():
-        return None
-    return report(run_dir, fold_metrics if run_cfg.eval_only else finished_folds(run_dir), model_cfg, run_cfg)
+    # a final `--resume` over finished folds only writes the results: no data to check or load
+    table = checked_table(model_cfg, run_cfg) if todo else None
+    with contextlib.ExitStack() as held:
+        if distributed.is_main():
+            runinfo.claim_run_dir(run_dir, model_cfg, run_cfg, todo, held,
+                                  lambda: write_config(run_dir, model_cfg, run_cfg, table))
+        distributed.barrier()  # an --overwrite has emptied the folder before any rank reads it
+        todo = folds_to_run(run_dir, run_cfg)  # another process may have finished one meanwhile
+        setup_logging(run_dir)
+        check_precision(device, run_cfg.precision)
+        log.info("run %s on %s (precision %s, %d process%s), sessions %s", model_cfg.run, device, run_cfg.precision,
+                 run_cfg.world_size, "es" if run_cfg.world_size > 1 else "", todo)
+        fold_metrics = {}
+        if todo:
+            corpus = load_corpus(table, model_cfg, run_cfg)
+            with logging_redirect_tqdm():
+                for session in todo:
+                    if run_cfg.eval_only:
+                        fold_metrics[session] = evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device,
+                                                                    Path(run_cfg.checkpoint_dir), run_dir)
+                    else:
+                        fold_metrics[session] = run_fold(session, corpus, model_cfg, run_cfg, device, run_dir)
+        if not distributed.is_main():
+            return None
+        with RunLock(run_dir / ".run.lock", str(run_dir), wait=60):  # processes of other folds may report too
+            return report(run_dir, fold_metrics if run_cfg.eval_only else finished_folds(run_dir), model_cfg, run_cfg)
+
+
+def write_config(run_dir: Path, model_cfg: ModelConfig, run_cfg: RunConfig, table: pd.DataFrame | None) -> None:
+    """config.json: the settings, data checksums and the features' text encoder (utils.runinfo)."""
+    uses_text = MODELS[model_cfg.run].uses_text
+    names = table["FileName"] if table is not None else []
+    runinfo.write_config(run_dir, model_cfg, run_cfg, runinfo.data_checksums(run_cfg, names, uses_text),
+                         recorded_encoder(run_cfg.data_path_roberta) if uses_text else None)
 
 
 def folds_to_run(run_dir: Path, run_cfg: RunConfig) -> list[int]:
@@ -712,6 +807,6 @@ if __name__ == "__main__":
     try:
         main()
     except (DataError, InputProblems, AudioError, CheckpointError, runinfo.RunDirError,
-            runinfo.DivergedError, OSError) as err:
+            runinfo.DivergedError, LockedError, OSError) as err:
         logging.getLogger("mmer").error("%s", err)
         sys.exit(2)

@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from utils.device import resolve_device  # noqa: E402
 from utils.files import atomic_path, atomic_write_text  # noqa: E402
+from utils.hub import check_model_name  # noqa: E402
 
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("FileName", "Sentences")
@@ -38,9 +39,10 @@ def load_text_encoder(name_or_path, device) -> tuple:
     except ValueError as err:
         raise TextFeatureError(str(err)) from err
     source = str(name_or_path)
-    looks_local = Path(source).exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
-    if looks_local and not (Path(source).expanduser() / "config.json").is_file():
-        raise TextFeatureError(f"{source}: not a model folder (no config.json); {LOAD_HINT}")
+    try:
+        check_model_name(source, "text encoder")
+    except OSError as err:
+        raise TextFeatureError(str(err)) from err
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModel.from_pretrained(source)
@@ -168,6 +170,15 @@ def encoder_stamp(roberta) -> dict:
     local = Path(str(roberta)).expanduser()
     name = str(local.resolve()) if local.exists() else str(roberta)
     return {"roberta": name, "config_sha256": hashlib.sha256(config.encode()).hexdigest()}
+
+
+def text_encoder_width(name_or_path) -> int | None:
+    """The hidden size of a text encoder whose config is here (a local folder or the Hugging
+    Face cache); None when it cannot be read without the network."""
+    try:
+        return int(AutoConfig.from_pretrained(str(name_or_path), local_files_only=True).hidden_size)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def recorded_encoder(features_dir) -> dict | None:

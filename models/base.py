@@ -36,6 +36,14 @@ class ModelConfig:
 
 
 @dataclass
+class AudioFrames:
+    """The encoded audio every variant starts from."""
+    frames: torch.Tensor       # [B, T_audio, D_audio] dropout(last hidden state)
+    valid: torch.Tensor        # [B, T_audio] bool, True on valid frames
+    lengths: torch.Tensor      # [B] valid frame counts
+
+
+@dataclass
 class EmotionOutput:
     logits: torch.Tensor                      # [B, num_classes]
     frame_lengths: torch.Tensor               # [B] valid audio frames
@@ -56,7 +64,17 @@ class SpeechEmotionModel(nn.Module):
         if self.has_ctc:
             self.ctc_linear = nn.Linear(self.audio_dim, config.vocab_size)
 
-    def encode_audio(self, input_values, sample_lengths, attention_mask=None, conv_features=None):
+    def forward(self, input_values=None, sample_lengths=None, attention_mask=None, text=None, text_lengths=None,
+                conv_features=None) -> EmotionOutput:
+        """Audio [B, samples] (or its cached conv features) and, for mmer, text features
+        [B, T_text, D_text] -> logits, and CTC logits for the variants with a CTC head."""
+        return self.classify(self.encode_audio(input_values, sample_lengths, attention_mask, conv_features),
+                             text, text_lengths)
+
+    def classify(self, audio: "AudioFrames", text=None, text_lengths=None) -> EmotionOutput:
+        raise NotImplementedError
+
+    def encode_audio(self, input_values, sample_lengths, attention_mask=None, conv_features=None) -> AudioFrames:
         """-> dropout(last hidden state) [B, T_audio, D_audio], valid-frame mask [B, T_audio], lengths [B].
         conv_features: the frozen feature encoder's cached output [B, T_audio, C], used instead of
         running it on input_values (see models.encoders.conv_cache_refusal)."""
@@ -67,7 +85,7 @@ class SpeechEmotionModel(nn.Module):
         else:
             valid = lengths_to_mask(lengths, conv_features.shape[1])
             hidden = encode_conv_features(self.wav2vec2, conv_features, valid)
-        return self.dropout(hidden), valid, lengths
+        return AudioFrames(self.dropout(hidden), valid, lengths)
 
     def pooled_audio(self, audio_frames, frame_valid):
         return masked_mean(audio_frames, frame_valid)  # [B, D_audio]

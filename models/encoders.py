@@ -84,6 +84,19 @@ def frame_lengths(encoder: torch.nn.Module, sample_lengths: torch.Tensor) -> tor
     return encoder._get_feat_extract_output_lengths(sample_lengths).to(torch.long)
 
 
+def min_samples(name_or_path: str) -> int:
+    return min_samples_of(encoder_config(name_or_path))
+
+
+def min_samples_of(config) -> int:
+    """The shortest input (samples at the encoder's rate) that gives one frame: the receptive
+    field of the convolutional feature encoder (400 samples, 25 ms, for wav2vec2-base)."""
+    needed = 1
+    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+        needed = (needed - 1) * stride + kernel
+    return needed
+
+
 def padding_is_exact(config, spec: AudioInputSpec) -> bool:
     """Whether the encoder gives an utterance inside a padded batch exactly what it gives it
     alone: with a layer-norm feature encoder (each frame normalised on its own) and an attention

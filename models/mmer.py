@@ -8,7 +8,7 @@ the text-aware audio, gate = how much of the audio-aware text to let through."""
 import torch
 from torch import nn
 
-from models.base import EmotionOutput, SpeechEmotionModel
+from models.base import AudioFrames, EmotionOutput, SpeechEmotionModel
 from models.fusion import AttentionBlock, bert_layer_config, lengths_to_mask, masked_mean
 
 
@@ -30,12 +30,10 @@ class MMER(SpeechEmotionModel):
         self.downsample_final = nn.Linear(2 * text_dim, text_dim)
         self.classifier = nn.Linear(self.audio_dim + text_dim, config.num_classes)
 
-    def forward(self, input_values, sample_lengths, attention_mask=None, text=None, text_lengths=None,
-                conv_features=None):
+    def classify(self, audio: AudioFrames, text=None, text_lengths=None) -> EmotionOutput:
         if text is None or text_lengths is None:
             raise ValueError("mmer needs the transcript's RoBERTa embeddings (text, text_lengths)")
-        audio_frames, frame_valid, lengths = self.encode_audio(input_values, sample_lengths, attention_mask,
-                                                                   conv_features)
+        audio_frames, frame_valid, lengths = audio.frames, audio.valid, audio.lengths
         text_tokens = self.dropout(text.to(audio_frames.dtype))          # [B, T_text, D_text]
         token_valid = lengths_to_mask(text_lengths, text_tokens.shape[1])
 

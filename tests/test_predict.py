@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import inference
 import predict
 from data_prep.extract_roberta import embed_texts, load_text_encoder
 from data_prep.make_tiny_models import make_tiny_models
@@ -60,9 +61,17 @@ def inputs_of(setup, names, with_transcripts=True) -> pd.DataFrame:
                          "transcript": [TRANSCRIPTS[n] if with_transcripts else None for n in names]})
 
 
+def recognizer(setup, run="mmer", folder=None, batch_size=None, roberta=None, **kwargs):
+    models = inference.load_models(folder or setup["root"] / run, **kwargs)
+    return inference.EmotionRecognizer(models, roberta=roberta or str(setup["tiny"]["roberta"]), batch_size=batch_size)
+
+
+def predict_with(setup, inputs, run="cai_sota", batch_size=None, **kwargs) -> pd.DataFrame:
+    return predict.predict_files(inputs, recognizer(setup, run, batch_size=batch_size, **kwargs))
+
+
 def run_predict(setup, inputs, run="mmer", **kwargs) -> pd.DataFrame:
-    models = predict.load_models(setup["root"] / run, **kwargs)
-    return predict.predict_files(inputs, models, roberta=str(setup["tiny"]["roberta"]), batch_size=4)
+    return predict_with(setup, inputs, run, batch_size=4, **kwargs)
 
 
 def training_output(setup, model, names, transcripts=None):
@@ -125,27 +134,26 @@ def test_ctc_decoding_merges_repeats_and_reads_special_tokens_as_blanks():
     # frames: blank A A blank A | <s> O </s> <unk> blank, then one frame past the valid length
     frame_ids = [0, 7, 7, 0, 7, 4, 1, 8, 2, 3, 0, 9]
     logits = torch.nn.functional.one_hot(torch.tensor([frame_ids]), 32).float()
-    assert predict.decode_ctc(logits, torch.tensor([11])) == ["AA O"]
+    assert inference.decode_ctc(logits, torch.tensor([11])) == ["AA O"]
 
 
 def test_audio_only_model_needs_no_text_and_reports_its_ctc_transcript(setup):
     names = ["calm", "loud"]
-    models = predict.load_models(setup["root"] / "cai_sota")
-    result = predict.predict_files(inputs_of(setup, names), models, batch_size=2,
-                                   roberta=str(setup["root"] / "no_text_encoder_here"))
+    result = predict.predict_files(inputs_of(setup, names), recognizer(
+        setup, "cai_sota", batch_size=2, roberta=str(setup["root"] / "no_text_encoder_here")))
     assert list(result["transcript_source"]) == ["none", "none"]
     for row, name in enumerate(names):
         expected = training_output(setup, setup["models"]["cai_sota", 1], [name])
         np.testing.assert_allclose(result[PROB_COLUMNS].to_numpy()[row], torch.softmax(expected.logits, -1)[0],
                                    atol=1e-5)
-        assert result["ctc_transcript"][row] == predict.decode_ctc(expected.ctc_logits, expected.frame_lengths)[0]
+        assert result["ctc_transcript"][row] == inference.decode_ctc(expected.ctc_logits, expected.frame_lengths)[0]
 
 
 def test_session_flag_picks_that_checkpoint_and_default_is_the_first(setup):
     folder = setup["root"] / "mmer"
-    assert list(predict.load_models(folder, session="2")) == [folder / "2_model.pt"]
-    assert list(predict.load_models(folder)) == [folder / "1_model.pt"]
-    restored = predict.load_models(folder, session="2")[folder / "2_model.pt"]
+    assert list(inference.load_models(folder, session="2")) == [folder / "2_model.pt"]
+    assert list(inference.load_models(folder)) == [folder / "1_model.pt"]
+    restored = inference.load_models(folder, session="2")[folder / "2_model.pt"]
     torch.testing.assert_close(restored.classifier.weight, setup["models"]["mmer", 2].classifier.weight)
 
 
@@ -160,23 +168,22 @@ def test_ensemble_is_the_mean_of_the_session_probabilities(setup):
 def test_every_file_is_scored_as_if_alone_whatever_the_batch_size(setup, tmp_path):
     """wav2vec2-base takes no attention mask, so padding would move a file's result: only
     recordings of equal length share a batch, and those need no padding."""
-    models = predict.load_models(setup["root"] / "cai_sota")
     sf.write(tmp_path / "twin.wav", tone(0.45, 16000, 200), 16000)  # as long as loud.wav, another sound
     inputs = pd.concat([inputs_of(setup, ["calm", "loud"]), pd.DataFrame({"path": [str(tmp_path / "twin.wav")]})],
                        ignore_index=True)
-    alone = [predict.predict_files(inputs.iloc[[i]].reset_index(drop=True), models, batch_size=1) for i in range(3)]
+    alone = [predict_with(setup, inputs.iloc[[i]].reset_index(drop=True), batch_size=1) for i in range(3)]
     alone = np.concatenate([a[PROB_COLUMNS].to_numpy() for a in alone])
     for batch_size in (1, 2, 8):
-        batched = predict.predict_files(inputs, models, batch_size=batch_size)
+        batched = predict_with(setup, inputs, batch_size=batch_size)
         np.testing.assert_allclose(batched[PROB_COLUMNS].to_numpy(), alone, atol=1e-6)
 
 
 def test_on_a_cpu_each_file_is_scored_alone_by_default(setup):
-    models = predict.load_models(setup["root"] / "cai_sota")
-    by_default = predict.predict_files(inputs_of(setup, ["calm", "loud"]), models)
-    alone = predict.predict_files(inputs_of(setup, ["calm", "loud"]), models, batch_size=1)
+    by_default = predict_with(setup, inputs_of(setup, ["calm", "loud"]))
+    alone = predict_with(setup, inputs_of(setup, ["calm", "loud"]), batch_size=1)
     pd.testing.assert_frame_equal(by_default, alone)
-    assert predict.default_batch_size(torch.device("cpu")) == 1 and predict.default_batch_size(torch.device("cuda")) == 8
+    assert inference.default_batch_size(torch.device("cpu")) == 1
+    assert inference.default_batch_size(torch.device("cuda")) == 8
 
 
 def test_folder_input_lists_its_wavs_sorted(setup, tmp_path):
@@ -263,18 +270,17 @@ def test_a_model_trained_with_alpha_zero_refuses_the_ctc_fallback(setup, tmp_pat
     torch.manual_seed(3)
     model = build_model(ModelConfig(run="mmer", wav2vec2=str(setup["tiny"]["wav2vec2"]), text_dim=128, alpha=0.0))
     save_checkpoint(tmp_path / "1_model.pt", model, model_config=model.config.to_dict(), session=1, epoch=1)
-    models = predict.load_models(tmp_path)
-    with pytest.raises(predict.PredictError, match="alpha 0.*untrained.*--transcript"):
-        predict.predict_files(inputs_of(setup, ["calm"], with_transcripts=False), models,
-                              roberta=str(setup["tiny"]["roberta"]))
-    given = predict.predict_files(inputs_of(setup, ["calm"]), models, roberta=str(setup["tiny"]["roberta"]))
+    alpha_zero = recognizer(setup, folder=tmp_path)
+    with pytest.raises(inference.PredictError, match="alpha 0.*untrained.*--transcript"):
+        predict.predict_files(inputs_of(setup, ["calm"], with_transcripts=False), alpha_zero)
+    given = predict.predict_files(inputs_of(setup, ["calm"]), alpha_zero)
     assert list(given["transcript_source"]) == ["given"]
 
 
 def test_transcripts_for_an_audio_only_model_and_the_default_fold_are_said(setup, caplog):
     with caplog.at_level("WARNING"):
-        predict.load_models(setup["root"] / "mmer")
-        predict.predict_files(inputs_of(setup, ["calm"]), predict.load_models(setup["root"] / "cai_sota"))
+        inference.load_models(setup["root"] / "mmer")
+        predict_with(setup, inputs_of(setup, ["calm"]))
     assert "session 1's model" in caplog.text and "--ensemble" in caplog.text
     assert "reads no text: the transcripts given are not used" in caplog.text
 
@@ -282,5 +288,63 @@ def test_transcripts_for_an_audio_only_model_and_the_default_fold_are_said(setup
 def test_safetensors_checkpoints_are_found(setup, tmp_path):
     from safetensors.torch import save_file
     save_file(setup["models"]["cai_sota", 1].state_dict(), tmp_path / "3_model.safetensors")
-    models = predict.load_models(tmp_path, run="cai_sota", wav2vec2=str(setup["tiny"]["wav2vec2"]))
+    models = inference.load_models(tmp_path, run="cai_sota", wav2vec2=str(setup["tiny"]["wav2vec2"]))
     assert list(models) == [tmp_path / "3_model.safetensors"]
+
+
+def test_clips_shorter_than_the_receptive_field_are_refused_by_name(setup, tmp_path):
+    sf.write(tmp_path / "click.wav", tone(0.02, 16000, 200), 16000)  # 20 ms < 25 ms
+    with pytest.raises(inference.PredictError, match=r"click.wav: 20.0 ms .*receptive field \(400 samples, 25 ms\)"):
+        predict_with(setup, pd.DataFrame({"path": [str(tmp_path / "click.wav")]}))
+
+
+def test_folders_are_searched_for_every_format_soundfile_reads(setup, tmp_path):
+    sf.write(tmp_path / "a.flac", tone(0.3, 16000, 200), 16000)
+    sf.write(tmp_path / "b.ogg", tone(0.3, 16000, 200), 16000, format="OGG")
+    sf.write(tmp_path / "c.wav", tone(0.3, 16000, 200), 16000)
+    inputs = predict.collect_inputs([tmp_path])
+    assert [Path(p).name for p in inputs["path"]] == ["a.flac", "b.ogg", "c.wav"]
+    assert len(predict_with(setup, inputs)) == 3
+
+
+def test_mmer_without_a_transcript_encodes_the_audio_once(setup, monkeypatch):
+    encoded = []
+    model_class = type(setup["models"]["mmer", 1])
+    encode = model_class.encode_audio
+
+    def counting(self, input_values, *args, **kwargs):
+        encoded.append(input_values.shape[0])
+        return encode(self, input_values, *args, **kwargs)
+    monkeypatch.setattr(model_class, "encode_audio", counting)
+    result = run_predict(setup, inputs_of(setup, ["calm", "loud"], with_transcripts=False), session="1")
+    assert list(result["transcript_source"]) == ["ctc", "ctc"]
+    assert sum(encoded) == 2  # each recording once: its CTC transcript and its emotion from one pass
+
+
+def test_an_impossible_output_path_fails_before_any_model_is_loaded(setup, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(inference.EmotionRecognizer, "from_run", lambda *a, **k: pytest.fail("models were loaded"))
+    with pytest.raises(SystemExit, match="cannot write there"):
+        predict.main(["--checkpoint_dir", str(setup["root"] / "mmer"), str(setup["audio"] / "calm.wav"),
+                      "--output", str(tmp_path / "file" / "out.json")])
+
+
+def test_a_labelled_csv_gets_its_wa_ua_and_confusion_matrix(setup, tmp_path, capsys):
+    listed = tmp_path / "labelled.csv"
+    pd.DataFrame({"path": [str(setup["audio"] / "calm.wav"), str(setup["audio"] / "loud.wav")],
+                  "Label": ["neu", "exc"]}).to_csv(listed, index=False)
+    out = tmp_path / "out.json"
+    table = predict.main(["--checkpoint_dir", str(setup["root"] / "cai_sota"), str(listed), "--output", str(out)])
+    metrics = json.loads(out.read_text())["metrics"]
+    y_true, y_pred = [2, 0], [CLASS_NAMES.index(label) for label in table["predicted_label"]]
+    assert metrics["wa"] == pytest.approx(np.mean(np.array(y_true) == np.array(y_pred)))
+    assert np.array(metrics["confusion"]).sum() == 2 and "UA" in capsys.readouterr().out
+
+
+def test_the_python_api_docstring_example_runs(setup):
+    import doctest
+    globs = {"RUN_DIR": setup["root"] / "mmer", "AUDIO": str(setup["audio"] / "calm.wav")}
+    runner = doctest.DocTestRunner()
+    for example in doctest.DocTestFinder(recurse=False).find(inference, globs=globs):
+        runner.run(example)
+    assert runner.tries >= 4 and runner.failures == 0

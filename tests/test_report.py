@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from utils import report
-from utils.report import compare, plot_ua, read_fold_stats, write_results
+from utils.report import compare, default_out, main, plot_ua, read_fold_stats, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -203,3 +203,14 @@ def test_cli_compares_save_folders_and_exits_2_on_a_missing_one(sweep, tmp_path)
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"comparison.csv", "comparison.md", "comparison.png"}
     missing = subprocess.run(cli + [str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "nowhere" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_without_out_the_comparison_goes_beside_the_first_run_not_into_the_working_directory(sweep, tmp_path,
+                                                                                            monkeypatch):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    main([str(sweep / "alpha0.1" / "mmer"), str(sweep / "baselines")])
+    assert (sweep / "alpha0.1" / "comparison" / "comparison.md").is_file()
+    assert not list((tmp_path / "cwd").iterdir())
+    assert default_out(sweep / "baselines") == sweep / "baselines" / "comparison"
+    assert default_out(sweep / "alpha0.1" / "mmer" / "results.json") == sweep / "alpha0.1" / "comparison"

@@ -143,7 +143,7 @@ def test_alpha_gives_upstreams_total_loss_at_its_micro_batch_of_two(batch_one_ou
 
 def test_ctc_reduction_mean_is_the_length_normalised_mean(batch_one_outputs):
     outputs, _ = batch_one_outputs
-    (model, first, b1), (_, second, b2) = outputs["cai_sota"][0], outputs["cai_sota"][1]
+    (_, first, b1), (_, second, b2) = outputs["cai_sota"][0], outputs["cai_sota"][1]
     paired = pair(first, second)
     targets = torch.cat([b1.ctc_targets, b2.ctc_targets])
     lengths = torch.cat([b1.ctc_target_lengths, b2.ctc_target_lengths])

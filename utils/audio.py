@@ -14,6 +14,17 @@ TARGET_SR = 16000
 _warned: set[str] = set()
 
 
+# File name endings of the formats this soundfile build reads (mp3 where libsndfile has it);
+# header-less and exotic formats are left out of folder searches.
+_SUFFIXES = {"WAV": (".wav",), "FLAC": (".flac",), "OGG": (".ogg", ".oga", ".opus"), "MP3": (".mp3",),
+             "AIFF": (".aif", ".aiff"), "AU": (".au",), "CAF": (".caf",), "W64": (".w64",), "RF64": (".rf64",)}
+
+
+def audio_suffixes() -> tuple[str, ...]:
+    formats = sf.available_formats()
+    return tuple(suffix for name, suffixes in _SUFFIXES.items() if name in formats for suffix in suffixes)
+
+
 class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and the fix."""
 
@@ -25,8 +36,7 @@ def _warn_once(kind: str, message: str) -> None:
 
 
 def read_audio(path, target_sr: int = TARGET_SR) -> np.ndarray:
-    """Return the file's samples as float32 mono at target_sr. Stereo is averaged to
-    mono and other sample rates are resampled, each with one warning per process."""
+    """Return the file's samples as float32 mono at target_sr (see prepare_samples)."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found; check the audio folder or the csv's FileName")
@@ -36,12 +46,25 @@ def read_audio(path, target_sr: int = TARGET_SR) -> np.ndarray:
         raise AudioError(f"{path}: unreadable audio ({err}); re-export it as a 16 kHz PCM wav") from err
     if samples.size == 0:
         raise AudioError(f"{path}: the audio file holds no samples; re-export it or drop the utterance")
+    return prepare_samples(samples, sr, target_sr, str(path))
+
+
+def prepare_samples(samples: np.ndarray, sr: int, target_sr: int = TARGET_SR, name: str = "audio") -> np.ndarray:
+    """[samples] or [samples, channels] at `sr` -> float32 mono at target_sr. Stereo is averaged
+    to mono and other sample rates are resampled, each with one warning per process."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    if samples.ndim != 2 or samples.size == 0:
+        raise AudioError(f"{name}: expected [samples] or [samples, channels] audio, got shape {samples.shape}")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{name}: the audio holds NaN or infinite samples")
     if samples.shape[1] > 1:
-        _warn_once("downmix", f"{path}: {samples.shape[1]} channels, averaging to mono")
+        _warn_once("downmix", f"{name}: {samples.shape[1]} channels, averaging to mono")
         samples = samples.mean(axis=1, keepdims=True)
     samples = samples[:, 0]
     if sr != target_sr:
-        _warn_once(f"resample{sr}", f"{path}: sample rate {sr} Hz, resampling to {target_sr} Hz")
+        _warn_once(f"resample{sr}", f"{name}: sample rate {sr} Hz, resampling to {target_sr} Hz")
         samples = soxr.resample(samples, sr, target_sr).astype(np.float32)
     return np.ascontiguousarray(samples, dtype=np.float32)
 

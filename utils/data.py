@@ -111,6 +111,11 @@ def load_text_features(table: pd.DataFrame, roberta_dir, show_progress=True) -> 
     return features
 
 
+def text_feature_width(path: Path) -> int:
+    """H of a [1, T, H] or [T, H] .npy file, from its header."""
+    return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[-1])
+
+
 def read_text_feature(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: RoBERTa features missing; run data_prep/extract_roberta.py on the csv")

@@ -410,12 +410,23 @@ def compare(paths, out_dir) -> pd.DataFrame:
     return frame
 
 
+def default_out(first) -> Path:
+    """`comparison/` in the save folder of the first run given (a run folder's parent, the
+    folder of a results.json's run, or a save folder itself), never the working directory."""
+    first = Path(first)
+    if first.is_file():
+        first = first.parent
+    return (first.parent if (first / "results.json").is_file() else first) / "comparison"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Compare runs side by side: one table and one bar chart.")
     parser.add_argument("paths", nargs="+", help="run folders (<save_path>/<run>), save folders, or results.json files")
-    parser.add_argument("--out", default=".", help="folder for comparison.{csv,md,png}")
+    parser.add_argument("--out", help="folder for comparison.{csv,md,png} (default: <save folder of the first "
+                                      "run>/comparison)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args.out = args.out or default_out(args.paths[0])
     try:
         frame = compare(args.paths, args.out)
     except (FileNotFoundError, ReportError) as err:

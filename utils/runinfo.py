@@ -14,6 +14,7 @@ import torch
 
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.files import atomic_write_text
+from utils.lock import RunLock, live_holders
 
 log = logging.getLogger(__name__)
 RESULT_PATTERNS = ("*_model.pt", "*_last.pt", "*_result.json", "*_stats.txt", "*_predictions.csv", "results.json", "results.csv",
@@ -73,32 +74,62 @@ def inputs_among(paths, run_cfg) -> list[Path]:
     return [p for p in paths if any(p.resolve() == i or i in p.resolve().parents for i in inputs)]
 
 
-def claim_run_dir(run_dir: Path, model_cfg, run_cfg) -> None:
-    """A folder with an earlier run's files is refused unless --resume (same configuration)
-    or --overwrite (exactly those files are removed, and it is said). An overwrite that would
-    remove an input of this same command (the checkpoints --eval_only evaluates) is refused."""
-    found = existing_results(run_dir)
-    if not found:
-        return
-    if run_cfg.overwrite:
-        needed = inputs_among(found, run_cfg)
-        if needed:
-            names = ", ".join(p.name for p in needed[:4]) + ("..." if len(needed) > 4 else "")
-            raise RunDirError(f"{run_dir}: --overwrite refused, it would remove files this command reads "
-                              f"({names}); write the results elsewhere with another --save_path")
-        for path in found:
-            path.unlink()
-        print(f"--overwrite: removed {len(found)} files of the earlier run in {run_dir}", file=sys.stderr)
-        return
-    if run_cfg.resume:
-        diffs = config_differences(run_dir, model_cfg, run_cfg)
-        if diffs:
-            raise RunDirError(f"{run_dir}: --resume refused, the earlier run there used other settings "
-                              f"({'; '.join(diffs)}); rerun with its settings, or use --overwrite / another --save_path")
-        return
-    names = ", ".join(p.name for p in found[:4]) + ("..." if len(found) > 4 else "")
-    raise RunDirError(f"{run_dir}: holds the files of an earlier run ({names}); pass --resume to continue it, "
-                      "--overwrite to replace it, or another --save_path")
+SETUP_FILES = ("config.json", "train.log")  # written before training; alone they are no run's results
+
+
+def fold_lock(run_dir: Path, session) -> Path:
+    return run_dir / f".fold{session}.lock"
+
+
+def claim_run_dir(run_dir: Path, model_cfg, run_cfg, sessions, held, write_config) -> None:
+    """Take the run folder for this process: a lock for each fold it will run (kept in `held`,
+    an ExitStack, until the process ends), then, under a short lock on the whole folder, the
+    checks below and `write_config()` when the folder has no config.json yet.
+
+    A folder with an earlier run's results is refused unless --resume (same configuration) or
+    --overwrite (exactly those files are removed, and it is said; refused while another
+    process works in the folder, or when it would remove an input of this same command). A
+    folder holding only the config.json and log of a run that never finished an epoch, with no
+    process at work in it, is no earlier run: it is started afresh."""
+    with RunLock(run_dir / ".run.lock", str(run_dir), wait=60):
+        mine = [held.enter_context(RunLock(fold_lock(run_dir, s), f"fold {s} of {run_dir}")).path for s in sessions]
+        others = live_holders(run_dir, ".fold*.lock", mine)
+        found = existing_results(run_dir)
+        trained = [p for p in found if p.name not in SETUP_FILES]
+        if not trained and not others:
+            if found:
+                (run_dir / "config.json").unlink(missing_ok=True)
+                log.info("%s: the earlier run there never finished an epoch; starting afresh", run_dir)
+        elif run_cfg.overwrite:
+            overwrite(run_dir, found, others, run_cfg)
+        elif run_cfg.resume:
+            diffs = config_differences(run_dir, model_cfg, run_cfg)
+            if diffs:
+                raise RunDirError(f"{run_dir}: --resume refused, the run there used other settings "
+                                  f"({'; '.join(diffs)}); rerun with its settings, or use --overwrite / another "
+                                  "--save_path")
+        else:
+            names = ", ".join(p.name for p in found[:4]) + ("..." if len(found) > 4 else "")
+            busy = f"; it is in use by {others[0]}" if others else ""
+            raise RunDirError(f"{run_dir}: holds the files of an earlier run ({names}){busy}; pass --resume to "
+                              "continue it, --overwrite to replace it, or another --save_path")
+        if not (run_dir / "config.json").is_file():
+            write_config()
+
+
+def overwrite(run_dir: Path, found: list[Path], others: list[str], run_cfg) -> None:
+    """--overwrite: remove the earlier run's files, unless another process is at work in the
+    folder or one of them is an input of this command."""
+    if others:
+        raise RunDirError(f"{run_dir}: --overwrite refused, {others[0]} is at work in it; wait for it or stop it")
+    needed = inputs_among(found, run_cfg)
+    if needed:
+        names = ", ".join(p.name for p in needed[:4]) + ("..." if len(needed) > 4 else "")
+        raise RunDirError(f"{run_dir}: --overwrite refused, it would remove files this command reads "
+                          f"({names}); write the results elsewhere with another --save_path")
+    for path in found:
+        path.unlink()
+    print(f"--overwrite: removed {len(found)} files of the earlier run in {run_dir}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- resumable folds

@@ -54,14 +54,18 @@ def readable_headers(names, folder, suffix: str, read_header, errors, kinds: tup
         yield path, header
 
 
-def audio_problems(names, audio_dir) -> dict:
-    """Missing, unreadable or empty wavs, from their headers (nothing is decoded)."""
+def audio_problems(names, audio_dir, min_samples: int = 1) -> dict:
+    """Missing, unreadable or empty wavs, and wavs shorter than the encoder's receptive field
+    (min_samples at 16 kHz), from their headers (nothing is decoded)."""
     problems = defaultdict(list)
     kinds = ("missing audio files (check --data_path_audio)", "unreadable audio files (re-export as 16 kHz PCM wav)")
-    for path, frames in readable_headers(names, audio_dir, ".wav", lambda p: sf.info(str(p)).frames,
-                                         (sf.LibsndfileError, RuntimeError), kinds, problems):
-        if frames == 0:
+    for path, info in readable_headers(names, audio_dir, ".wav", lambda p: sf.info(str(p)),
+                                       (sf.LibsndfileError, RuntimeError), kinds, problems):
+        if info.frames == 0:
             problems["empty audio files (re-export or drop the row)"].append(str(path))
+        elif info.frames * 16000 / info.samplerate < min_samples:
+            problems[f"audio shorter than the speech encoder's receptive field ({min_samples} samples at 16 kHz, "
+                     f"{min_samples / 16:.0f} ms; drop the row)"].append(f"{path}: {info.duration * 1000:.1f} ms")
     return problems
 
 
@@ -89,10 +93,11 @@ def feature_problems(names, roberta_dir) -> dict:
     return problems
 
 
-def validate_inputs(table, sessions, audio_dir, roberta_dir=None, csv_path="csv", needs_training=True) -> None:
+def validate_inputs(table, sessions, audio_dir, roberta_dir=None, csv_path="csv", needs_training=True,
+                    min_samples: int = 1) -> None:
     """Raise InputProblems listing everything wrong, grouped by kind, or return quietly."""
     problems = table_problems(table, sessions, needs_training)
-    for found in (audio_problems(table["FileName"], audio_dir),
+    for found in (audio_problems(table["FileName"], audio_dir, min_samples),
                   feature_problems(table["FileName"], roberta_dir) if roberta_dir else {}):
         for kind, items in found.items():
             problems[kind] += items

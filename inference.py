@@ -1,0 +1,288 @@
+"""Emotion recognition with a trained run, from Python: load a run folder once, predict many
+times. predict.py is the command line over this module.
+
+    >>> from inference import EmotionRecognizer
+    >>> recognizer = EmotionRecognizer.from_run(RUN_DIR)          # one fold's model; ensemble=True: all folds
+    >>> result = recognizer.predict(AUDIO, transcript="I can't believe you did that!")
+    >>> result.label in recognizer.classes
+    True
+    >>> round(sum(result.probabilities.values()), 6)
+    1.0
+    >>> result.transcript_source
+    'given'
+
+Audio is a file path or a 1-D (or [samples, channels]) array with its sample rate; it is
+resampled, downmixed and normalised exactly as in training. mmer reads a transcript: the one
+given, else its own CTC head's (greedy, in sentence case), and says which. Every result is
+padding-exact: a recording gets what the model gives it alone, whatever it is batched with.
+"""
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from data_prep.extract_roberta import TextFeatureError, agreed_text_encoder, embed_texts, load_text_encoder
+from models.encoders import audio_input_spec, min_samples_of, padding_is_exact
+from utils.audio import AudioError, normalize, prepare_samples, read_audio
+from utils.checkpoint import CheckpointError, find_checkpoints, restore_model
+from utils.data import Collator, EmotionDataset, ExactBatchSampler, pad_rows
+from utils.device import autocast, check_precision, resolve_device
+from utils.hub import check_model_name
+from utils.labels import CLASS_NAMES
+from utils.text import greedy_decode, sentence_case
+
+log = logging.getLogger("mmer.inference")
+DEFAULT_ROBERTA = "roberta-base"
+
+
+class PredictError(ValueError):
+    """Bad input to the prediction; the message names the file and the fix."""
+
+
+@dataclass
+class Prediction:
+    """One recording's result; probabilities in the run's class order."""
+    source: str                       # the file, or "array <i>"
+    label: str
+    probabilities: dict = field(default_factory=dict)   # class name -> probability
+    transcript: str = ""              # the text mmer read ("" for audio-only models)
+    transcript_source: str = "none"   # given | ctc | none (audio-only model)
+    ctc_transcript: str = ""          # what the model's CTC head heard (variants with a CTC head)
+
+    def as_row(self) -> dict:
+        return {"file": self.source, "predicted_label": self.label,
+                **{f"prob_{name}": p for name, p in self.probabilities.items()},
+                "transcript": self.transcript, "transcript_source": self.transcript_source,
+                "ctc_transcript": self.ctc_transcript}
+
+
+# ---------------------------------------------------------------- loading a run
+def select_checkpoints(found: dict[str, Path], session=None, ensemble: bool = False) -> list[Path]:
+    if ensemble:
+        log.info("ensemble: averaging the probabilities of %d checkpoints (sessions %s)", len(found), ", ".join(found))
+        return list(found.values())
+    if session is None:
+        session = next(iter(found))
+        if len(found) > 1:
+            log.warning("using session %s's model %s, the first of %d (one per fold); --session N picks another, "
+                        "--ensemble averages them all", session, found[session], len(found))
+    if str(session) not in found:
+        folder = next(iter(found.values())).parent
+        raise CheckpointError(f"{folder}/{session}_model.pt not found; sessions there: {', '.join(found)}")
+    return [found[str(session)]]
+
+
+def load_models(checkpoint_dir, run=None, wav2vec2=None, session=None, ensemble=False, device="cpu") -> dict:
+    """{checkpoint path: model in eval mode on `device`}: one session's model, or all with `ensemble`."""
+    if wav2vec2:
+        check_model_name(wav2vec2, "--wav2vec2")
+    models = {}
+    for path in select_checkpoints(find_checkpoints(checkpoint_dir), session, ensemble):
+        model, _ = restore_model(path, run, wav2vec2)
+        models[path] = model.to(device).eval()
+    runs = {model.config.run for model in models.values()}
+    if len(runs) > 1:
+        raise CheckpointError(f"{checkpoint_dir}: the checkpoints hold different models ({', '.join(sorted(runs))}); "
+                              "an ensemble averages the folds of one run, pick one with --session")
+    return models
+
+
+def shared_input_spec(models: dict):
+    """The audio preparation of the models' speech encoder; an ensemble must agree on it."""
+    specs = {audio_input_spec(path) for path in sorted({m.config.wav2vec2 for m in models.values()})}
+    if len(specs) > 1:
+        raise PredictError("the checkpoints' speech encoders prepare audio differently; ensemble the folds of one run")
+    return specs.pop()
+
+
+def recorded_roberta(checkpoint_dir, roberta: str | None = None) -> str:
+    """The text encoder of the run's features, recorded in its config.json (utils.runinfo.write_config);
+    a given `roberta` must be that one. Without a record: `roberta`, else roberta-base."""
+    config = Path(checkpoint_dir) / "config.json"
+    if not config.is_file():
+        return roberta or DEFAULT_ROBERTA
+    try:
+        saved = json.loads(config.read_text())
+        stamp = saved.get("text_encoder") or ({"roberta": saved["run"]["roberta"]} if saved["run"].get("roberta")
+                                               else None)
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as err:
+        raise PredictError(f"{config}: not the config.json run.py writes ({err}); name the text encoder "
+                           "with --roberta") from err
+    try:
+        return agreed_text_encoder(stamp, roberta, str(config), DEFAULT_ROBERTA)
+    except TextFeatureError as err:
+        raise PredictError(str(err)) from err
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Up to 8 recordings per forward pass on a GPU; 1 on a CPU, where batching buys no
+    parallelism (wav2vec2-base, 2 threads: 0.085 x real time alone against 0.11-0.24 in
+    length-sorted batches of 8, docs/PERFORMANCE.md). Batches are padding-exact either way."""
+    return 8 if device.type == "cuda" else 1
+
+
+# ---------------------------------------------------------------- the recognizer
+class EmotionRecognizer:
+    """A run's model(s), the audio preparation of their encoder and, for mmer, the text
+    encoder, loaded once. Thread-safe for concurrent predict calls (no state changes)."""
+
+    def __init__(self, models: dict, roberta: str = DEFAULT_ROBERTA, device="cpu", precision: str = "fp32",
+                 batch_size: int | None = None):
+        self.models = models
+        self.device = torch.device(device)
+        self.precision = precision
+        self.batch_size = batch_size or default_batch_size(self.device)
+        self.first = next(iter(models.values()))
+        self.spec = shared_input_spec(models)
+        self.exact = padding_is_exact(self.first.wav2vec2.config, self.spec)
+        self.min_samples = min_samples_of(self.first.wav2vec2.config)
+        self.roberta = roberta
+        self.text_encoder = self._text_encoder() if self.first.uses_text else None
+
+    @classmethod
+    def from_run(cls, checkpoint_dir, session=None, ensemble: bool = False, run=None, wav2vec2=None, roberta=None,
+                 device="auto", precision: str = "auto", batch_size: int | None = None) -> "EmotionRecognizer":
+        """Load `<checkpoint_dir>/<session>_model.pt` (default: the first fold's), or all folds'
+        with `ensemble`; settings not given come from the checkpoints and the run's config.json."""
+        try:
+            device = resolve_device(str(device))
+        except ValueError as err:
+            raise PredictError(str(err)) from err
+        check_precision(device, precision)
+        models = load_models(checkpoint_dir, run, wav2vec2, session, ensemble, device)
+        roberta = recorded_roberta(checkpoint_dir, roberta)
+        return cls(models, roberta, device, precision, batch_size)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(CLASS_NAMES)
+
+    @property
+    def run(self) -> str:
+        return self.first.config.run
+
+    @property
+    def sample_rate(self) -> int:
+        return self.spec.sampling_rate
+
+    def _text_encoder(self):
+        """RoBERTa for mmer's text, loaded before any audio work so a wrong one fails at once."""
+        try:
+            tokenizer, encoder = load_text_encoder(self.roberta, self.device)
+        except TextFeatureError as err:
+            raise PredictError(str(err)) from err
+        if encoder.config.hidden_size != self.first.config.text_dim:
+            raise PredictError(f"{self.roberta}: gives {encoder.config.hidden_size}-dim features but the checkpoint "
+                               f"reads {self.first.config.text_dim}-dim ones; pass --roberta the text encoder the "
+                               "run was trained with")
+        return tokenizer, encoder
+
+    # ------------------------------------------------------------ inputs
+    def load(self, audio, sample_rate: int | None = None, name: str = "array") -> np.ndarray:
+        """A path or an array (with its sample rate) -> the encoder's input: 16 kHz mono, normalised."""
+        if isinstance(audio, (str, Path)):
+            samples = read_audio(audio, self.sample_rate)
+            name = str(audio)
+        else:
+            if sample_rate is None:
+                raise PredictError(f"{name}: an array needs its sample_rate")
+            samples = prepare_samples(np.asarray(audio, dtype=np.float32), sample_rate, self.sample_rate, name)
+        if len(samples) < self.min_samples:
+            raise PredictError(f"{name}: {len(samples) / self.sample_rate * 1000:.1f} ms of audio, shorter than the "
+                               f"speech encoder's receptive field ({self.min_samples} samples, "
+                               f"{self.min_samples / self.sample_rate * 1000:.0f} ms); give a longer recording")
+        return normalize(samples) if self.spec.do_normalize else samples
+
+    # ------------------------------------------------------------ prediction
+    def predict(self, audio, transcript: str | None = None, sample_rate: int | None = None) -> Prediction:
+        """One recording (a path, or an array with its sample rate)."""
+        return self.predict_many([audio], [transcript], [sample_rate])[0]
+
+    def predict_many(self, audios, transcripts=None, sample_rates=None, progress: bool = False) -> list[Prediction]:
+        """Many recordings; transcripts and sample rates per recording (None where not given)."""
+        n = len(audios)
+        transcripts = list(transcripts) if transcripts is not None else [None] * n
+        sample_rates = list(sample_rates) if sample_rates is not None else [None] * n
+        names = [str(a) if isinstance(a, (str, Path)) else f"array {i}" for i, a in enumerate(audios)]
+        waves = [self.load(a, sr, name) for a, sr, name in zip(audios, sample_rates, names)]
+        given = [t if isinstance(t, str) and t.strip() else None for t in transcripts]
+        if not self.first.uses_text and any(t is not None for t in given):
+            log.warning("the %s model reads no text: the transcripts given are not used", self.run)
+        if self.first.uses_text and None in given:
+            self._check_ctc_trained(given.count(None))
+        texts, features = list(given), [None] * n
+        outputs = []
+        for model in self.models.values():
+            outputs.append(self._run_model(model, waves, texts, features, progress))
+        probs = np.mean([p for p, _ in outputs], axis=0)
+        heard = outputs[0][1]
+        results = []
+        for i in range(n):
+            source = "none" if not self.first.uses_text else "given" if given[i] is not None else "ctc"
+            results.append(Prediction(
+                source=names[i], label=self.classes[int(probs[i].argmax())],
+                probabilities={name: float(p) for name, p in zip(self.classes, probs[i])},
+                transcript=texts[i] or "", transcript_source=source, ctc_transcript=heard[i] if heard else ""))
+        return results
+
+    def _check_ctc_trained(self, missing: int) -> None:
+        """A model trained with --alpha 0 has a CTC head no loss trained: its transcripts are noise."""
+        if not self.first.config.alpha:
+            raise PredictError(f"{missing} recording(s) have no transcript, and this model was trained with alpha 0, "
+                               "so its CTC head is untrained and cannot transcribe them; pass --transcript, or a csv "
+                               "with a transcript column")
+
+    @torch.inference_mode()
+    def _run_model(self, model, waves, texts, features, progress: bool):
+        """One model over all recordings: the audio is encoded once per recording; for mmer, a
+        missing transcript comes from this model's CTC head in the same pass (filling `texts`
+        and `features` for the models after it). -> probabilities [N, classes], CTC transcripts."""
+        probs = np.zeros((len(waves), len(self.classes)))
+        heard = [""] * len(waves) if model.has_ctc else None
+        dataset = EmotionDataset(range(len(waves)), waves)
+        sampler = ExactBatchSampler(dataset.lengths(), self.batch_size, self.exact)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(self.spec))
+        for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
+            rows = batch.names
+            batch = batch.to(self.device)
+            with autocast(self.device, self.precision):
+                audio = model.encode_audio(batch.input_values, batch.sample_lengths, batch.attention_mask)
+                if heard is not None:
+                    for row, text in zip(rows, decode_ctc(model.ctc_head(audio.frames), audio.lengths)):
+                        heard[row] = text
+                text, lengths = self._text_features(rows, texts, features, heard) if model.uses_text else (None, None)
+                output = model.classify(audio, text, lengths)
+            probs[rows] = torch.softmax(output.logits.float(), dim=-1).cpu().numpy()
+        return probs, heard
+
+    def _text_features(self, rows, texts, features, heard):
+        """The batch's RoBERTa features, embedding the transcripts not embedded yet (a missing
+        transcript: this model's CTC transcript, in sentence case)."""
+        todo = [row for row in rows if features[row] is None]
+        for row in todo:
+            if texts[row] is None:
+                texts[row] = sentence_case(heard[row])
+        if todo:
+            embedded = embed_texts([texts[row] for row in todo], *self.text_encoder, batch_size=len(todo))
+            for row, array in zip(todo, embedded):
+                features[row] = array
+        text, lengths = pad_rows([torch.from_numpy(features[row]) for row in rows])
+        return text.to(self.device), lengths.to(self.device)
+
+
+def decode_ctc(ctc_logits: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
+    """Greedy CTC: argmax per valid frame, then utils.text.greedy_decode."""
+    ids = ctc_logits.argmax(dim=-1).cpu()
+    return [greedy_decode(row[:n].tolist()) for row, n in zip(ids, frame_lengths.tolist())]
+
+
+def predictions_table(predictions: list[Prediction]) -> pd.DataFrame:
+    return pd.DataFrame([p.as_row() for p in predictions])
+
+
+__all__ = ["EmotionRecognizer", "Prediction", "PredictError", "AudioError", "CheckpointError"]
