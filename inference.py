@@ -33,7 +33,6 @@ from utils.checkpoint import CheckpointError, find_checkpoints, restore_model
 from utils.data import Collator, EmotionDataset, ExactBatchSampler, pad_rows
 from utils.device import autocast, check_precision, resolve_device
 from utils.hub import check_model_name
-from utils.labels import CLASS_NAMES
 from utils.text import greedy_decode, sentence_case
 
 log = logging.getLogger("mmer.inference")
@@ -51,7 +50,7 @@ class Prediction:
     label: str
     probabilities: dict = field(default_factory=dict)   # class name -> probability
     transcript: str = ""              # the text mmer read ("" for audio-only models)
-    transcript_source: str = "none"   # given | ctc | none (audio-only model)
+    transcript_source: str = "none"   # given | asr | ctc | none (audio-only model)
     ctc_transcript: str = ""          # what the model's CTC head heard (variants with a CTC head)
 
     def as_row(self) -> dict:
@@ -132,7 +131,7 @@ class EmotionRecognizer:
     encoder, loaded once. Thread-safe for concurrent predict calls (no state changes)."""
 
     def __init__(self, models: dict, roberta: str = DEFAULT_ROBERTA, device="cpu", precision: str = "fp32",
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, asr: str | None = None, language: str | None = None):
         self.models = models
         self.device = torch.device(device)
         self.precision = precision
@@ -143,12 +142,18 @@ class EmotionRecognizer:
         self.min_samples = min_samples_of(self.first.wav2vec2.config)
         self.roberta = roberta
         self.text_encoder = self._text_encoder() if self.first.uses_text else None
+        self.asr = Recogniser(asr, language, self.device) if asr and self.first.uses_text else None
+        if asr and not self.first.uses_text:
+            log.warning("the %s model reads no text: --asr %s is not used", self.run, asr)
 
     @classmethod
     def from_run(cls, checkpoint_dir, session=None, ensemble: bool = False, run=None, wav2vec2=None, roberta=None,
-                 device="auto", precision: str = "auto", batch_size: int | None = None) -> "EmotionRecognizer":
+                 device="auto", precision: str = "auto", batch_size: int | None = None, asr: str | None = None,
+                 language: str | None = None) -> "EmotionRecognizer":
         """Load `<checkpoint_dir>/<session>_model.pt` (default: the first fold's), or all folds'
-        with `ensemble`; settings not given come from the checkpoints and the run's config.json."""
+        with `ensemble`; settings not given come from the checkpoints and the run's config.json.
+        asr: a transformers speech recogniser (e.g. openai/whisper-small) for mmer's missing
+        transcripts, instead of the model's own CTC head."""
         try:
             device = resolve_device(str(device))
         except ValueError as err:
@@ -156,11 +161,16 @@ class EmotionRecognizer:
         check_precision(device, precision)
         models = load_models(checkpoint_dir, run, wav2vec2, session, ensemble, device)
         roberta = recorded_roberta(checkpoint_dir, roberta)
-        return cls(models, roberta, device, precision, batch_size)
+        return cls(models, roberta, device, precision, batch_size, asr, language)
 
     @property
     def classes(self) -> list[str]:
-        return list(CLASS_NAMES)
+        """The run's classes, in the order of its probabilities."""
+        return list(self.first.config.label_set.classes)
+
+    @property
+    def label_set(self):
+        return self.first.config.label_set
 
     @property
     def run(self) -> str:
@@ -184,7 +194,7 @@ class EmotionRecognizer:
 
     # ------------------------------------------------------------ inputs
     def load(self, audio, sample_rate: int | None = None, name: str = "array") -> np.ndarray:
-        """A path or an array (with its sample rate) -> the encoder's input: 16 kHz mono, normalised."""
+        """A path or an array (with its sample rate) -> 16 kHz mono samples (not yet normalised)."""
         if isinstance(audio, (str, Path)):
             samples = read_audio(audio, self.sample_rate)
             name = str(audio)
@@ -196,7 +206,7 @@ class EmotionRecognizer:
             raise PredictError(f"{name}: {len(samples) / self.sample_rate * 1000:.1f} ms of audio, shorter than the "
                                f"speech encoder's receptive field ({self.min_samples} samples, "
                                f"{self.min_samples / self.sample_rate * 1000:.0f} ms); give a longer recording")
-        return normalize(samples) if self.spec.do_normalize else samples
+        return samples
 
     # ------------------------------------------------------------ prediction
     def predict(self, audio, transcript: str | None = None, sample_rate: int | None = None) -> Prediction:
@@ -209,13 +219,19 @@ class EmotionRecognizer:
         transcripts = list(transcripts) if transcripts is not None else [None] * n
         sample_rates = list(sample_rates) if sample_rates is not None else [None] * n
         names = [str(a) if isinstance(a, (str, Path)) else f"array {i}" for i, a in enumerate(audios)]
-        waves = [self.load(a, sr, name) for a, sr, name in zip(audios, sample_rates, names)]
+        samples = [self.load(a, sr, name) for a, sr, name in zip(audios, sample_rates, names)]
+        waves = [normalize(s) for s in samples] if self.spec.do_normalize else samples
         given = [t if isinstance(t, str) and t.strip() else None for t in transcripts]
         if not self.first.uses_text and any(t is not None for t in given):
             log.warning("the %s model reads no text: the transcripts given are not used", self.run)
-        if self.first.uses_text and None in given:
-            self._check_ctc_trained(given.count(None))
-        texts, features = list(given), [None] * n
+        texts, sources = list(given), ["given" if t is not None else "ctc" for t in given]
+        missing = [i for i, t in enumerate(given) if t is None]
+        if self.first.uses_text and missing and self.asr is not None:
+            for i, text in zip(missing, self.asr([samples[i] for i in missing], self.sample_rate)):
+                texts[i], sources[i] = text, "asr"
+        elif self.first.uses_text and missing:
+            self._check_ctc_trained(len(missing))
+        features = [None] * n
         outputs = []
         for model in self.models.values():
             outputs.append(self._run_model(model, waves, texts, features, progress))
@@ -223,7 +239,7 @@ class EmotionRecognizer:
         heard = outputs[0][1]
         results = []
         for i in range(n):
-            source = "none" if not self.first.uses_text else "given" if given[i] is not None else "ctc"
+            source = sources[i] if self.first.uses_text else "none"
             results.append(Prediction(
                 source=names[i], label=self.classes[int(probs[i].argmax())],
                 probabilities={name: float(p) for name, p in zip(self.classes, probs[i])},
@@ -273,6 +289,26 @@ class EmotionRecognizer:
                 features[row] = array
         text, lengths = pad_rows([torch.from_numpy(features[row]) for row in rows])
         return text.to(self.device), lengths.to(self.device)
+
+
+class Recogniser:
+    """A transformers speech recogniser (data_prep/transcribe.py's loading and decoding) that
+    transcribes 16 kHz recordings for mmer, where no transcript is given."""
+
+    def __init__(self, asr: str, language: str | None, device):
+        from data_prep.transcribe import TranscribeError, generate_kwargs, load_recogniser, model_stamp
+        try:
+            stamp = model_stamp(asr, language, num_beams=1)
+            self.pipeline = load_recogniser(asr, device)
+        except TranscribeError as err:
+            raise PredictError(str(err)) from err
+        self.settings = generate_kwargs(self.pipeline, stamp)
+        self.name = stamp["model"]
+
+    def __call__(self, samples: list, sample_rate: int) -> list[str]:
+        from data_prep.transcribe import recognise
+        log.info("transcribing %d recording(s) with %s", len(samples), self.name)
+        return recognise(self.pipeline, samples, sample_rate, self.settings, batch_size=8)
 
 
 def decode_ctc(ctc_logits: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:

@@ -28,7 +28,6 @@ from utils.checkpoint import CheckpointError
 from utils.cli import HelpFormatter, Parser, add_number
 from utils.data import DataError
 from utils.files import atomic_path, atomic_write_text
-from utils.labels import LABEL_TO_INDEX
 from utils.metrics import emotion_metrics
 
 log = logging.getLogger("mmer.predict")
@@ -102,18 +101,21 @@ def predict_files(inputs: pd.DataFrame, recognizer: EmotionRecognizer, progress:
     return predictions_table(recognizer.predict_many(list(inputs["path"]), transcripts, progress=progress))
 
 
-def labelled_metrics(inputs: pd.DataFrame, table: pd.DataFrame, classes: list[str]) -> dict | None:
-    """WA, UA, macro-F1 and the confusion matrix when every recording has a label."""
+def labelled_metrics(inputs: pd.DataFrame, table: pd.DataFrame, label_set) -> dict | None:
+    """WA, UA, macro-F1 and the confusion matrix when every recording has a label (the run's
+    label set reads it: IEMOCAP's counts exc as hap); recordings whose label it leaves out are
+    not counted."""
     if "label" not in inputs or inputs["label"].isna().all():
         return None
     labels = inputs["label"]
-    unknown = sorted({str(label) for label in labels if label not in LABEL_TO_INDEX})
+    unknown = label_set.unknown(labels.dropna())
     if labels.isna().any() or unknown:
-        raise PredictError(f"the csv's Label column must name a class of the run for every row ({', '.join(classes)}; "
-                           f"exc counts as hap); found {', '.join(unknown) or 'empty cells'}")
-    y_true = [LABEL_TO_INDEX[label] for label in labels]
-    y_pred = [classes.index(label) for label in table["predicted_label"]]
-    return emotion_metrics(y_true, y_pred)
+        raise PredictError(f"the csv's Label column must name a class of the run for every row "
+                           f"({', '.join(label_set.classes)}); found {', '.join(unknown) or 'empty cells'}")
+    kept = [i for i, label in enumerate(labels) if label_set.index(label) is not None]
+    y_true = [label_set.index(labels.iloc[i]) for i in kept]
+    y_pred = [label_set.classes.index(table["predicted_label"].iloc[i]) for i in kept]
+    return emotion_metrics(y_true, y_pred, len(label_set.classes))
 
 
 def format_metrics(metrics: dict, classes: list[str]) -> str:
@@ -167,6 +169,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      "else roberta-base); refused when it contradicts the record")
     p.add_argument("--wav2vec2", help="speech encoder architecture (default: the checkpoint's; needed for the "
                                       "published ones)")
+    p.add_argument("--asr", help="mmer: a transformers speech recogniser (e.g. openai/whisper-small) for recordings "
+                                 "without a transcript, instead of the model's own CTC head (better on real data)")
+    p.add_argument("--language", help="--asr: the language for a multilingual Whisper (e.g. en, french)")
     p.add_argument("--output", type=Path, help="write the predictions to a .json or .csv file")
     add_number(p, "--batch_size", int, 1, default=None,
                help="at most this many recordings per forward pass (default: 8 on GPU, 1 on CPU, the fastest "
@@ -187,12 +192,13 @@ def run_prediction(args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
         check_output(args.output)
     inputs = collect_inputs(args.inputs, args.transcript, args.audio_dir)
     recognizer = EmotionRecognizer.from_run(args.checkpoint_dir, args.session, args.ensemble, args.run, args.wav2vec2,
-                                            args.roberta, args.device, args.precision, args.batch_size)
+                                            args.roberta, args.device, args.precision, args.batch_size, args.asr,
+                                            args.language)
     with logging_redirect_tqdm():
         table = predict_files(inputs, recognizer, progress=len(inputs) > recognizer.batch_size)
     info = {"run": recognizer.run, "checkpoints": [str(p) for p in recognizer.models],
             "ensemble": len(recognizer.models) > 1, "class_names": recognizer.classes}
-    metrics = labelled_metrics(inputs, table, recognizer.classes)
+    metrics = labelled_metrics(inputs, table, recognizer.label_set)
     if metrics is not None:
         info["metrics"] = metrics
     return table, info

@@ -1,5 +1,6 @@
-r"""Train and evaluate MMER and its baselines with leave-one-session-out cross-validation
-on IEMOCAP (or re-evaluate saved / published checkpoints with --eval_only).
+r"""Train and evaluate MMER and its baselines with leave-one-session-out cross-validation on
+IEMOCAP, or with any corpus table's folds (docs/CORPUS.md); or re-evaluate saved / published
+checkpoints with --eval_only, on their corpus or another one.
 
     python run.py --run mmer --alpha 0.1 --csv_path data/iemocap.csv \
         --data_path_audio data/audio --data_path_roberta data/roberta --save_path runs
@@ -13,56 +14,56 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 import transformers
-from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+import corpus
+from corpus import DataError, FoldScheme
 from data_prep.extract_roberta import TextFeatureError, features_text_encoder, recorded_encoder, text_encoder_width
-from models import MODELS, ModelConfig, build_model
+from labels import LabelError, LabelSet, read_label_map
+from models import MODELS, ModelConfig
 from models.base import CTC_REDUCTIONS
-from models.encoders import (audio_input_spec, conv_cache_refusal, conv_features, encoder_config, frame_lengths,
-                             min_samples, padding_is_exact)
-from models.fusion import AttentionLayer
+from models.encoders import audio_input_spec, conv_cache_refusal, encoder_config, min_samples, padding_is_exact
+from training import (Corpus, build_training, check_skipped, compile_regions, evaluate, fixed_lengths, log_epoch,
+                      make_loader, predict_split, report_long_targets, tensorboard_writer, train_epoch, use_conv_cache,
+                      uses_layerdrop, write_predictions)
 from utils import distributed, runinfo
 from utils.audio import AudioError
-from utils.cli import HelpFormatter, Parser, add_number
-from utils.hub import check_model_name
-from utils.lock import LockedError, RunLock
 from utils.checkpoint import (CheckpointError, checkpoint_path, find_checkpoints, load_checkpoint, restore_model,
                               save_checkpoint)
-from utils.data import (BucketBatchSampler, Collator, DataError, EmotionDataset, ExactBatchSampler,
-                        RandomBatchSampler, load_audio, load_text_features, loso_split, read_table,
-                        text_feature_width)
-from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
-from utils.device import autocast, check_precision, seed_everything
-from utils.files import atomic_path
-from utils.labels import CLASS_NAMES
+from utils.cli import HelpFormatter, Parser, add_number
+from utils.data import Collator, EmotionDataset, load_text_features, load_waves, text_feature_width
+from utils.device import check_precision, seed_everything
+from utils.hub import check_model_name
+from utils.lock import LockedError, RunLock
 from utils.metrics import emotion_metrics
 from utils.report import format_table, write_results
-from utils.validate import InputProblems, validate_inputs
+from utils.validate import InputProblems, file_problems, raise_problems
 
 log = logging.getLogger("mmer")
 OPTIMISTIC = "test (OPTIMISTIC: the best epoch is chosen on the test session, as upstream did)"
 DEV_SELECTION = "dev split of the training sessions"
-PROGRESS_SECONDS = 60.0  # progress lines in a log file, where no bar is drawn
 PUBLISHED = ("test (OPTIMISTIC: checkpoints without our selection record, e.g. the published ones, whose "
              "authors chose the best epoch on the test session)")
 
 
 @dataclass
 class RunConfig:
-    """Run settings (paths, schedule, devices); written beside the results."""
+    """Run settings (paths, folds, schedule, devices); written beside the results."""
     csv_path: str = "data/iemocap.csv"
     data_path_audio: str = "data/audio"
     data_path_roberta: str = "data/roberta"
     roberta: str | None = None   # the text encoder of the features (their encoder.json), else roberta-base
     save_path: str = "runs"
-    sessions: list = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    sessions: list | None = None  # the folds to run (IEMOCAP: its sessions); None: all the table's
+    label_map: str | None = None
+    fold_by: str | None = None
+    kfold: int | None = None
+    dev_split: str = "utterance"
     epochs: int = 100
     batch_size: int = 2
     accum_grad: int = 4
@@ -80,6 +81,7 @@ class RunConfig:
     eval_batch_size: int = 8
     eval_only: bool = False
     checkpoint_dir: str | None = None
+    cross_corpus: bool = False
     resume: bool = False
     overwrite: bool = False
     max_skipped_fraction: float = 0.05
@@ -101,17 +103,29 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     p = Parser(description=__doc__, formatter_class=HelpFormatter)
     d, m = RunConfig(), ModelConfig()
     data = p.add_argument_group("data")
-    data.add_argument("--csv_path", help=f"utterance csv from data_prep/iemocap_prep.py (default {d.csv_path})")
-    data.add_argument("--data_path_audio", help=f"folder of <FileName>.wav (default {d.data_path_audio})")
+    data.add_argument("--csv_path", help="the corpus table (docs/CORPUS.md), e.g. from data_prep/iemocap_prep.py or "
+                                         f"data_prep/import_emobox.py (default {d.csv_path})")
+    data.add_argument("--data_path_audio", help="folder of the audio: <path> or <FileName>.wav "
+                                                f"(default {d.data_path_audio})")
     data.add_argument("--data_path_roberta", help=f"folder of <FileName>.npy, mmer (default {d.data_path_roberta})")
-    add_number(data, "--sessions", int, 1, nargs="+", default=None,
-               help="test sessions (folds) to run (default: 1 2 3 4 5; with --eval_only, the sessions of the csv "
-                    "that have a checkpoint)")
+    data.add_argument("--sessions", "--folds", nargs="+", default=None,
+                      help="test folds to run, by name (IEMOCAP: its sessions 1-5; default: all the table's; with "
+                           "--eval_only, those that have a checkpoint)")
+    data.add_argument("--fold_by", help="leave one value of this column out (e.g. speaker) instead of the table's "
+                                        "own folds (split_<k>, split, fold or session columns)")
+    add_number(data, "--kfold", int, 2, default=None, help="K speaker-independent folds, stratified by label")
+    data.add_argument("--label_map", help="label=class pairs (label= leaves it out) or a JSON file {label: class}: "
+                                          "merges, order and, with --eval_only, another corpus's labels mapped onto "
+                                          "the model's classes (default: IEMOCAP's 4 classes for IEMOCAP labels, "
+                                          "else label_map.json beside the table, else the table's labels)")
     add_number(data, "--dev_fraction", float, 0, 1, high_open=True, default=d.dev_fraction,
-               help="share of the training sessions held out for model selection (stratified by speaker, then label)")
+               help="share of a fold's training part held out for model selection, where the table gives no dev split")
+    data.add_argument("--dev_split", choices=["utterance", "speaker"], default=d.dev_split,
+                      help="utterance: every training speaker gives its share, stratified by label; speaker: whole "
+                           "speakers, so the dev split shares no speaker with training")
     add_number(data, "--num_workers", int, 0, default=d.num_workers, help="DataLoader worker processes")
     add_number(data, "--limit_utterances", int, 1, default=None,
-               help="debug: keep only the first N utterances of each session")
+               help="debug: keep only the first N utterances of each fold's test group")
     model = p.add_argument_group("model")
     model.add_argument("--run", choices=list(MODELS), help=f"which variant (default {m.run})")
     add_number(model, "--alpha", float, 0, default=None,
@@ -163,6 +177,9 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
                      help="evaluate <checkpoint_dir>/<session>_model.pt; flags not given are read from the "
                           "checkpoints and the run's config.json")
     ctl.add_argument("--checkpoint_dir", default=None, help="folder of <session>_model.pt (.safetensors) files")
+    ctl.add_argument("--cross_corpus", action="store_true",
+                     help="--eval_only on another corpus: every checkpoint scores the whole table (its labels mapped "
+                          "onto the model's classes by --label_map) instead of the fold of its name")
     ctl.add_argument("--resume", action="store_true",
                      help="continue an interrupted run in the same folder: finished folds are kept, the "
                           "unfinished one restarts from its last completed epoch")
@@ -174,7 +191,7 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     args = p.parse_args(argv)
     try:
         return resolve_configs(args, p)
-    except (CheckpointError, DataError, TextFeatureError, OSError) as err:
+    except (CheckpointError, DataError, TextFeatureError, LabelError, OSError) as err:
         p.error(str(err))
 
 
@@ -190,6 +207,12 @@ def resolve_configs(args, p) -> tuple[ModelConfig, RunConfig]:
             setattr(args, key, builtin[key])
     if args.sessions is not None and len(set(args.sessions)) < len(args.sessions):
         p.error(f"--sessions {' '.join(map(str, args.sessions))}: a session is named twice; name each once")
+    if args.kfold and args.fold_by:
+        p.error("--kfold and --fold_by both say how to make folds; give one")
+    if args.label_map:
+        read_label_map(args.label_map)  # refused here when malformed
+    if args.cross_corpus and not args.eval_only:
+        p.error("--cross_corpus evaluates trained checkpoints on another corpus: give it with --eval_only")
     if args.select_on == "dev" and args.dev_fraction <= 0 and not args.eval_only:
         p.error("--select_on dev needs --dev_fraction > 0")
     check_model_name(args.wav2vec2, "--wav2vec2")
@@ -206,8 +229,6 @@ def resolve_configs(args, p) -> tuple[ModelConfig, RunConfig]:
         run_cfg.dev_fraction = 0.0  # upstream trained on all four training sessions
     for key in ("csv_path", "data_path_audio", "data_path_roberta", "save_path", "checkpoint_dir"):
         setattr(run_cfg, key, absolute(getattr(run_cfg, key)))
-    if run_cfg.sessions is None:
-        run_cfg.sessions = evaluable_sessions(run_cfg) if run_cfg.eval_only else d.sessions
     if MODELS[model_cfg.run].uses_text:
         run_cfg.roberta = features_text_encoder(run_cfg.data_path_roberta, run_cfg.roberta)
     return model_cfg, run_cfg
@@ -246,17 +267,6 @@ def fill_recorded(args, recorded: dict) -> None:
             log.warning("--%s %s given; the run in %s recorded %s", key, given, args.checkpoint_dir, value)
 
 
-def evaluable_sessions(run_cfg: RunConfig) -> list[int]:
-    """--eval_only without --sessions: the csv's sessions that have a checkpoint (a csv of one
-    session evaluates that one, as upstream's inference script does)."""
-    have = {int(s) for s in find_checkpoints(run_cfg.checkpoint_dir) if s.isdigit()}
-    sessions = sorted(set(read_table(run_cfg.csv_path)["session"]) & have)
-    if not sessions:
-        raise DataError(f"{run_cfg.checkpoint_dir}: no checkpoint for any session of {run_cfg.csv_path} (checkpoints "
-                        f"for sessions {sorted(have)}); name the sessions with --sessions")
-    return sessions
-
-
 def absolute(path: str | None) -> str | None:
     """Paths are recorded absolute, so a run folder's config works from any working directory."""
     return None if path is None else str(Path(path).expanduser().resolve())
@@ -291,28 +301,76 @@ def setup_logging(run_dir: Path) -> None:
 
 # ---------------------------------------------------------------- data
 @dataclass
-class Corpus:
-    table: pd.DataFrame
-    dataset: EmotionDataset
-    collate: Collator
-    padding_exact: bool                # padded evaluation batches are exact (models.encoders.padding_is_exact)
-    conv_cache: tuple | None = None   # (feature-encoder weights, their output per utterance)
+class Table:
+    """The corpus table of a run, its label set and its folds (corpus.py)."""
+    frame: pd.DataFrame
+    label_set: LabelSet
+    scheme: FoldScheme
 
 
-def checked_table(model_cfg: ModelConfig, run_cfg: RunConfig) -> pd.DataFrame:
-    """The csv's table once every input has been checked (all problems at once, from the files'
-    headers: nothing is decoded, and nothing is written before this passes)."""
-    table = read_table(run_cfg.csv_path)
+def read_corpus_table(model_cfg: ModelConfig, run_cfg: RunConfig) -> Table:
+    """The table, its label set and folds; sets the folds to run (default: all, or under
+    --eval_only those with a checkpoint) and the model's label set (training: the table's;
+    --eval_only: the checkpoints', another corpus's labels mapped onto it by --label_map)."""
+    label_map = read_label_map(run_cfg.label_map) if run_cfg.label_map else None
+    trained = LabelSet.from_dict(model_cfg.labels) if run_cfg.eval_only else None
+    frame, label_set = corpus.read_table(run_cfg.csv_path, label_map, trained)
+    scheme = corpus.fold_scheme(frame, run_cfg.fold_by, run_cfg.kfold)
     if run_cfg.limit_utterances:
-        table = table.groupby("session", group_keys=False).head(run_cfg.limit_utterances).reset_index(drop=True)
+        frame = limit(frame, scheme, run_cfg.limit_utterances)
+    if run_cfg.eval_only:
+        scheme = evaluated_folds(scheme, run_cfg)
+    elif run_cfg.sessions is None:
+        run_cfg.sessions = list(scheme.names)
+    model_cfg.labels = label_set.to_dict()
+    model_cfg.num_classes = len(label_set.classes)
+    return Table(frame, label_set, scheme)
+
+
+def prepared_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
+    """The table read, checked and loaded into memory (the bench and tests use this)."""
+    table = read_corpus_table(model_cfg, run_cfg)
+    check_inputs(table, model_cfg, run_cfg)
+    return load_corpus(table, model_cfg, run_cfg)
+
+
+def evaluated_folds(scheme: FoldScheme, run_cfg: RunConfig) -> FoldScheme:
+    """--eval_only: each checkpoint scores the fold of its name (default: every fold of the
+    table that has one). With --cross_corpus, or where no checkpoint is named like a fold of
+    the table, every checkpoint scores the whole table (another corpus)."""
+    have = list(find_checkpoints(run_cfg.checkpoint_dir))
+    if run_cfg.cross_corpus or not set(have) & set(scheme.names):
+        if not run_cfg.cross_corpus:
+            log.info("no checkpoint is named like a fold of %s: each scores the whole table", run_cfg.csv_path)
+        scheme = FoldScheme("whole", None, tuple(have))
+    if run_cfg.sessions is None:
+        run_cfg.sessions = [name for name in scheme.names if name in have]
+    return scheme
+
+
+def limit(frame: pd.DataFrame, scheme: FoldScheme, n: int) -> pd.DataFrame:
+    """--limit_utterances: the first n utterances of each test group (debug runs)."""
+    column = scheme.column if scheme.kind == "group" else next(
+        (c for c in frame.columns if c == "split" or c.startswith("split_")), "Label")
+    return frame.groupby(frame[column].astype(str), group_keys=False).head(n).reset_index(drop=True)
+
+
+def check_inputs(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> None:
+    """Every input checked, all problems at once: the table (labels, folds, transcripts) and
+    the files' headers. Nothing is decoded, and nothing is written before this passes."""
     uses_text = MODELS[model_cfg.run].uses_text
-    validate_inputs(table, run_cfg.sessions, run_cfg.data_path_audio,
-                    run_cfg.data_path_roberta if uses_text else None, csv_path=run_cfg.csv_path,
-                    needs_training=not run_cfg.eval_only, min_samples=min_samples(model_cfg.wav2vec2))
+    needs_ctc = MODELS[model_cfg.run].has_ctc and model_cfg.alpha > 0 and not run_cfg.eval_only
+    problems = corpus.table_problems(table.frame, table.scheme, run_cfg.sessions, table.label_set, needs_ctc,
+                                     needs_training=not run_cfg.eval_only)
+    file_problems(problems, corpus.audio_paths(table.frame, run_cfg.data_path_audio),
+                  table.frame["FileName"], run_cfg.data_path_roberta if uses_text else None,
+                  min_samples(model_cfg.wav2vec2))
+    if needs_ctc and corpus.text_source(table.frame) is None:
+        problems["no transcripts for the CTC loss (the table has no text, Sentences or transcript column; add one "
+                 "with data_prep/transcribe.py, or train with --alpha 0)"].append(run_cfg.csv_path)
+    raise_problems(problems, run_cfg.csv_path)
     if uses_text:
-        model_cfg.text_dim = check_text_width(table, run_cfg)
-    table["label_index"] = table["label_index"].astype(int)
-    return table
+        model_cfg.text_dim = check_text_width(table.frame, run_cfg)
 
 
 def check_text_width(table: pd.DataFrame, run_cfg: RunConfig) -> int:
@@ -326,261 +384,43 @@ def check_text_width(table: pd.DataFrame, run_cfg: RunConfig) -> int:
     return width
 
 
-def load_corpus(table: pd.DataFrame, model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
+def load_corpus(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
     """Decode the audio and read the text features into memory once for all folds and epochs."""
     uses_text = MODELS[model_cfg.run].uses_text
     spec = audio_input_spec(model_cfg.wav2vec2)
     padding_exact = padding_is_exact(encoder_config(model_cfg.wav2vec2), spec)
-    log.info("loading %d utterances (audio%s)", len(table), " + text features" if uses_text else "")
-    waves = load_audio(table, run_cfg.data_path_audio, spec, show_progress=distributed.is_main())
+    frame = table.frame
+    log.info("loading %d utterances (audio%s)", len(frame), " + text features" if uses_text else "")
+    waves = load_waves(corpus.audio_paths(frame, run_cfg.data_path_audio), spec, show_progress=distributed.is_main())
     text = None
     if uses_text:
-        text = load_text_features(table, run_cfg.data_path_roberta, show_progress=distributed.is_main())
-    dataset = EmotionDataset(table["FileName"], waves, table["label_index"], table["text"], text)
-    return Corpus(table, dataset, Collator(spec), padding_exact)
+        text = load_text_features(frame["FileName"], run_cfg.data_path_roberta, show_progress=distributed.is_main())
+    dataset = EmotionDataset(frame["FileName"], waves, frame["label_index"], frame["text"], text)
+    return Corpus(frame, dataset, Collator(spec), padding_exact, table.scheme, table.label_set)
 
 
-def use_conv_cache(model, corpus: Corpus, run_cfg: RunConfig, device) -> None:
-    """--cache_conv_features: the loaders hand the model the frozen feature encoder's output
-    for every utterance instead of the audio (otherwise they hand it the audio). The output is
-    computed on the device in length-sorted batches (exact for the layer-norm encoders the flag
-    is allowed for), once, and again only for a model whose feature-encoder weights differ."""
-    corpus.dataset.conv_features = None
-    if not run_cfg.cache_conv_features:
-        return
-    weights = [p.detach().cpu() for p in model.wav2vec2.feature_extractor.parameters()]
-    if corpus.conv_cache is None or not all(map(torch.equal, weights, corpus.conv_cache[0])):
-        corpus.conv_cache = ([w.clone() for w in weights], conv_features_of(model, corpus, run_cfg, device))
-    corpus.dataset.conv_features = corpus.conv_cache[1]
-
-
-def conv_features_of(model, corpus: Corpus, run_cfg: RunConfig, device) -> list[torch.Tensor]:
-    """[frames, channels] per utterance of the corpus, on the CPU."""
-    lengths = corpus.dataset.lengths()
-    cached = [None] * len(lengths)
-    start = time.perf_counter()
-    # no DataLoader: creating its iterator draws from the global RNG, and training's dropout
-    # masks must not depend on whether the cache was built
-    for indices in tqdm(ExactBatchSampler(lengths, run_cfg.eval_batch_size, corpus.padding_exact).batches(),
-                        desc="conv features", leave=False, disable=None if distributed.is_main() else True):
-        batch = corpus.collate([corpus.dataset[i] for i in indices])
-        features = conv_features(model.wav2vec2, batch.input_values.to(device)).float().cpu()
-        frames = frame_lengths(model.wav2vec2, batch.sample_lengths).tolist()
-        for row, (i, n) in enumerate(zip(indices, frames)):
-            cached[i] = features[row, :n].clone()
-    log.info("cached the feature encoder's output of %d utterances (%.2f GB) in %.1f s", len(cached),
-             sum(c.nbytes for c in cached) / 1e9, time.perf_counter() - start)
-    return cached
-
-
-def make_loader(corpus: Corpus, indices, run_cfg: RunConfig, train: bool, device):
-    """With several processes each rank loads its part: a shard of every global training
-    batch of world x batch_size, or every world-th evaluation batch (utils/distributed.py)."""
-    subset = torch.utils.data.Subset(corpus.dataset, indices)
-    lengths = corpus.dataset.lengths()[indices]
-    world, rank = distributed.world_size(), distributed.rank()
-    if train:
-        sampler_cls = BucketBatchSampler if run_cfg.batching == "bucket" else RandomBatchSampler
-        sampler = sampler_cls(lengths, run_cfg.batch_size * world, shuffle=True, seed=run_cfg.seed)
-        sampler = DistributedBucketSampler(sampler, rank, world) if world > 1 else sampler
-    else:  # padding-exact: every utterance scored as if alone, whatever --eval_batch_size
-        sampler = ExactBatchSampler(lengths, run_cfg.eval_batch_size, corpus.padding_exact)
-        sampler = RoundRobinBatchSampler(sampler, rank, world) if world > 1 else sampler
-    collate = Collator(corpus.collate.spec, fixed_lengths=fixed_lengths(run_cfg, corpus.collate.spec))
-    return torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=collate,
-                                       num_workers=run_cfg.num_workers, pin_memory=device.type == "cuda",
-                                       persistent_workers=run_cfg.num_workers > 0)
-
-
-# ---------------------------------------------------------------- training and evaluation
-def optimizer_step(optimizer, params, skipped: torch.Tensor) -> None:
-    """Step unless some gradient is non-finite. The check stays on the device: fused AdamW
-    skips the update itself when `found_inf` is set, so no host synchronisation is needed."""
-    grads = [p.grad for p in params if p.grad is not None]
-    found_inf = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
-    optimizer.found_inf, optimizer.grad_scale = found_inf, None
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    skipped += found_inf
-
-
-def train_epoch(model, loader, optimizer, run_cfg: RunConfig, device, epoch: int, ddp=None) -> dict:
-    """One epoch with gradient accumulation. Losses stay on the device and are read back
-    only every `log_every` micro-batches, so the loop does not wait on the GPU each step.
-    Under torchrun `ddp` wraps `model`, each rank runs its shard of every global batch, and
-    the epoch's sums are added over the ranks at the end."""
-    (ddp or model).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    sums = torch.zeros(5, device=device)  # weighted total, ce, ctc; weight of the finite ones; non-finite shards
-    skipped = torch.zeros((), device=device)
-    steps = micro = 0
-    audio_seconds = 0.0
-    start = time.perf_counter()
-    scales, last = distributed.loss_scales(loader.batch_sampler), len(loader)
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
-               disable=None if distributed.is_main() else True)
-    logged = start
-    for micro, (batch, scale) in enumerate(zip(bar, scales), start=1):
-        audio_seconds += int(batch.sample_lengths.sum()) / 16000 if scale else 0.0
-        sync = micro % run_cfg.accum_grad == 0 or micro == last
-        with distributed.gradient_sync(ddp, sync):
-            parts = forward_backward(model, ddp, batch.to(device, non_blocking=True), scale, run_cfg, device)
-        weight = scale / distributed.world_size()  # this shard's share of the global micro-batch
-        finite = torch.isfinite(parts).all()
-        sums[:3] += torch.where(finite, parts * weight, 0.0)
-        sums[3] += torch.where(finite, weight, 0.0)
-        if scale:
-            sums[4] += (~finite).float()
-        if sync:
-            optimizer_step(optimizer, params, skipped)  # gradients are synchronised: same found_inf on every rank
-            steps += 1
-            if run_cfg.max_steps and steps >= run_cfg.max_steps:
-                break
-        log_line = bar.disable and distributed.is_main() and time.perf_counter() - logged >= PROGRESS_SECONDS
-        if micro % run_cfg.log_every == 0 or log_line:
-            values = sums.tolist()
-            total, ce, ctc = mean_losses(values[:3], values[3])
-            elapsed = time.perf_counter() - start
-            progress = f"loss {total:.3f} ce {ce:.3f} ctc {ctc:.3f} | {audio_seconds / elapsed:.0f} audio-s/s"
-            bar.set_postfix_str(progress)
-            if log_line:  # no bar in a log file (nohup, batch jobs): a line a minute instead
-                logged = time.perf_counter()
-                log.info("epoch %d: %d/%d micro-batches, %s, about %.0f s left", epoch, micro, last, progress,
-                         elapsed / micro * (last - micro))
-    *weighted, weight, nonfinite, audio_seconds = distributed.sum_floats([*sums.tolist(), audio_seconds], device)
-    total, ce, ctc = mean_losses(weighted, weight)
-    return {"loss": total, "ce_loss": ce, "ctc_loss": ctc, "optimizer_steps": steps, "micro_batches": micro,
-            "skipped_steps": int(skipped.item()), "nonfinite_micro_batches": int(nonfinite),
-            "audio_seconds": round(audio_seconds, 2)}
-
-
-def forward_backward(model, ddp, batch, scale: float, run_cfg: RunConfig, device) -> torch.Tensor:
-    """One micro-batch (this rank's shard) forward and backward; its loss counts with
-    `scale` (utils/distributed.DistributedBucketSampler, 1 in one process) / accum_grad.
-    -> the detached [total, ce, ctc] losses."""
-    with autocast(device, run_cfg.precision):
-        output = (ddp or model)(**batch.model_inputs())
-    losses = model.loss(output, batch.labels, batch.ctc_targets, batch.ctc_target_lengths)
-    (losses["total"] * scale / run_cfg.accum_grad).backward()
-    return torch.stack([losses["total"], losses["ce"], losses.get("ctc", losses["ce"] * 0)]).detach()
-
-
-def mean_losses(weighted: list, weight: float) -> list[float]:
-    """Micro-batch mean of the finite losses (0 when none was finite)."""
-    return [value / weight if weight else 0.0 for value in weighted]
-
-
-@torch.inference_mode()
-def predict_loader(model, loader, device, precision: str):
-    """-> names, true labels, predicted labels, class probabilities [N, 4] (loader order;
-    a rank may have no evaluation batch)."""
-    model.eval()
-    names, labels, probs = [], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, len(CLASS_NAMES))]
-    for batch in loader:
-        names += batch.names
-        labels.append(batch.labels)
-        batch = batch.to(device, non_blocking=True)
-        with autocast(device, precision):
-            logits = model(**batch.model_inputs()).logits
-        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
-    probs = torch.cat(probs).numpy()
-    return names, torch.cat(labels).numpy(), probs.argmax(axis=1), probs
-
-
-def predict_split(model, loader, device, precision: str):
-    """predict_loader on this rank's batches, gathered from every rank: one row per utterance,
-    ordered by name (the same rows whatever the number of processes)."""
-    names, labels, _, probs = predict_loader(model, loader, device, precision)
-    return distributed.gather_predictions(names, labels, probs)
-
-
-def evaluate(model, loader, device, precision: str) -> dict:
-    _, y_true, y_pred, _ = predict_split(model, loader, device, precision)
-    return emotion_metrics(y_true, y_pred)
-
-
-def write_predictions(path: Path, names, y_true, y_pred, probs) -> None:
-    frame = pd.DataFrame({"FileName": names,
-                          "true_label": [CLASS_NAMES[i] for i in y_true],
-                          "predicted_label": [CLASS_NAMES[i] for i in y_pred]})
-    for k, name in enumerate(CLASS_NAMES):
-        frame[f"prob_{name}"] = probs[:, k]
-    with atomic_path(path, suffix=".csv") as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6f")
+def fold_of(corpus_: Corpus, name: str, run_cfg: RunConfig) -> corpus.Fold:
+    return corpus.make_fold(corpus_.table, corpus_.scheme, name, run_cfg.dev_fraction, run_cfg.seed,
+                            run_cfg.dev_split)
 
 
 # ---------------------------------------------------------------- one fold
-def build_training(model_cfg: ModelConfig, run_cfg: RunConfig, device):
-    model = build_model(model_cfg).to(device)
-    if run_cfg.gradient_checkpointing:  # the name transformers 5 gives gradient checkpointing
-        model.wav2vec2.activation_checkpointing_enable()
-    freeze_untrained(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=run_cfg.learning_rate, fused=True)
-    return model, optimizer
-
-
-def compile_regions(model, static_shapes: bool) -> None:
-    """--compile: torch.compile the model's blocks in place (parameter names unchanged): the
-    speech encoder's feature encoder, feature projection and each layer (one compiled layer
-    serves all its copies), and each fusion layer. Not the whole model: LayerDrop's random
-    skipping of encoder layers is a data-dependent branch that sends the whole encoder back
-    to eager mode. static_shapes (encoders that take an attention mask, whose batches the
-    Collator then pads to fixed lengths, see fixed_lengths): the encoder blocks compile once
-    per length of the ladder; otherwise torch makes a changing length dynamic. The fusion
-    layers pair text and audio lengths, so their shapes are always dynamic."""
-    # about 21 lengths x (training, evaluation) x (full, last) batches per compiled block
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
-    encoder = model.wav2vec2
-    for module in [encoder.feature_extractor, encoder.feature_projection, *encoder.encoder.layers]:
-        module.compile(dynamic=False if static_shapes else None)
-    for module in model.modules():
-        if isinstance(module, AttentionLayer):
-            module.compile(dynamic=True)
-
-
-def fixed_lengths(run_cfg: RunConfig, spec) -> bool:
-    """Pad batches to the fixed ladder of lengths (utils.data.fixed_length) under --compile,
-    where that changes no result: for encoders that take an attention mask. wav2vec2-base takes
-    none, and extra zeros would enter its group norm and attention."""
-    return run_cfg.compile and spec.return_attention_mask
-
-
-def freeze_untrained(model) -> None:
-    """Freeze what no loss reaches, so that neither AdamW nor DDP waits for its gradient: the
-    CTC head when alpha = 0 (its loss is only logged, detached) and the encoder's mask
-    embedding when SpecAugment masks no time step. (DDP cannot skip these by itself: the CTC
-    head's output is one of the forward's outputs.)"""
-    encoder_config = model.wav2vec2.config
-    if hasattr(model.wav2vec2, "masked_spec_embed") and not (
-            encoder_config.apply_spec_augment and encoder_config.mask_time_prob > 0):
-        model.wav2vec2.masked_spec_embed.requires_grad_(False)
-    if model.has_ctc and not model.config.alpha:
-        model.ctc_linear.requires_grad_(False)
-
-
-def uses_layerdrop(model) -> bool:
-    """LayerDrop skips whole encoder layers at random, differently on each rank, so DDP must
-    then look for parameters without gradient after every backward (find_unused_parameters)."""
-    return getattr(model.wav2vec2.config, "layerdrop", 0.0) > 0
-
-
-def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunConfig,
+def run_fold(session: str, corpus_: Corpus, model_cfg: ModelConfig, run_cfg: RunConfig,
              device, run_dir: Path) -> dict:
-    """Train on the other sessions, keep the best epoch (on dev, or on test if asked), then
-    score it on the test session. A `<session>_last.pt` after each epoch makes it resumable.
+    """Train on the fold's training part, keep the best epoch (on dev, or on test if asked),
+    then score it on the test part. A `<fold>_last.pt` after each epoch makes it resumable.
     Under torchrun every rank trains (DDP) and evaluates its share; rank 0 alone writes."""
     seed_everything(run_cfg.seed)
-    train_idx, dev_idx, test_idx = loso_split(corpus.table, session, run_cfg.dev_fraction, run_cfg.seed)
-    log.info("fold %d: train %d, dev %d, test %d utterances", session, len(train_idx), len(dev_idx), len(test_idx))
-    train_loader = make_loader(corpus, train_idx, run_cfg, True, device)
-    dev_loader = make_loader(corpus, dev_idx, run_cfg, False, device) if len(dev_idx) else None
-    test_loader = make_loader(corpus, test_idx, run_cfg, False, device)
+    fold = fold_of(corpus_, session, run_cfg)
+    log.info("fold %s: train %d, dev %d, test %d utterances", session, len(fold.train), len(fold.dev), len(fold.test))
+    train_loader = make_loader(corpus_, fold.train, run_cfg, True, device)
+    dev_loader = make_loader(corpus_, fold.dev, run_cfg, False, device) if len(fold.dev) else None
+    test_loader = make_loader(corpus_, fold.test, run_cfg, False, device)
     model, optimizer = build_training(model_cfg, run_cfg, device)
-    use_conv_cache(model, corpus, run_cfg, device)
+    use_conv_cache(model, corpus_, run_cfg, device)
     rank0 = distributed.is_main()
     if rank0:
-        report_long_targets(model, corpus, train_idx)
+        report_long_targets(model, corpus_, fold.train)
     board = tensorboard_writer(run_dir, session) if run_cfg.tensorboard and rank0 else None
 
     def save_best(record):  # the fold's selected model, with the metrics it was chosen by
@@ -591,7 +431,7 @@ def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunC
     state = restore_fold(run_dir, session, model, optimizer, save_best) if run_cfg.resume else None
     state = state or runinfo.FoldState(session=session)
     if run_cfg.compile:
-        compile_regions(model, static_shapes=fixed_lengths(run_cfg, corpus.collate.spec))
+        compile_regions(model, static_shapes=fixed_lengths(run_cfg, corpus_.collate.spec))
     # after the restore: DDP starts by giving every rank rank 0's weights
     ddp = distributed.wrap_model(model, device, find_unused_parameters=uses_layerdrop(model))
     for epoch in range(state.epoch + 1, run_cfg.epochs + 1):
@@ -615,7 +455,7 @@ def run_fold(session: int, corpus: Corpus, model_cfg: ModelConfig, run_cfg: RunC
             if improved:
                 save_best(record)
         log_epoch(session, record, board)
-    return finish_fold(session, corpus, model_cfg, run_cfg, device, run_dir, test_idx)
+    return finish_fold(session, corpus_, model_cfg, run_cfg, device, run_dir, fold.test)
 
 
 def restore_fold(run_dir: Path, session: int, model, optimizer, save_best) -> "runinfo.FoldState | None":
@@ -632,81 +472,29 @@ def restore_fold(run_dir: Path, session: int, model, optimizer, save_best) -> "r
     return runinfo.FoldState(**payload["fold_state"])
 
 
-def tensorboard_writer(run_dir: Path, session: int):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as err:
-        raise OSError(f"--tensorboard needs the tensorboard package ({err}); pip install tensorboard") from err
-    return SummaryWriter(str(run_dir / "tensorboard" / f"session{session}"))
-
-
-def report_long_targets(model, corpus: Corpus, indices) -> None:
-    """CTC needs at least one frame per target symbol (two for a repeated letter); such
-    utterances get an infinite CTC loss, which zero_infinity turns into zero. Say which."""
-    samples = torch.tensor(corpus.dataset.lengths()[indices])
-    frames = frame_lengths(model.wav2vec2, samples).tolist()
-    too_long = []
-    for i, n_frames in zip(indices, frames):
-        target = corpus.dataset.targets[i]
-        needed = len(target) + sum(a == b for a, b in zip(target, target[1:]))
-        if needed > n_frames:
-            too_long.append(f"{corpus.dataset.names[i]} ({needed} > {n_frames} frames)")
-    if too_long:
-        log.warning("%d utterance(s) have transcripts longer than their audio allows for CTC; their CTC loss "
-                    "is zeroed (zero_infinity): %s%s", len(too_long), ", ".join(too_long[:10]),
-                    " ..." if len(too_long) > 10 else "")
-
-
-def check_skipped(record: dict, run_cfg: RunConfig, session: int) -> None:
-    if record["skipped_steps"]:
-        log.warning("fold %d epoch %d: %d optimizer step(s) skipped for non-finite gradients", session,
-                    record["epoch"], record["skipped_steps"])
-    if record["skipped_steps"] > run_cfg.max_skipped_fraction * max(record["optimizer_steps"], 1):
-        raise runinfo.DivergedError(
-            f"fold {session} epoch {record['epoch']}: {record['skipped_steps']} of {record['optimizer_steps']} "
-            f"optimizer steps had non-finite gradients (limit {run_cfg.max_skipped_fraction:.0%}); the run "
-            "diverged, so no model of this epoch is saved. Lower --learning_rate, or check the inputs "
-            "(utterances with targets longer than the audio are skipped by CTC's zero_infinity)")
-
-
-def log_epoch(session: int, record: dict, board=None) -> None:
-    if board is not None:
-        for key in ("loss", "ce_loss", "ctc_loss", "skipped_steps"):
-            board.add_scalar(f"train/{key}", record[key], record["epoch"])
-        for split in ("dev", "test"):
-            for key in ("wa", "ua", "macro_f1"):
-                if record[split]:
-                    board.add_scalar(f"{split}/{key}", record[split][key], record["epoch"])
-        board.add_scalar("speed/audio_seconds_per_second", record["audio_seconds"] / record["seconds"], record["epoch"])
-        board.flush()
-    dev = f"{record['dev']['ua']:.4f}" if record["dev"] else "-"
-    log.info("fold %d epoch %d: loss %.4f (ce %.4f, ctc %.4f) dev UA %s test UA %.4f%s [%.1fs]", session,
-             record["epoch"], record["loss"], record["ce_loss"], record["ctc_loss"], dev, record["test"]["ua"],
-             " *" if record["best_epoch"] == record["epoch"] else "", record["seconds"])
-
-
-def finish_fold(session, corpus, model_cfg, run_cfg, device, run_dir: Path, test_idx) -> dict:
-    """Score the best checkpoint on the test session, record the fold as finished."""
+def finish_fold(session, corpus_, model_cfg, run_cfg, device, run_dir: Path, test_idx) -> dict:
+    """Score the best checkpoint on the test part, record the fold as finished."""
     distributed.barrier()  # every rank reads the best checkpoint, which rank 0 has now written
-    metrics = evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, run_dir, run_dir, test_idx)
+    metrics = evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, run_dir, run_dir, test_idx)
     if distributed.is_main():
         runinfo.finish_fold(run_dir, session, metrics)
     return metrics
 
 
-def evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device, checkpoint_dir: Path, run_dir: Path,
+def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint_dir: Path, run_dir: Path,
                         test_idx=None) -> dict:
-    """Score `<checkpoint_dir>/<session>_model.pt` on the test session and write its predictions."""
+    """Score `<checkpoint_dir>/<fold>_model.pt` on the fold's test part and write its predictions."""
     if test_idx is None:
-        test_idx = corpus.table.index[corpus.table["session"] == session].to_numpy()
+        test_idx = fold_of(corpus_, session, run_cfg).test
     model, payload = restore_model(checkpoint_path(checkpoint_dir, session), model_cfg.run, model_cfg.wav2vec2)
     model.to(device)
-    use_conv_cache(model, corpus, run_cfg, device)
-    loader = make_loader(corpus, test_idx, run_cfg, False, device)
+    use_conv_cache(model, corpus_, run_cfg, device)
+    loader = make_loader(corpus_, test_idx, run_cfg, False, device)
     names, y_true, y_pred, probs = predict_split(model, loader, device, run_cfg.precision)
+    classes = corpus_.label_set.classes
     if distributed.is_main():
-        write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs)
-    metrics = emotion_metrics(y_true, y_pred)
+        write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs, classes)
+    metrics = emotion_metrics(y_true, y_pred, len(classes))
     metrics["epoch"] = payload.get("epoch")
     metrics["selected_on"] = payload.get("selected_on")  # None: a checkpoint without our record (published)
     return metrics
@@ -724,55 +512,61 @@ def main(argv=None) -> dict | None:
 
 
 def run_folds(model_cfg: ModelConfig, run_cfg: RunConfig, device) -> dict | None:
-    """Check the inputs, take the run folder (rank 0: a lock per fold, held to the end), run the
-    folds, write the results. Nothing is written into the folder before the inputs pass."""
+    """Read and check the inputs, take the run folder (rank 0: a lock per fold, held to the
+    end), run the folds, write the results. Nothing is written into the folder before the
+    inputs pass."""
     transformers.logging.disable_progress_bar()
     run_cfg.world_size = distributed.world_size()
     run_dir = Path(run_cfg.save_path) / model_cfg.run
+    table = read_corpus_table(model_cfg, run_cfg)
     todo = folds_to_run(run_dir, run_cfg)
-    # a final `--resume` over finished folds only writes the results: no data to check or load
-    table = checked_table(model_cfg, run_cfg) if todo else None
+    if todo:  # a final `--resume` over finished folds only writes the results: no files to check or load
+        check_inputs(table, model_cfg, run_cfg)
     with contextlib.ExitStack() as held:
         if distributed.is_main():
             runinfo.claim_run_dir(run_dir, model_cfg, run_cfg, todo, held,
-                                  lambda: write_config(run_dir, model_cfg, run_cfg, table))
+                                  lambda: write_config(run_dir, model_cfg, run_cfg, table.frame))
         distributed.barrier()  # an --overwrite has emptied the folder before any rank reads it
         todo = folds_to_run(run_dir, run_cfg)  # another process may have finished one meanwhile
         setup_logging(run_dir)
         check_precision(device, run_cfg.precision)
-        log.info("run %s on %s (precision %s, %d process%s), sessions %s", model_cfg.run, device, run_cfg.precision,
-                 run_cfg.world_size, "es" if run_cfg.world_size > 1 else "", todo)
+        log.info("run %s on %s (precision %s, %d process%s), folds %s (%s)", model_cfg.run, device,
+                 run_cfg.precision, run_cfg.world_size, "es" if run_cfg.world_size > 1 else "", " ".join(todo),
+                 table.scheme.describe())
         fold_metrics = {}
         if todo:
-            corpus = load_corpus(table, model_cfg, run_cfg)
+            loaded = load_corpus(table, model_cfg, run_cfg)
             with logging_redirect_tqdm():
                 for session in todo:
                     if run_cfg.eval_only:
-                        fold_metrics[session] = evaluate_checkpoint(session, corpus, model_cfg, run_cfg, device,
+                        fold_metrics[session] = evaluate_checkpoint(session, loaded, model_cfg, run_cfg, device,
                                                                     Path(run_cfg.checkpoint_dir), run_dir)
                     else:
-                        fold_metrics[session] = run_fold(session, corpus, model_cfg, run_cfg, device, run_dir)
+                        fold_metrics[session] = run_fold(session, loaded, model_cfg, run_cfg, device, run_dir)
         if not distributed.is_main():
             return None
         with RunLock(run_dir / ".run.lock", str(run_dir), wait=60):  # processes of other folds may report too
-            return report(run_dir, fold_metrics if run_cfg.eval_only else finished_folds(run_dir), model_cfg, run_cfg)
+            finished = fold_metrics if run_cfg.eval_only else finished_folds(run_dir)
+            return report(run_dir, finished, model_cfg, run_cfg, table)
 
 
-def write_config(run_dir: Path, model_cfg: ModelConfig, run_cfg: RunConfig, table: pd.DataFrame | None) -> None:
+def write_config(run_dir: Path, model_cfg: ModelConfig, run_cfg: RunConfig, frame: pd.DataFrame) -> None:
     """config.json: the settings, data checksums and the features' text encoder (utils.runinfo)."""
     uses_text = MODELS[model_cfg.run].uses_text
-    names = table["FileName"] if table is not None else []
-    runinfo.write_config(run_dir, model_cfg, run_cfg, runinfo.data_checksums(run_cfg, names, uses_text),
+    features = [Path(run_cfg.data_path_roberta) / f"{name}.npy" for name in frame["FileName"]] if uses_text else None
+    runinfo.write_config(run_dir, model_cfg, run_cfg,
+                         runinfo.data_checksums(run_cfg.csv_path, corpus.audio_paths(frame, run_cfg.data_path_audio),
+                                                features),
                          recorded_encoder(run_cfg.data_path_roberta) if uses_text else None)
 
 
-def folds_to_run(run_dir: Path, run_cfg: RunConfig) -> list[int]:
+def folds_to_run(run_dir: Path, run_cfg: RunConfig) -> list[str]:
     """The requested folds less, with --resume, those finished in this folder already (by an
     earlier run, or by another process running folds in parallel)."""
     todo = []
     for session in run_cfg.sessions:
         if run_cfg.resume and not run_cfg.eval_only and runinfo.finished_fold(run_dir, session):
-            log.info("fold %d: finished in an earlier run, kept", session)
+            log.info("fold %s: finished in an earlier run, kept", session)
         else:
             todo.append(session)
     return todo
@@ -781,8 +575,9 @@ def folds_to_run(run_dir: Path, run_cfg: RunConfig) -> list[int]:
 def finished_folds(run_dir: Path) -> dict:
     """The test metrics of every finished fold in the folder, whichever process trained it:
     the results of a run are those of all its folds."""
-    sessions = sorted(int(path.name.split("_")[0]) for path in run_dir.glob("*_result.json"))
-    return {session: runinfo.finished_fold(run_dir, session) for session in sessions}
+    names = sorted((path.name[: -len("_result.json")] for path in run_dir.glob("*_result.json")),
+                   key=corpus.natural_key)
+    return {name: runinfo.finished_fold(run_dir, name) for name in names}
 
 
 def selection_label(fold_metrics: dict, run_cfg: RunConfig) -> str:
@@ -795,11 +590,17 @@ def selection_label(fold_metrics: dict, run_cfg: RunConfig) -> str:
     return f"{'; '.join(labels)} (re-evaluated checkpoints from {run_cfg.checkpoint_dir})"
 
 
-def report(run_dir: Path, fold_metrics: dict, model_cfg: ModelConfig, run_cfg: RunConfig) -> dict:
+def report(run_dir: Path, fold_metrics: dict, model_cfg: ModelConfig, run_cfg: RunConfig, table: Table) -> dict:
     selection = selection_label(fold_metrics, run_cfg)
-    results = write_results(run_dir, fold_metrics, {"run": model_cfg.run, "alpha": model_cfg.alpha,
-                                                    "selection": selection, "eval_only": run_cfg.eval_only})
-    print(format_table(fold_metrics, f"{model_cfg.run} (alpha {model_cfg.alpha}); best epoch: {selection}"))
+    info = {"run": model_cfg.run, "alpha": model_cfg.alpha, "selection": selection, "eval_only": run_cfg.eval_only,
+            "classes": list(table.label_set.classes), "folds_from": table.scheme.describe(),
+            "fold_unit": table.scheme.column if table.scheme.kind == "group" else "fold",
+            "transcripts": corpus.transcript_record(run_cfg.csv_path, table.frame,
+                                                    recorded_encoder(run_cfg.data_path_roberta)
+                                                    if MODELS[model_cfg.run].uses_text else None)}
+    results = write_results(run_dir, fold_metrics, info)
+    print(format_table(fold_metrics, f"{model_cfg.run} (alpha {model_cfg.alpha}); best epoch: {selection}",
+                       info["fold_unit"]))
     return results
 
 
@@ -807,6 +608,6 @@ if __name__ == "__main__":
     try:
         main()
     except (DataError, InputProblems, AudioError, CheckpointError, runinfo.RunDirError,
-            runinfo.DivergedError, LockedError, OSError) as err:
+            runinfo.DivergedError, LockedError, LabelError, OSError) as err:
         logging.getLogger("mmer").error("%s", err)
         sys.exit(2)

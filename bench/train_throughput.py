@@ -621,7 +621,7 @@ def fastest(work, repeats: int = 3) -> float:
 # ---------------------------------------------------------------- one variant
 def quiet_load_corpus(model_cfg, run_cfg):
     with contextlib.redirect_stderr(io.StringIO()):  # progress bars
-        return run.load_corpus(run.checked_table(model_cfg, run_cfg), model_cfg, run_cfg)
+        return run.prepared_corpus(model_cfg, run_cfg)
 
 
 def corpus_megabytes(corpus) -> float:

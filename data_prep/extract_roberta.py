@@ -1,4 +1,5 @@
-"""Text features: RoBERTa's last hidden state over each csv row's `Sentences`, written as
+"""Text features: RoBERTa's last hidden state over each csv row's `Sentences` (or another
+transcript column: --text_column transcript for a speech recogniser's), written as
 `<out_dir>/<FileName>.npy` (float32, [1, T, H], T counting `<s>` and `</s>`). Batched on
 CPU or GPU, resumable (files already written are skipped), each file written atomically."""
 import argparse
@@ -23,7 +24,7 @@ from utils.files import atomic_path, atomic_write_text  # noqa: E402
 from utils.hub import check_model_name  # noqa: E402
 
 log = logging.getLogger(__name__)
-REQUIRED_COLUMNS = ("FileName", "Sentences")
+DEFAULT_TEXT_COLUMN = "Sentences"
 MAX_NAMES_SHOWN = 10
 LOAD_HINT = "pass a local folder written by save_pretrained, or a hub name (e.g. roberta-base) with network access"
 
@@ -114,22 +115,23 @@ def embed_texts(texts, tokenizer, model, device=None, batch_size: int = 32, name
     return embeddings
 
 
-def read_transcripts(csv) -> pd.DataFrame:
-    """The csv's FileName and Sentences columns, as strings (an empty cell is "")."""
+def read_transcripts(csv, text_column: str = DEFAULT_TEXT_COLUMN) -> pd.DataFrame:
+    """The csv's FileName and transcript columns, as strings (an empty cell is "")."""
     csv = Path(csv)
     if not csv.is_file():
         raise TextFeatureError(f"{csv}: csv not found; run the IEMOCAP preparation first or fix --csv")
     table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
+    needed = ["FileName", text_column]
+    missing = [column for column in needed if column not in table.columns]
     if missing:
-        raise TextFeatureError(
-            f"{csv}: missing column(s) {missing}; it has {list(table.columns)}. "
-            f"The csv needs {list(REQUIRED_COLUMNS)} (as written by the IEMOCAP preparation)"
-        )
+        fix = (" (transcribe the audio first: data_prep/transcribe.py)" if text_column == "transcript"
+               else " (as written by the IEMOCAP preparation; --text_column names another)")
+        raise TextFeatureError(f"{csv}: missing column(s) {missing}; it has {list(table.columns)}. "
+                               f"The csv needs {needed}{fix}")
     duplicated = table["FileName"][table["FileName"].duplicated()].unique().tolist()
     if duplicated:
         raise TextFeatureError(f"{csv}: FileName repeated, each needs its own .npy: {_some(duplicated)}")
-    return table[list(REQUIRED_COLUMNS)]
+    return table[needed]
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
@@ -138,12 +140,13 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
-def extract(csv, out_dir, roberta="roberta-base", batch_size: int = 32, device="auto", overwrite: bool = False):
-    """Write `<out_dir>/<FileName>.npy` for every csv row not done yet (all with `overwrite`).
-    Returns the counts {"written": n, "skipped": m}."""
-    table = read_transcripts(csv)
+def extract(csv, out_dir, roberta="roberta-base", batch_size: int = 32, device="auto", overwrite: bool = False,
+            text_column: str = DEFAULT_TEXT_COLUMN):
+    """Write `<out_dir>/<FileName>.npy` for every csv row not done yet (all with `overwrite`),
+    embedding its `text_column`. Returns the counts {"written": n, "skipped": m}."""
+    table = read_transcripts(csv, text_column)
     out_dir = Path(out_dir)
-    check_encoder_stamp(out_dir, roberta, overwrite)
+    check_encoder_stamp(out_dir, roberta, overwrite, text_column)
     targets = [out_dir / f"{name}.npy" for name in table["FileName"]]
     todo = [i for i, path in enumerate(targets) if overwrite or not path.exists()]
     skipped = len(targets) - len(todo)
@@ -154,7 +157,7 @@ def extract(csv, out_dir, roberta="roberta-base", batch_size: int = 32, device="
         return {"written": 0, "skipped": skipped}
     tokenizer, model = load_text_encoder(roberta, device)
     names = [table["FileName"].iloc[i] for i in todo]
-    token_ids = tokenize([table["Sentences"].iloc[i] for i in todo], tokenizer, model, names)
+    token_ids = tokenize([table[text_column].iloc[i] for i in todo], tokenizer, model, names)
     with logging_redirect_tqdm():
         # Files are written batch by batch, so a killed run keeps what it finished.
         for j, array in embed_batches(token_ids, tokenizer, model, batch_size, progress=True):
@@ -223,12 +226,12 @@ def _same_encoder(roberta: str, stamp: dict) -> bool:
         return False
 
 
-def check_encoder_stamp(out_dir: Path, roberta, overwrite: bool) -> None:
-    """Features already in out_dir must come from the same encoder, or a resumed extraction
-    would mix two encoders' features; `encoder.json` records which one wrote them."""
+def check_encoder_stamp(out_dir: Path, roberta, overwrite: bool, text_column: str = DEFAULT_TEXT_COLUMN) -> None:
+    """Features already in out_dir must come from the same encoder and transcript column, or a
+    resumed extraction would mix two; `encoder.json` records which ones wrote them."""
     stamp_path = out_dir / "encoder.json"
     try:
-        stamp = encoder_stamp(roberta)
+        stamp = {**encoder_stamp(roberta), "text_column": text_column}
     except OSError as err:
         raise TextFeatureError(f"{roberta}: cannot read the model's config ({err}); {LOAD_HINT}") from err
     if stamp_path.is_file() and not overwrite:
@@ -236,6 +239,10 @@ def check_encoder_stamp(out_dir: Path, roberta, overwrite: bool) -> None:
         if old["config_sha256"] != stamp["config_sha256"]:
             raise TextFeatureError(f"{out_dir}: holds features of another text encoder ({old['roberta']}); "
                                    "pass --overwrite to redo them all, or another --out_dir")
+        if old.get("text_column", DEFAULT_TEXT_COLUMN) != text_column:
+            raise TextFeatureError(f"{out_dir}: holds features of the {old.get('text_column', DEFAULT_TEXT_COLUMN)} "
+                                   f"column, not of {text_column}; pass --overwrite to redo them all, or another "
+                                   "--out_dir")
         return
     atomic_write_text(stamp_path, json.dumps(stamp, indent=1) + "\n")
 
@@ -254,7 +261,10 @@ def _positive_int(value: str) -> int:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--csv", required=True, type=Path, help="csv with FileName and Sentences columns")
+    parser.add_argument("--csv", required=True, type=Path, help="corpus table with FileName and a transcript column")
+    parser.add_argument("--text_column", default=DEFAULT_TEXT_COLUMN,
+                        help="the transcripts to embed: Sentences (reference, default) or transcript (a speech "
+                             "recogniser's, from data_prep/transcribe.py)")
     parser.add_argument("--out_dir", required=True, type=Path, help="folder for the <FileName>.npy files")
     parser.add_argument("--roberta", default="roberta-base",
                         help="hub name or save_pretrained folder of the text encoder")
@@ -265,7 +275,7 @@ def main(argv=None) -> None:
     hf_logging.disable_progress_bar()  # per-shard save/load bars say nothing here
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        extract(args.csv, args.out_dir, args.roberta, args.batch_size, args.device, args.overwrite)
+        extract(args.csv, args.out_dir, args.roberta, args.batch_size, args.device, args.overwrite, args.text_column)
     except TextFeatureError as err:
         raise SystemExit(f"error: {err}") from err
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from utils.audio import TARGET_SR, AudioError, read_audio, write_wav
 from utils.files import atomic_path, atomic_write_text
-from utils.labels import (KEPT_LABELS, REFERENCE_LABEL_COUNTS, REFERENCE_SESSION_COUNTS, REFERENCE_TOTAL,
+from labels import (KEPT_LABELS, REFERENCE_LABEL_COUNTS, REFERENCE_SESSION_COUNTS, REFERENCE_TOTAL,
                           utterance_fields)
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from data_prep.synthetic_lexicon import EMOTION_WORDS, NEUTRAL_WORDS
 from utils.audio import TARGET_SR, write_wav
 from utils.files import atomic_write_text
-from utils.labels import KEPT_LABELS, REFERENCE_LABEL_COUNTS
+from labels import KEPT_LABELS, REFERENCE_LABEL_COUNTS
 
 SR = TARGET_SR
 SESSIONS = (1, 2, 3, 4, 5)

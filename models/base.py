@@ -26,6 +26,7 @@ class ModelConfig:
     ctc_reduction: str = "sum"        # sum: upstream's per-utterance sums; mean: divided by target length
     dropout: float = 0.1              # on the encoder's last hidden state and the text embeddings
     num_classes: int = 4
+    labels: dict | None = None        # the label set (labels.LabelSet.to_dict); None: IEMOCAP's 4 classes
     vocab_size: int = 32              # CTC symbols, <pad>=0 is the blank
     text_dim: int = 768               # RoBERTa hidden size (mmer only)
     specaugment: bool = False
@@ -33,6 +34,12 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def label_set(self):
+        """The classes in logit order and the labels they came from (labels.LabelSet)."""
+        from labels import LabelSet  # models stay importable without the corpus modules
+        return LabelSet.from_dict(self.labels)
 
 
 @dataclass

@@ -248,7 +248,7 @@ def two_vs_one(demo, exact_encoder, tmp_path_factory):
 
 def test_two_processes_see_every_training_utterance_once_per_epoch(two_vs_one):
     _, _, ranks, single = two_vs_one
-    assert [(e["session"], e["epoch"]) for e in single["epochs"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert [(e["session"], e["epoch"]) for e in single["epochs"]] == [("1", 1), ("1", 2), ("2", 1), ("2", 2)]
     for k, epoch in enumerate(single["epochs"]):
         steps = zip(*(rank["epochs"][k]["batches"] for rank in ranks))
         merged = [sorted(n for names, scale in step if scale > 0 for n in names) for step in steps]

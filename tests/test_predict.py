@@ -19,8 +19,8 @@ from data_prep.make_tiny_models import make_tiny_models
 from models import ModelConfig, build_model
 from models.encoders import audio_input_spec
 from utils.checkpoint import save_checkpoint
-from utils.data import Collator, EmotionDataset, load_audio
-from utils.labels import CLASS_NAMES
+from utils.data import Collator, EmotionDataset, load_waves
+from labels import CLASS_NAMES
 from utils.text import sentence_case
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,9 +76,8 @@ def run_predict(setup, inputs, run="mmer", **kwargs) -> pd.DataFrame:
 
 def training_output(setup, model, names, transcripts=None):
     """The model's output as run.py computes it: utils.data's loading, features and Collator."""
-    table = pd.DataFrame({"FileName": names})
     spec = audio_input_spec(model.config.wav2vec2)
-    waves = load_audio(table, setup["audio"], spec, show_progress=False)
+    waves = load_waves([setup["audio"] / f"{name}.wav" for name in names], spec, show_progress=False)
     text = None
     if transcripts is not None:
         tokenizer, encoder = load_text_encoder(setup["tiny"]["roberta"], "cpu")

@@ -188,7 +188,7 @@ def test_compile_pads_to_fixed_lengths_only_where_that_changes_no_result(demo, t
     zeros would enter its group norm, so its batches keep their own length."""
     encoder = layer_norm_encoder(tmp_path) if layer_norm else demo.wav2vec2_model
     model_cfg, run_cfg = run.parse_args(demo.flags(run="cai_sota", wav2vec2=encoder, compile=True))
-    corpus = run.load_corpus(run.checked_table(model_cfg, run_cfg), model_cfg, run_cfg)
+    corpus = run.prepared_corpus(model_cfg, run_cfg)
     for batch in run.make_loader(corpus, np.arange(len(corpus.table)), run_cfg, False, torch.device("cpu")):
         longest = int(batch.sample_lengths.max())
         assert batch.input_values.shape[1] == (fixed_length(longest) if layer_norm else longest)

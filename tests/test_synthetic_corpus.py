@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from data_prep import make_synthetic_iemocap as synth
 from data_prep.synthetic_lexicon import EMOTION_WORDS, all_words
-from utils.labels import ALL_RELEASE_LABELS, KEPT_LABELS, LABEL_TO_INDEX
+from labels import ALL_RELEASE_LABELS, KEPT_LABELS, LABEL_TO_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "data_prep" / "make_synthetic_iemocap.py"

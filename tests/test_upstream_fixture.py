@@ -14,7 +14,7 @@ import torch
 import run
 from models.base import EmotionOutput, ctc_loss
 from utils.checkpoint import restore_model
-from utils.data import Collator, EmotionDataset, load_audio, load_text_features
+from utils.data import Collator, EmotionDataset, load_waves, load_text_features
 from utils.text import clean_transcript, ctc_target_ids
 from models.encoders import audio_input_spec
 
@@ -91,8 +91,8 @@ def test_published_checkpoints_are_labelled_as_selected_on_the_test_session(chec
 def batch_one_outputs(checkpoints, table):
     """Each variant's output on each utterance alone (upstream's batch 1), and the targets."""
     spec = audio_input_spec(str(FIXTURE / "wav2vec2"))
-    waves = load_audio(table, FIXTURE / "audio", spec, show_progress=False)
-    text = load_text_features(table, FIXTURE / "roberta", show_progress=False)
+    waves = load_waves([FIXTURE / "audio" / f"{name}.wav" for name in table["FileName"]], spec, show_progress=False)
+    text = load_text_features(table["FileName"], FIXTURE / "roberta", show_progress=False)
     dataset = EmotionDataset(table["FileName"], waves, [0] * len(table), table["text"], text)
     labels = torch.tensor([{"hap": 0, "exc": 0, "ang": 1, "neu": 2, "sad": 3}[label] for label in table["Label"]])
     outputs = {}

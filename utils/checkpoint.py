@@ -132,6 +132,9 @@ def restore_model(path, run: str | None = None, wav2vec2: str | None = None):
     gate = payload["state_dict"].get("gate.weight")
     if gate is not None:
         config.text_dim = int(gate.shape[0])
+    classifier = payload["state_dict"].get("classifier.weight")
+    if classifier is not None and not saved:
+        config.num_classes = int(classifier.shape[0])  # published: IEMOCAP's 4
     model = build_model(config, pretrained=False)
     load_weights(model, payload["state_dict"], source=str(path))
     return model.eval(), payload

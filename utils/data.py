@@ -1,98 +1,28 @@
-"""The one batching path used by training, evaluation, prediction and the bench:
-the csv table, leave-one-session-out splits, in-memory audio and text features,
-length-bucketed batches and padding with exact lengths."""
+"""The one batching path used by training, evaluation, prediction and the bench: in-memory
+audio and text features, length-bucketed training batches, padding-exact evaluation batches
+and padding with exact lengths."""
 import logging
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from models.encoders import AudioInputSpec
 from models.fusion import lengths_to_mask
 from utils.audio import normalize, read_audio
-from utils.labels import LABEL_TO_INDEX, utterance_fields
 from utils.text import ctc_target_ids
 
 log = logging.getLogger(__name__)
-REQUIRED_COLUMNS = ("FileName", "Sentences", "Label", "text")
 
 
 class DataError(ValueError):
     """Input data that cannot be used; the message names the file and the fix."""
 
 
-# ---------------------------------------------------------------- the table
-def read_table(csv_path) -> pd.DataFrame:
-    """The utterance table: upstream columns plus `session` (from the 5th character of
-    FileName when absent) and `label_index` (hap/exc=0, ang=1, neu=2, sad=3)."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path}: csv not found; prepare it with data_prep/iemocap_prep.py")
-    table = pd.read_csv(csv_path, keep_default_na=False, dtype={"FileName": str, "Sentences": str, "text": str})
-    table = table.drop(columns=[c for c in table.columns if c.startswith("Unnamed")])
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"{csv_path}: missing column(s) {missing}; found {list(table.columns)}. "
-                        "Expected the upstream columns FileName, Sentences, Label, text")
-    if "session" not in table.columns:
-        table["session"] = table["FileName"].str[4].astype(int)
-    table["session"] = table["session"].astype(int)
-    table["label_index"] = table["Label"].map(LABEL_TO_INDEX)
-    return table.reset_index(drop=True)
-
-
-def loso_split(table: pd.DataFrame, test_session: int, dev_fraction: float, seed: int):
-    """Fold `test_session`: test = that session; train/dev drawn from the other sessions only.
-    The dev split is stratified by speaker, then by label within each speaker: every
-    training speaker gives the same share of its utterances to dev, spread over its labels
-    in proportion (largest remainders settle the rounding at each level)."""
-    test = table.index[table["session"] == test_session].to_numpy()
-    rest = table.index[table["session"] != test_session].to_numpy()
-    if dev_fraction <= 0 or len(rest) == 0:
-        return rest, np.array([], dtype=int), test
-    levels = [table.loc[rest, "FileName"].map(speaker_of).to_numpy(), table.loc[rest, "Label"].astype(str).to_numpy()]
-    n_dev = max(1, round(dev_fraction * len(rest)))
-    chosen = stratified_sample(np.arange(len(rest)), levels, n_dev, np.random.default_rng(seed))
-    in_dev = np.zeros(len(rest), dtype=bool)
-    in_dev[chosen] = True
-    return np.sort(rest[~in_dev]), np.sort(rest[in_dev]), test
-
-
-def stratified_sample(items: np.ndarray, levels: list, n_take: int, rng: np.random.Generator) -> np.ndarray:
-    """Pick n_take of `items`, shared among the groups of levels[0] in proportion to their size
-    (largest remainder), recursively within each group for the next levels."""
-    if not levels:
-        return rng.permutation(items)[:n_take]
-    keys = levels[0][items]
-    groups = {k: items[keys == k] for k in sorted(set(keys))}
-    exact = {k: n_take * len(g) / len(items) for k, g in groups.items()}
-    quota = {k: int(np.floor(v)) for k, v in exact.items()}
-    by_remainder = sorted(groups, key=lambda k: (-(exact[k] - quota[k]), rng.random()))
-    for k in by_remainder[: n_take - sum(quota.values())]:
-        quota[k] += 1
-    return np.concatenate([stratified_sample(g, levels[1:], quota[k], rng) for k, g in groups.items()])
-
-
-def speaker_of(file_name: str) -> str:
-    """Ses01F_impro01_F000 -> Ses01_F (the letter before the utterance index is the speaker)."""
-    fields = utterance_fields(file_name)
-    if fields is None:
-        raise DataError(f"{file_name}: not an IEMOCAP utterance id (Ses0<session><F|M>_<dialog>_<F|M><index>); "
-                        "the dev split needs the speaker it names")
-    return fields["speaker"]
-
-
 # ---------------------------------------------------------------- features
-def load_audio(table: pd.DataFrame, audio_dir, spec: AudioInputSpec, show_progress=True) -> list[np.ndarray]:
-    """Decode, resample and normalise every utterance once; kept in memory for all epochs."""
-    paths = [Path(audio_dir) / f"{name}.wav" for name in table["FileName"]]
-    return load_waves(paths, spec, show_progress)
-
-
 def load_waves(paths, spec: AudioInputSpec, show_progress=True) -> list[np.ndarray]:
     """Any audio files -> the encoder's input: resampled, mono, normalised as its extractor says."""
     waves = []
@@ -102,11 +32,11 @@ def load_waves(paths, spec: AudioInputSpec, show_progress=True) -> list[np.ndarr
     return waves
 
 
-def load_text_features(table: pd.DataFrame, roberta_dir, show_progress=True) -> list[np.ndarray]:
-    """One [T, H] float32 array per utterance from `<FileName>.npy` ([1, T, H] accepted)."""
+def load_text_features(names, roberta_dir, show_progress=True) -> list[np.ndarray]:
+    """One [T, H] float32 array per utterance from `<name>.npy` ([1, T, H] accepted)."""
     roberta_dir = Path(roberta_dir)
     features = []
-    for name in tqdm(table["FileName"], desc="text features", disable=None if show_progress else True, leave=False):
+    for name in tqdm(names, desc="text features", disable=None if show_progress else True, leave=False):
         features.append(read_text_feature(roberta_dir / f"{name}.npy"))
     return features
 

@@ -3,21 +3,18 @@ per-class recalls, macro-F1, and the confusion matrix (rows = true class)."""
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-from utils.labels import CLASS_NAMES
 
-CLASSES = list(range(len(CLASS_NAMES)))
-
-
-def emotion_metrics(y_true, y_pred) -> dict:
+def emotion_metrics(y_true, y_pred, num_classes: int = 4) -> dict:
     """UA over the classes present in y_true, macro-F1 over those in y_true or y_pred
-    (scikit-learn's conventions; a real fold always holds all four)."""
+    (scikit-learn's conventions; a real fold always holds every class); the confusion matrix
+    over all num_classes classes (4 for IEMOCAP)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     present = sorted(set(y_true.tolist()))
     return {
         "wa": float(accuracy_score(y_true, y_pred)),
         "ua": float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "confusion": confusion_matrix(y_true, y_pred, labels=CLASSES).tolist(),
+        "confusion": confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist(),
         "n": int(len(y_true)),
     }
 

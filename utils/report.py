@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from utils.files import atomic_path, atomic_write_text
-from utils.labels import CLASS_NAMES
+from labels import CLASS_NAMES
 from utils.metrics import summarize_folds
 
 matplotlib.use("Agg")
@@ -52,10 +52,15 @@ def save_figure(fig, path) -> None:
 
 
 # ---------------------------------------------------------------- one run
-def results_frame(fold_metrics: dict) -> pd.DataFrame:
+def in_order(fold_metrics: dict) -> list:
+    """(fold, metrics) with numeric fold names in numeric order ('2' before '10')."""
+    return sorted(fold_metrics.items(), key=lambda item: _session_key(item[0]))
+
+
+def results_frame(fold_metrics: dict, unit: str = "session") -> pd.DataFrame:
     """Rows: one per fold, then mean and std; columns wa, ua, macro_f1 (fractions)."""
     mean, std = summarize_folds(fold_metrics)
-    rows = {f"session {s}": {k: m[k] for k in METRIC_KEYS} for s, m in sorted(fold_metrics.items())}
+    rows = {f"{unit} {s}": {k: m[k] for k in METRIC_KEYS} for s, m in in_order(fold_metrics)}
     rows["mean"], rows["std"] = mean, std
     return pd.DataFrame.from_dict(rows, orient="index")[list(METRIC_KEYS)]
 
@@ -66,25 +71,26 @@ def write_results(run_dir, fold_metrics: dict, info: dict) -> dict:
     run_dir = Path(run_dir)
     mean, std = summarize_folds(fold_metrics)
     results = {
-        "folds": {str(s): m for s, m in sorted(fold_metrics.items())},
+        "folds": {str(s): m for s, m in in_order(fold_metrics)},
         "mean": mean, "std": std, **info,
     }
+    unit, classes = info.get("fold_unit", "session"), info.get("classes", CLASS_NAMES)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    frame = results_frame(fold_metrics)
+    frame = results_frame(fold_metrics, unit)
     with atomic_path(run_dir / "results.csv", suffix=".csv") as tmp:
         frame.to_csv(tmp, index_label="fold", float_format="%.4f")
     atomic_write_text(run_dir / "results.md", results_markdown(results))
     name = run_label(info.get("run", run_dir.name), info.get("alpha"))
     pooled = np.sum([np.array(m["confusion"]) for m in fold_metrics.values()], axis=0)
-    plot_confusion(pooled, run_dir / "confusion_matrix.png",
-                   title=f"{name}: pooled over test sessions {', '.join(map(str, sorted(fold_metrics)))}")
-    write_fold_confusions(run_dir, fold_metrics, name)
+    plot_confusion(pooled, run_dir / "confusion_matrix.png", classes,
+                   title=f"{name}: pooled over test {unit}s {', '.join(str(s) for s, _ in in_order(fold_metrics))}")
+    write_fold_confusions(run_dir, fold_metrics, name, unit, classes)
     write_learning_curves(run_dir, fold_metrics, info, name)
     return results
 
 
-def format_table(fold_metrics: dict, title: str) -> str:
-    frame = results_frame(fold_metrics) * 100
+def format_table(fold_metrics: dict, title: str, unit: str = "session") -> str:
+    frame = results_frame(fold_metrics, unit) * 100
     return f"{title}\n" + frame.to_string(float_format=lambda v: f"{v:6.2f}") + "\n(percent; WA = accuracy, UA = mean per-class recall)"
 
 
@@ -97,31 +103,47 @@ def results_markdown(results: dict) -> str:
     run = results.get("run", "?")
     alpha = "not used (no CTC loss)" if run in NO_CTC_RUNS else results.get("alpha")
     folds = results["folds"]
-    lines = [f"**{run}**, alpha {alpha}: leave-one-session-out, 4 classes, {len(folds)} folds; "
-             f"best epoch selected on: {selection}", "",
-             "| test session | utterances | WA (%) | UA (%) | macro-F1 (%) |",
+    classes = results.get("classes", CLASS_NAMES)
+    lines = [f"**{run}**, alpha {alpha}: {results.get('folds_from', 'leave-one-session-out')}, {len(classes)} "
+             f"classes, {len(folds)} folds; best epoch selected on: {selection}", "",
+             f"| test {results.get('fold_unit', 'session')} | utterances | WA (%) | UA (%) | macro-F1 (%) |",
              "|---|---:|---:|---:|---:|"]
     for session, m in folds.items():
         lines.append(f"| {session} | {m.get('n', '')} | " + " | ".join(percent(m[k]) for k in METRIC_KEYS) + " |")
     total = sum(m.get("n", 0) for m in folds.values())
     for row, values, n in (("mean", results["mean"], total or ""), ("std", results["std"], "")):
         lines.append(f"| {row} | {n} | " + " | ".join(percent(values[k]) for k in METRIC_KEYS) + " |")
-    return "\n".join(lines + ["", LEGEND]) + "\n"
+    return "\n".join(lines + ["", *transcript_lines(results.get("transcripts")), LEGEND]) + "\n"
 
 
-def plot_confusion(matrix, path, title: str = "") -> None:
+def transcript_lines(record: dict | None) -> list[str]:
+    """Which transcripts the CTC targets and text features came from, and the ASR's WER."""
+    if not record or not any(record.values()):
+        return []
+    parts = [f"{what}: `{record[key]}`" for key, what in (("ctc_targets", "CTC targets"),
+                                                            ("text_features", "text features")) if record.get(key)]
+    asr = record.get("asr")
+    if asr:
+        wer = f", WER {100 * asr['wer']:.1f} % against the reference transcripts" if asr.get("wer") is not None else ""
+        parts.append(f"`transcript` by {asr['model']}{wer}")
+    return ["Transcripts: " + "; ".join(parts) + ".", ""]
+
+
+def plot_confusion(matrix, path, classes=CLASS_NAMES, title: str = "") -> None:
     """Counts and row-normalised recall side by side (rows = true class); both coloured by
     recall, so the two panels read alike whatever the class sizes."""
     matrix = np.asarray(matrix, dtype=float)
     row_totals = matrix.sum(axis=1, keepdims=True)
     normalised = matrix / np.clip(row_totals, 1, None)
-    true_labels = [f"{name}\n(n={total:.0f})" for name, total in zip(CLASS_NAMES, row_totals[:, 0])]
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.4))
+    classes = list(classes)
+    true_labels = [f"{name}\n(n={total:.0f})" for name, total in zip(classes, row_totals[:, 0])]
+    grow = max(0, len(classes) - 4) * 0.9  # room for more classes
+    fig, axes = plt.subplots(1, 2, figsize=(9.5 + 2 * grow, 4.4 + grow))
     for ax, values, name, fmt in ((axes[0], matrix, "counts", "{:.0f}"),
                                   (axes[1], normalised, "row-normalised (recall)", "{:.2f}")):
         ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES)
-        ax.set_yticks(range(len(CLASS_NAMES)), true_labels)
+        ax.set_xticks(range(len(classes)), classes, rotation=30 if len(classes) > 4 else 0)
+        ax.set_yticks(range(len(classes)), true_labels)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(name)
@@ -133,15 +155,17 @@ def plot_confusion(matrix, path, title: str = "") -> None:
     save_figure(fig, path)
 
 
-def write_fold_confusions(run_dir: Path, fold_metrics: dict, name: str) -> None:
-    """confusion_matrix_session<k>.png per fold; pictures of folds this run no longer holds are
-    removed, so the folder never shows a fold that results.json does not."""
-    for session, metrics in sorted(fold_metrics.items()):
-        plot_confusion(metrics["confusion"], run_dir / f"confusion_matrix_session{session}.png",
-                       title=f"{name}: test session {session} (n={metrics.get('n', '?')}), "
+def write_fold_confusions(run_dir: Path, fold_metrics: dict, name: str, unit: str = "session",
+                          classes=CLASS_NAMES) -> None:
+    """confusion_matrix_<unit><k>.png per fold (IEMOCAP: confusion_matrix_session1.png); pictures
+    of folds this run no longer holds are removed, so the folder never shows a fold that
+    results.json does not."""
+    for session, metrics in in_order(fold_metrics):
+        plot_confusion(metrics["confusion"], run_dir / f"confusion_matrix_{unit}{session}.png", classes,
+                       title=f"{name}: test {unit} {session} (n={metrics.get('n', '?')}), "
                              f"WA {percent(metrics['wa'])}%, UA {percent(metrics['ua'])}%")
-    keep = {f"confusion_matrix_session{s}.png" for s in fold_metrics}
-    for stale in sorted(run_dir.glob("confusion_matrix_session*.png")):
+    keep = {f"confusion_matrix_{unit}{s}.png" for s in fold_metrics}
+    for stale in sorted(p for p in run_dir.glob("confusion_matrix_*.png")):
         if stale.name not in keep:
             log.info("removing %s: its fold is not in this run's results", stale)
             stale.unlink()
@@ -154,7 +178,7 @@ def read_fold_stats(run_dir: Path, sessions) -> dict:
     record are left out."""
     from utils.runinfo import read_stats  # here: runinfo pulls in torch, the comparison CLI needs none
     stats = {}
-    for session in sorted(sessions):
+    for session in sorted(sessions, key=_session_key):
         by_epoch = {r["epoch"]: r for r in read_stats(run_dir / f"{session}_stats.txt")
                     if isinstance(r, dict) and isinstance(r.get("epoch"), int)}
         if by_epoch:
@@ -173,19 +197,20 @@ def write_learning_curves(run_dir: Path, fold_metrics: dict, info: dict, name: s
             path.unlink()
         return
     selected = {s: fold_metrics[s].get("epoch") or stats[s][-1].get("best_epoch") for s in stats}
-    plot_learning_curves(stats, selected, path, title=f"{name}: training loss and UA per epoch")
+    plot_learning_curves(stats, selected, path, title=f"{name}: training loss and UA per epoch",
+                         unit=info.get("fold_unit", "session"))
 
 
-def plot_learning_curves(stats: dict, selected: dict, path, title: str = "") -> None:
+def plot_learning_curves(stats: dict, selected: dict, path, title: str = "", unit: str = "session") -> None:
     """One column per fold: training losses on top, dev/test UA below, the selected epoch marked."""
-    sessions = sorted(stats)
+    sessions = sorted(stats, key=_session_key)
     fig, axes = plt.subplots(2, len(sessions), figsize=(0.6 + 3.4 * len(sessions), 6.4), sharex="col",
                              sharey="row", squeeze=False, layout="constrained")
     for col, session in enumerate(sessions):
         records, epoch = stats[session], selected.get(session)
         plot_losses(axes[0, col], records, epoch)
         plot_ua(axes[1, col], records, epoch)
-        axes[0, col].set_title(f"test session {session}" + (f"\nselected epoch {epoch}" if epoch else ""))
+        axes[0, col].set_title(f"test {unit} {session}" + (f"\nselected epoch {epoch}" if epoch else ""))
         axes[1, col].set_xlabel("epoch")
         axes[1, col].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 0].set_ylabel("training loss (log scale)")

@@ -32,7 +32,7 @@ class DivergedError(RuntimeError):
 
 # Settings that do not change what a run computes; a resumed run may differ in these.
 NOT_IDENTITY = {"sessions", "num_workers", "overwrite", "resume", "log_every", "device", "eval_only",
-                "checkpoint_dir", "tensorboard"}
+                "checkpoint_dir", "tensorboard", "text_dim", "num_classes"}
 
 
 def existing_results(run_dir: Path) -> list[Path]:
@@ -49,7 +49,7 @@ def config_differences(run_dir: Path, model_cfg, run_cfg) -> list[str]:
     diffs = []
     for part in ("model", "run"):
         for key in sorted(set(saved.get(part, {})) | set(now[part])):
-            if key in NOT_IDENTITY or key == "text_dim":
+            if key in NOT_IDENTITY:
                 continue
             old, new = saved.get(part, {}).get(key), now[part].get(key)
             if old != new:
@@ -136,7 +136,7 @@ def overwrite(run_dir: Path, found: list[Path], others: list[str], run_cfg) -> N
 @dataclass
 class FoldState:
     """Where a fold stands after its last completed epoch."""
-    session: int
+    session: str
     epoch: int = 0
     best_epoch: int = 0
     best_score: float = -1.0
@@ -150,7 +150,7 @@ class FoldState:
             stats.write(json.dumps(record) + "\n")
 
     @classmethod
-    def restore(cls, run_dir: Path, session: int, model, optimizer, save_best) -> "FoldState | None":
+    def restore(cls, run_dir: Path, session: str, model, optimizer, save_best) -> "FoldState | None":
         """Load `<session>_last.pt` into model and optimizer; make the stats file and the best
         checkpoint agree with it (a kill may have come between the writes). None: start afresh."""
         path = run_dir / f"{session}_last.pt"
@@ -167,7 +167,7 @@ class FoldState:
         best = run_dir / f"{session}_model.pt"
         if state.best_epoch == state.epoch and (not best.is_file() or load_checkpoint(best).get("epoch") != state.epoch):
             save_best(record)
-        log.info("fold %d: resumed after epoch %d (best epoch %d)", session, state.epoch, state.best_epoch)
+        log.info("fold %s: resumed after epoch %d (best epoch %d)", session, state.epoch, state.best_epoch)
         return state
 
 
@@ -201,13 +201,13 @@ def rewrite_stats(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def finish_fold(run_dir: Path, session: int, metrics: dict) -> None:
+def finish_fold(run_dir: Path, session: str, metrics: dict) -> None:
     """Record the fold's test metrics; its `last` checkpoint is no longer needed."""
     atomic_write_text(run_dir / f"{session}_result.json", json.dumps(metrics) + "\n")
     (run_dir / f"{session}_last.pt").unlink(missing_ok=True)
 
 
-def finished_fold(run_dir: Path, session: int) -> dict | None:
+def finished_fold(run_dir: Path, session: str) -> dict | None:
     path = run_dir / f"{session}_result.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -231,20 +231,19 @@ def package_versions() -> dict:
     return versions
 
 
-def data_checksums(run_cfg, names, uses_text: bool) -> dict:
-    """sha256 of the csv, and of the (name, size) list of the audio and feature files it names:
+def data_checksums(csv_path, audio_paths, feature_paths=None) -> dict:
+    """sha256 of the csv, and of the (file, size) list of the audio and feature files it names:
     cheap, and enough to tell that a rerun reads other data."""
-    def listing(folder, suffix):
+    def listing(paths):
         h = hashlib.sha256()
-        for name in names:
-            path = Path(folder) / f"{name}{suffix}"
-            h.update(f"{name}:{path.stat().st_size}\n".encode())
+        for path in paths:
+            h.update(f"{Path(path).name}:{Path(path).stat().st_size}\n".encode())
         return h.hexdigest()
 
-    sums = {"csv_sha256": hashlib.sha256(Path(run_cfg.csv_path).read_bytes()).hexdigest(),
-            "utterances": len(names), "audio_listing_sha256": listing(run_cfg.data_path_audio, ".wav")}
-    if uses_text:
-        sums["roberta_listing_sha256"] = listing(run_cfg.data_path_roberta, ".npy")
+    sums = {"csv_sha256": hashlib.sha256(Path(csv_path).read_bytes()).hexdigest(),
+            "utterances": len(audio_paths), "audio_listing_sha256": listing(audio_paths)}
+    if feature_paths is not None:
+        sums["roberta_listing_sha256"] = listing(feature_paths)
     return sums
 
 

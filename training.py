@@ -1,0 +1,318 @@
+"""The training loop and what it runs on: the corpus decoded into memory, its loaders (length-
+bucketed training batches, padding-exact evaluation batches), one epoch with gradient
+accumulation (DDP under torchrun), the optimizer step that skips non-finite gradients,
+evaluation and predictions, and the speed options (compiled blocks, the cached frozen
+feature encoder). run.py holds the command line and the fold loop around it."""
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from models import build_model
+from models.encoders import conv_features, frame_lengths
+from models.fusion import AttentionLayer
+from utils import distributed, runinfo
+from utils.data import (BucketBatchSampler, Collator, EmotionDataset, ExactBatchSampler, RandomBatchSampler)
+from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
+from utils.device import autocast
+from utils.files import atomic_path
+from utils.metrics import emotion_metrics
+
+log = logging.getLogger("mmer")
+PROGRESS_SECONDS = 60.0  # progress lines in a log file, where no bar is drawn
+
+
+@dataclass
+class Corpus:
+    """A run's corpus in memory: the table, the decoded audio and text features, its folds."""
+    table: pd.DataFrame
+    dataset: EmotionDataset
+    collate: Collator
+    padding_exact: bool                # padded evaluation batches are exact (models.encoders.padding_is_exact)
+    scheme: object = None              # corpus.FoldScheme
+    label_set: object = None           # labels.LabelSet
+    conv_cache: tuple | None = None   # (feature-encoder weights, their output per utterance)
+
+
+def use_conv_cache(model, corpus: Corpus, run_cfg, device) -> None:
+    """--cache_conv_features: the loaders hand the model the frozen feature encoder's output
+    for every utterance instead of the audio (otherwise they hand it the audio). The output is
+    computed on the device in length-sorted batches (exact for the layer-norm encoders the flag
+    is allowed for), once, and again only for a model whose feature-encoder weights differ."""
+    corpus.dataset.conv_features = None
+    if not run_cfg.cache_conv_features:
+        return
+    weights = [p.detach().cpu() for p in model.wav2vec2.feature_extractor.parameters()]
+    if corpus.conv_cache is None or not all(map(torch.equal, weights, corpus.conv_cache[0])):
+        corpus.conv_cache = ([w.clone() for w in weights], conv_features_of(model, corpus, run_cfg, device))
+    corpus.dataset.conv_features = corpus.conv_cache[1]
+
+
+def conv_features_of(model, corpus: Corpus, run_cfg, device) -> list[torch.Tensor]:
+    """[frames, channels] per utterance of the corpus, on the CPU."""
+    lengths = corpus.dataset.lengths()
+    cached = [None] * len(lengths)
+    start = time.perf_counter()
+    # no DataLoader: creating its iterator draws from the global RNG, and training's dropout
+    # masks must not depend on whether the cache was built
+    for indices in tqdm(ExactBatchSampler(lengths, run_cfg.eval_batch_size, corpus.padding_exact).batches(),
+                        desc="conv features", leave=False, disable=None if distributed.is_main() else True):
+        batch = corpus.collate([corpus.dataset[i] for i in indices])
+        features = conv_features(model.wav2vec2, batch.input_values.to(device)).float().cpu()
+        frames = frame_lengths(model.wav2vec2, batch.sample_lengths).tolist()
+        for row, (i, n) in enumerate(zip(indices, frames)):
+            cached[i] = features[row, :n].clone()
+    log.info("cached the feature encoder's output of %d utterances (%.2f GB) in %.1f s", len(cached),
+             sum(c.nbytes for c in cached) / 1e9, time.perf_counter() - start)
+    return cached
+
+
+def make_loader(corpus: Corpus, indices, run_cfg, train: bool, device):
+    """With several processes each rank loads its part: a shard of every global training
+    batch of world x batch_size, or every world-th evaluation batch (utils/distributed.py)."""
+    subset = torch.utils.data.Subset(corpus.dataset, indices)
+    lengths = corpus.dataset.lengths()[indices]
+    world, rank = distributed.world_size(), distributed.rank()
+    if train:
+        sampler_cls = BucketBatchSampler if run_cfg.batching == "bucket" else RandomBatchSampler
+        sampler = sampler_cls(lengths, run_cfg.batch_size * world, shuffle=True, seed=run_cfg.seed)
+        sampler = DistributedBucketSampler(sampler, rank, world) if world > 1 else sampler
+    else:  # padding-exact: every utterance scored as if alone, whatever --eval_batch_size
+        sampler = ExactBatchSampler(lengths, run_cfg.eval_batch_size, corpus.padding_exact)
+        sampler = RoundRobinBatchSampler(sampler, rank, world) if world > 1 else sampler
+    collate = Collator(corpus.collate.spec, fixed_lengths=fixed_lengths(run_cfg, corpus.collate.spec))
+    return torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=collate,
+                                       num_workers=run_cfg.num_workers, pin_memory=device.type == "cuda",
+                                       persistent_workers=run_cfg.num_workers > 0)
+
+
+# ---------------------------------------------------------------- training and evaluation
+def optimizer_step(optimizer, params, skipped: torch.Tensor) -> None:
+    """Step unless some gradient is non-finite. The check stays on the device: fused AdamW
+    skips the update itself when `found_inf` is set, so no host synchronisation is needed."""
+    grads = [p.grad for p in params if p.grad is not None]
+    found_inf = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
+    optimizer.found_inf, optimizer.grad_scale = found_inf, None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    skipped += found_inf
+
+
+def train_epoch(model, loader, optimizer, run_cfg, device, epoch: int, ddp=None) -> dict:
+    """One epoch with gradient accumulation. Losses stay on the device and are read back
+    only every `log_every` micro-batches, so the loop does not wait on the GPU each step.
+    Under torchrun `ddp` wraps `model`, each rank runs its shard of every global batch, and
+    the epoch's sums are added over the ranks at the end."""
+    (ddp or model).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums = torch.zeros(5, device=device)  # weighted total, ce, ctc; weight of the finite ones; non-finite shards
+    skipped = torch.zeros((), device=device)
+    steps = micro = 0
+    audio_seconds = 0.0
+    start = time.perf_counter()
+    scales, last = distributed.loss_scales(loader.batch_sampler), len(loader)
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
+               disable=None if distributed.is_main() else True)
+    logged = start
+    for micro, (batch, scale) in enumerate(zip(bar, scales), start=1):
+        audio_seconds += int(batch.sample_lengths.sum()) / 16000 if scale else 0.0
+        sync = micro % run_cfg.accum_grad == 0 or micro == last
+        with distributed.gradient_sync(ddp, sync):
+            parts = forward_backward(model, ddp, batch.to(device, non_blocking=True), scale, run_cfg, device)
+        weight = scale / distributed.world_size()  # this shard's share of the global micro-batch
+        finite = torch.isfinite(parts).all()
+        sums[:3] += torch.where(finite, parts * weight, 0.0)
+        sums[3] += torch.where(finite, weight, 0.0)
+        if scale:
+            sums[4] += (~finite).float()
+        if sync:
+            optimizer_step(optimizer, params, skipped)  # gradients are synchronised: same found_inf on every rank
+            steps += 1
+            if run_cfg.max_steps and steps >= run_cfg.max_steps:
+                break
+        log_line = bar.disable and distributed.is_main() and time.perf_counter() - logged >= PROGRESS_SECONDS
+        if micro % run_cfg.log_every == 0 or log_line:
+            values = sums.tolist()
+            total, ce, ctc = mean_losses(values[:3], values[3])
+            elapsed = time.perf_counter() - start
+            progress = f"loss {total:.3f} ce {ce:.3f} ctc {ctc:.3f} | {audio_seconds / elapsed:.0f} audio-s/s"
+            bar.set_postfix_str(progress)
+            if log_line:  # no bar in a log file (nohup, batch jobs): a line a minute instead
+                logged = time.perf_counter()
+                log.info("epoch %d: %d/%d micro-batches, %s, about %.0f s left", epoch, micro, last, progress,
+                         elapsed / micro * (last - micro))
+    *weighted, weight, nonfinite, audio_seconds = distributed.sum_floats([*sums.tolist(), audio_seconds], device)
+    total, ce, ctc = mean_losses(weighted, weight)
+    return {"loss": total, "ce_loss": ce, "ctc_loss": ctc, "optimizer_steps": steps, "micro_batches": micro,
+            "skipped_steps": int(skipped.item()), "nonfinite_micro_batches": int(nonfinite),
+            "audio_seconds": round(audio_seconds, 2)}
+
+
+def forward_backward(model, ddp, batch, scale: float, run_cfg, device) -> torch.Tensor:
+    """One micro-batch (this rank's shard) forward and backward; its loss counts with
+    `scale` (utils/distributed.DistributedBucketSampler, 1 in one process) / accum_grad.
+    -> the detached [total, ce, ctc] losses."""
+    with autocast(device, run_cfg.precision):
+        output = (ddp or model)(**batch.model_inputs())
+    losses = model.loss(output, batch.labels, batch.ctc_targets, batch.ctc_target_lengths)
+    (losses["total"] * scale / run_cfg.accum_grad).backward()
+    return torch.stack([losses["total"], losses["ce"], losses.get("ctc", losses["ce"] * 0)]).detach()
+
+
+def mean_losses(weighted: list, weight: float) -> list[float]:
+    """Micro-batch mean of the finite losses (0 when none was finite)."""
+    return [value / weight if weight else 0.0 for value in weighted]
+
+
+@torch.inference_mode()
+def predict_loader(model, loader, device, precision: str):
+    """-> names, true labels, predicted labels, class probabilities [N, 4] (loader order;
+    a rank may have no evaluation batch)."""
+    model.eval()
+    names, labels, probs = [], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, model.config.num_classes)]
+    for batch in loader:
+        names += batch.names
+        labels.append(batch.labels)
+        batch = batch.to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model(**batch.model_inputs()).logits
+        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
+    probs = torch.cat(probs).numpy()
+    return names, torch.cat(labels).numpy(), probs.argmax(axis=1), probs
+
+
+def predict_split(model, loader, device, precision: str):
+    """predict_loader on this rank's batches, gathered from every rank: one row per utterance,
+    ordered by name (the same rows whatever the number of processes)."""
+    names, labels, _, probs = predict_loader(model, loader, device, precision)
+    return distributed.gather_predictions(names, labels, probs)
+
+
+def evaluate(model, loader, device, precision: str) -> dict:
+    _, y_true, y_pred, _ = predict_split(model, loader, device, precision)
+    return emotion_metrics(y_true, y_pred, model.config.num_classes)
+
+
+def write_predictions(path: Path, names, y_true, y_pred, probs, classes) -> None:
+    """One row per test utterance: FileName, true and predicted class, each class's probability."""
+    frame = pd.DataFrame({"FileName": names,
+                          "true_label": [classes[i] for i in y_true],
+                          "predicted_label": [classes[i] for i in y_pred]})
+    for k, name in enumerate(classes):
+        frame[f"prob_{name}"] = probs[:, k]
+    with atomic_path(path, suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6f")
+
+
+def build_training(model_cfg, run_cfg, device):
+    model = build_model(model_cfg).to(device)
+    if run_cfg.gradient_checkpointing:  # the name transformers 5 gives gradient checkpointing
+        model.wav2vec2.activation_checkpointing_enable()
+    freeze_untrained(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=run_cfg.learning_rate, fused=True)
+    return model, optimizer
+
+
+def compile_regions(model, static_shapes: bool) -> None:
+    """--compile: torch.compile the model's blocks in place (parameter names unchanged): the
+    speech encoder's feature encoder, feature projection and each layer (one compiled layer
+    serves all its copies), and each fusion layer. Not the whole model: LayerDrop's random
+    skipping of encoder layers is a data-dependent branch that sends the whole encoder back
+    to eager mode. static_shapes (encoders that take an attention mask, whose batches the
+    Collator then pads to fixed lengths, see fixed_lengths): the encoder blocks compile once
+    per length of the ladder; otherwise torch makes a changing length dynamic. The fusion
+    layers pair text and audio lengths, so their shapes are always dynamic."""
+    # about 21 lengths x (training, evaluation) x (full, last) batches per compiled block
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
+    encoder = model.wav2vec2
+    for module in [encoder.feature_extractor, encoder.feature_projection, *encoder.encoder.layers]:
+        module.compile(dynamic=False if static_shapes else None)
+    for module in model.modules():
+        if isinstance(module, AttentionLayer):
+            module.compile(dynamic=True)
+
+
+def fixed_lengths(run_cfg, spec) -> bool:
+    """Pad batches to the fixed ladder of lengths (utils.data.fixed_length) under --compile,
+    where that changes no result: for encoders that take an attention mask. wav2vec2-base takes
+    none, and extra zeros would enter its group norm and attention."""
+    return run_cfg.compile and spec.return_attention_mask
+
+
+def freeze_untrained(model) -> None:
+    """Freeze what no loss reaches, so that neither AdamW nor DDP waits for its gradient: the
+    CTC head when alpha = 0 (its loss is only logged, detached) and the encoder's mask
+    embedding when SpecAugment masks no time step. (DDP cannot skip these by itself: the CTC
+    head's output is one of the forward's outputs.)"""
+    encoder_config = model.wav2vec2.config
+    if hasattr(model.wav2vec2, "masked_spec_embed") and not (
+            encoder_config.apply_spec_augment and encoder_config.mask_time_prob > 0):
+        model.wav2vec2.masked_spec_embed.requires_grad_(False)
+    if model.has_ctc and not model.config.alpha:
+        model.ctc_linear.requires_grad_(False)
+
+
+def uses_layerdrop(model) -> bool:
+    """LayerDrop skips whole encoder layers at random, differently on each rank, so DDP must
+    then look for parameters without gradient after every backward (find_unused_parameters)."""
+    return getattr(model.wav2vec2.config, "layerdrop", 0.0) > 0
+
+
+def tensorboard_writer(run_dir: Path, session: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise OSError(f"--tensorboard needs the tensorboard package ({err}); pip install tensorboard") from err
+    return SummaryWriter(str(run_dir / "tensorboard" / f"session{session}"))
+
+
+def report_long_targets(model, corpus: Corpus, indices) -> None:
+    """CTC needs at least one frame per target symbol (two for a repeated letter); such
+    utterances get an infinite CTC loss, which zero_infinity turns into zero. Say which."""
+    samples = torch.tensor(corpus.dataset.lengths()[indices])
+    frames = frame_lengths(model.wav2vec2, samples).tolist()
+    too_long = []
+    for i, n_frames in zip(indices, frames):
+        target = corpus.dataset.targets[i]
+        needed = len(target) + sum(a == b for a, b in zip(target, target[1:]))
+        if needed > n_frames:
+            too_long.append(f"{corpus.dataset.names[i]} ({needed} > {n_frames} frames)")
+    if too_long:
+        log.warning("%d utterance(s) have transcripts longer than their audio allows for CTC; their CTC loss "
+                    "is zeroed (zero_infinity): %s%s", len(too_long), ", ".join(too_long[:10]),
+                    " ..." if len(too_long) > 10 else "")
+
+
+def check_skipped(record: dict, run_cfg, session: int) -> None:
+    if record["skipped_steps"]:
+        log.warning("fold %s epoch %d: %d optimizer step(s) skipped for non-finite gradients", session,
+                    record["epoch"], record["skipped_steps"])
+    if record["skipped_steps"] > run_cfg.max_skipped_fraction * max(record["optimizer_steps"], 1):
+        raise runinfo.DivergedError(
+            f"fold {session} epoch {record['epoch']}: {record['skipped_steps']} of {record['optimizer_steps']} "
+            f"optimizer steps had non-finite gradients (limit {run_cfg.max_skipped_fraction:.0%}); the run "
+            "diverged, so no model of this epoch is saved. Lower --learning_rate, or check the inputs "
+            "(utterances with targets longer than the audio are skipped by CTC's zero_infinity)")
+
+
+def log_epoch(session: int, record: dict, board=None) -> None:
+    if board is not None:
+        for key in ("loss", "ce_loss", "ctc_loss", "skipped_steps"):
+            board.add_scalar(f"train/{key}", record[key], record["epoch"])
+        for split in ("dev", "test"):
+            for key in ("wa", "ua", "macro_f1"):
+                if record[split]:
+                    board.add_scalar(f"{split}/{key}", record[split][key], record["epoch"])
+        board.add_scalar("speed/audio_seconds_per_second", record["audio_seconds"] / record["seconds"], record["epoch"])
+        board.flush()
+    dev = f"{record['dev']['ua']:.4f}" if record["dev"] else "-"
+    log.info("fold %s epoch %d: loss %.4f (ce %.4f, ctc %.4f) dev UA %s test UA %.4f%s [%.1fs]", session,
+             record["epoch"], record["loss"], record["ce_loss"], record["ctc_loss"], dev, record["test"]["ua"],
+             " *" if record["best_epoch"] == record["epoch"] else "", record["seconds"])
+
+
