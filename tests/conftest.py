@@ -20,6 +20,7 @@ class Demo:
     roberta: Path
     wav2vec2_model: Path
     roberta_model: Path
+    whisper_model: Path
 
     def flags(self, **overrides) -> list[str]:
         """run.py flags for a quick run on this corpus; overrides as flag=value (None drops it)."""
@@ -48,7 +49,7 @@ def build_demo(root: Path, per_session: int = 6, seed: int = 0) -> Demo:
         logging.disable(logging.NOTSET)
     extract(prepared / "iemocap.csv", prepared / "roberta", roberta=models["roberta"], device="cpu")
     return Demo(root, prepared / "iemocap.csv", prepared / "audio", prepared / "roberta",
-                models["wav2vec2"], models["roberta"])
+                models["wav2vec2"], models["roberta"], models["whisper"])
 
 
 @pytest.fixture(scope="session")

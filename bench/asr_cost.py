@@ -1,0 +1,123 @@
+"""What transcribing a corpus with Whisper costs: whisper-small's architecture with random
+weights (no download) transcribes N clips, each decoded to the token count of typical speech,
+timed as data_prep/transcribe.py runs it (log-mel features of 30 s windows, greedy decoding).
+
+    python bench/asr_cost.py                 # 16 clips of 5 s, batches of 8, a few minutes on 2 CPU cores
+    python bench/asr_cost.py --quick         # one clip, to check it works (an indicative figure only)
+    python bench/asr_cost.py --device cuda --clips 64 --batch_size 16
+
+Whisper pads every clip to a 30 s window, so the encoder costs the same for a 2 s clip as for a
+30 s one, and the cost per audio hour falls with the clip length (IEMOCAP's mean is 4.55 s).
+Random weights never decide to stop, so every clip generates exactly `--tokens_per_second` x its
+length tokens (min_new_tokens = max_new_tokens): about 2.5 words or 3.5 Whisper tokens per second
+of conversational English. The last line printed is
+`whisper_small_cpu_seconds_per_audio_hour: <float>` (named so on any --device)."""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor  # noqa: E402
+from transformers import WhisperForConditionalGeneration  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from utils.device import resolve_device  # noqa: E402
+
+# openai/whisper-small (WhisperConfig()'s defaults are whisper-tiny's).
+WHISPER_SMALL = dict(
+    vocab_size=51865, num_mel_bins=80, d_model=768, encoder_layers=12, decoder_layers=12,
+    encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
+    max_source_positions=1500, max_target_positions=448,
+)
+# whisper-small's special token ids: <|endoftext|>, <|startoftranscript|>, <|en|>, tasks, <|notimestamps|>.
+END, START, ENGLISH, TRANSLATE, TRANSCRIBE, NO_TIMESTAMPS = 50257, 50258, 50259, 50358, 50359, 50363
+SR = 16000
+
+
+def whisper_small(device: torch.device) -> WhisperForConditionalGeneration:
+    """whisper-small's architecture and generation settings, random weights, eval mode."""
+    config = WhisperConfig(**WHISPER_SMALL, decoder_start_token_id=START, bos_token_id=END, eos_token_id=END,
+                           pad_token_id=END, begin_suppress_tokens=[220, END], attn_implementation="sdpa")
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=START, bos_token_id=END, eos_token_id=END, pad_token_id=END, max_length=448,
+        is_multilingual=True, lang_to_id={"<|en|>": ENGLISH},
+        task_to_id={"translate": TRANSLATE, "transcribe": TRANSCRIBE}, no_timestamps_token_id=NO_TIMESTAMPS,
+        begin_suppress_tokens=[220, END],
+    )
+    return model.to(device).eval()
+
+
+def speech_like_clips(count: int, seconds: float, seed: int = 0) -> list[np.ndarray]:
+    """Noise-modulated tones: the content does not matter to a random model's cost."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    return [(0.2 * np.sin(2 * np.pi * rng.uniform(100, 300) * t) * (1 + np.sin(2 * np.pi * 3 * t))
+             + 0.02 * rng.standard_normal(len(t))).astype(np.float32) for _ in range(count)]
+
+
+def transcribe_clips(model, extractor, clips, batch_size: int, new_tokens: int, device) -> float:
+    """Seconds to turn the clips into `new_tokens` tokens each: features, encoder, greedy decoder."""
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(clips), batch_size):
+            features = extractor(clips[start:start + batch_size], sampling_rate=SR, return_tensors="pt")
+            model.generate(features.input_features.to(device), language="en", task="transcribe", num_beams=1,
+                           min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=16, help="clips timed (after one warm-up batch)")
+    parser.add_argument("--clip_seconds", type=float, default=5.0, help="length of each clip")
+    parser.add_argument("--batch_size", type=int, default=8, help="clips per generate call, as transcribe.py")
+    parser.add_argument("--tokens_per_second", type=float, default=3.5,
+                        help="tokens generated per second of audio (typical conversational speech)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    parser.add_argument("--quick", action="store_true", help="one clip, no warm-up: checks that it works")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.clips, args.batch_size = 1, 1
+    return args
+
+
+def main(argv=None) -> float:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()  # generate's notes on the forced lengths say nothing here
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    model, extractor = whisper_small(device), WhisperFeatureExtractor(feature_size=80)
+    built = time.perf_counter() - started
+    new_tokens = max(1, math.ceil(args.tokens_per_second * args.clip_seconds))
+    clips = speech_like_clips(args.clips, args.clip_seconds)
+    print(f"whisper-small architecture, random weights, on {device} ({torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.2f}); built in {built:.1f} s", flush=True)
+    if not args.quick:
+        transcribe_clips(model, extractor, clips[:args.batch_size], args.batch_size, new_tokens, device)
+    seconds = transcribe_clips(model, extractor, clips, args.batch_size, new_tokens, device)
+    audio = args.clips * args.clip_seconds
+    per_hour = seconds / audio * 3600
+    note = " (--quick: indicative only)" if args.quick else ""
+    print(f"{args.clips} clip(s) of {args.clip_seconds:g} s, {new_tokens} tokens each, batches of {args.batch_size}: "
+          f"{seconds:.2f} s, real-time factor {seconds / audio:.3f}{note}")
+    print(f"whisper_small_cpu_seconds_per_audio_hour: {per_hour:.0f}")
+    return per_hour
+
+
+if __name__ == "__main__":
+    main()
