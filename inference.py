@@ -13,16 +13,22 @@ times. predict.py is the command line over this module.
 
 Audio is a file path or a 1-D (or [samples, channels]) array with its sample rate; it is
 resampled, downmixed and normalised exactly as in training. mmer reads a transcript: the one
-given, else its own CTC head's (greedy, in sentence case), and says which. Every result is
-padding-exact: a recording gets what the model gives it alone, whatever it is batched with.
+given, else a speech recogniser's (`asr=`, e.g. openai/whisper-small), else its own CTC head's
+(greedy, in sentence case), and says which. Every result is padding-exact: a recording gets what
+the model gives it alone, whatever it is batched with. A recording longer than
+`recognizer.windows.long_seconds` (30 s) is scored in windows read one batch at a time (6 s,
+one every 3 s): its result is the duration-weighted summary, with the timeline in `.windows`
+(`timeline_table`, `plot_timeline`).
 """
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
@@ -52,12 +58,132 @@ class Prediction:
     transcript: str = ""              # the text mmer read ("" for audio-only models)
     transcript_source: str = "none"   # given | asr | ctc | none (audio-only model)
     ctc_transcript: str = ""          # what the model's CTC head heard (variants with a CTC head)
+    windows: list | None = None       # a long recording's timeline (WindowPrediction), else None
 
     def as_row(self) -> dict:
         return {"file": self.source, "predicted_label": self.label,
                 **{f"prob_{name}": p for name, p in self.probabilities.items()},
                 "transcript": self.transcript, "transcript_source": self.transcript_source,
-                "ctc_transcript": self.ctc_transcript}
+                "ctc_transcript": self.ctc_transcript, "windows": len(self.windows) if self.windows else 0}
+
+
+@dataclass(frozen=True)
+class Span:
+    """A window of a long recording, in samples at 16 kHz; `own_*` is the part of the recording
+    it speaks for in the timeline (the owned parts of all windows cover the recording once)."""
+    start: int
+    end: int
+    own_start: int
+    own_end: int
+    rate: int = 16000
+
+    @property
+    def start_s(self) -> float:
+        return self.start / self.rate
+
+    @property
+    def end_s(self) -> float:
+        return self.end / self.rate
+
+
+@dataclass
+class WindowPrediction:
+    span: Span
+    prediction: Prediction
+
+
+@dataclass
+class Windows:
+    """How long recordings are cut: recordings over `long_seconds` are scored in windows of
+    `seconds`, one every `hop_seconds` (half overlapping by default), the last one ending with
+    the recording; `batch` windows per pass. Each second of the recording is owned by the
+    window whose centre is nearest, so the timeline covers it exactly once, and the summary
+    weighs each window by the length it owns."""
+    seconds: float = 6.0
+    hop_seconds: float = 3.0
+    long_seconds: float = 30.0
+    batch: int = 8
+
+    def spans(self, samples: int, rate: int) -> list[Span]:
+        size, hop = round(self.seconds * rate), round(self.hop_seconds * rate)
+        if samples <= size:
+            return [Span(0, samples, 0, samples, rate)]
+        starts = list(range(0, samples - size + 1, hop))
+        if starts[-1] + size < samples:
+            starts.append(samples - size)
+        centres = [start + size / 2 for start in starts]
+        bounds = [0] + [round((a + b) / 2) for a, b in zip(centres, centres[1:])] + [samples]
+        return [Span(start, start + size, bounds[k], bounds[k + 1], rate) for k, start in enumerate(starts)]
+
+
+class WindowSource:
+    """Windows of a recording read from its file one at a time (a file's source frames around
+    the window, downmixed and resampled), so memory does not grow with its length."""
+
+    def __init__(self, path, sample_rate, rate: int):
+        self.path, self.rate, self.array = str(path), rate, None
+        info = sf.info(self.path)
+        self.source_rate = info.samplerate
+        self.samples = int(np.ceil(info.frames * rate / info.samplerate))
+
+    @classmethod
+    def of_array(cls, samples: np.ndarray) -> "WindowSource":
+        source = cls.__new__(cls)
+        source.array, source.samples = samples, len(samples)
+        return source
+
+    def read(self, span: Span) -> np.ndarray:
+        if self.array is not None:
+            return self.array[span.start:span.end]
+        first = int(np.floor(span.start * self.source_rate / self.rate))
+        last = int(np.ceil(span.end * self.source_rate / self.rate))
+        frames, _ = sf.read(self.path, start=first, stop=last, dtype="float32", always_2d=True)
+        samples = prepare_samples(frames, self.source_rate, self.rate, self.path)
+        wanted = span.end - span.start
+        return np.pad(samples[:wanted], (0, max(0, wanted - len(samples))))
+
+
+def summarise(name: str, timeline: list[WindowPrediction], classes: list[str]) -> Prediction:
+    """The whole recording: the windows' probabilities weighed by the length each owns."""
+    weights = np.array([w.span.own_end - w.span.own_start for w in timeline], dtype=float)
+    probs = np.array([[w.prediction.probabilities[c] for c in classes] for w in timeline])
+    mean = weights @ probs / weights.sum()
+    return Prediction(source=name, label=classes[int(mean.argmax())],
+                      probabilities={c: float(v) for c, v in zip(classes, mean)},
+                      transcript_source=timeline[0].prediction.transcript_source, windows=timeline)
+
+
+def timeline_table(prediction: Prediction) -> pd.DataFrame:
+    """One row per window: its extent, the part it owns, its label and probabilities, its transcript."""
+    rows = [{"window": k, "start_s": w.span.start_s, "end_s": w.span.end_s,
+             "own_start_s": w.span.own_start / w.span.rate, "own_end_s": w.span.own_end / w.span.rate,
+             "predicted_label": w.prediction.label,
+             **{f"prob_{c}": v for c, v in w.prediction.probabilities.items()},
+             "transcript": w.prediction.transcript, "transcript_source": w.prediction.transcript_source}
+            for k, w in enumerate(prediction.windows or [])]
+    return pd.DataFrame(rows)
+
+
+def plot_timeline(prediction: Prediction, path) -> None:
+    """The class probabilities over time (each window drawn over the part it owns)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from utils.report import save_figure
+    table = timeline_table(prediction)
+    classes = list(prediction.probabilities)
+    fig, ax = plt.subplots(figsize=(10, 3.6), layout="constrained")
+    for k, name in enumerate(classes):
+        x = np.ravel(np.column_stack([table["own_start_s"], table["own_end_s"]]))
+        y = np.repeat(table[f"prob_{name}"].to_numpy(), 2)
+        ax.plot(x, y, label=name, color=f"C{k}")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{Path(prediction.source).name}: {prediction.label} overall ("
+                 f"{len(table)} windows)")
+    ax.legend(loc="upper right", ncol=len(classes))
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- loading a run
@@ -128,7 +254,8 @@ def default_batch_size(device: torch.device) -> int:
 # ---------------------------------------------------------------- the recognizer
 class EmotionRecognizer:
     """A run's model(s), the audio preparation of their encoder and, for mmer, the text
-    encoder, loaded once. Thread-safe for concurrent predict calls (no state changes)."""
+    encoder, loaded once. Safe to call from several threads: calls take turns (the tokenizers
+    are not thread-safe, and one call already uses every CPU thread torch is given)."""
 
     def __init__(self, models: dict, roberta: str = DEFAULT_ROBERTA, device="cpu", precision: str = "fp32",
                  batch_size: int | None = None, asr: str | None = None, language: str | None = None):
@@ -143,6 +270,8 @@ class EmotionRecognizer:
         self.roberta = roberta
         self.text_encoder = self._text_encoder() if self.first.uses_text else None
         self.asr = Recogniser(asr, language, self.device) if asr and self.first.uses_text else None
+        self.windows = Windows()
+        self._turn = threading.RLock()
         if asr and not self.first.uses_text:
             log.warning("the %s model reads no text: --asr %s is not used", self.run, asr)
 
@@ -193,20 +322,28 @@ class EmotionRecognizer:
         return tokenizer, encoder
 
     # ------------------------------------------------------------ inputs
-    def load(self, audio, sample_rate: int | None = None, name: str = "array") -> np.ndarray:
-        """A path or an array (with its sample rate) -> 16 kHz mono samples (not yet normalised)."""
-        if isinstance(audio, (str, Path)):
-            samples = read_audio(audio, self.sample_rate)
-            name = str(audio)
-        else:
-            if sample_rate is None:
-                raise PredictError(f"{name}: an array needs its sample_rate")
-            samples = prepare_samples(np.asarray(audio, dtype=np.float32), sample_rate, self.sample_rate, name)
+    def prepare(self, audio, sample_rate: int | None = None, name: str = "array") -> np.ndarray:
+        """An array (with its sample rate) -> 16 kHz mono samples (not yet normalised)."""
+        if sample_rate is None:
+            raise PredictError(f"{name}: an array needs its sample_rate")
+        return self.checked(prepare_samples(np.asarray(audio, dtype=np.float32), sample_rate, self.sample_rate, name),
+                            name)
+
+    def checked(self, samples: np.ndarray, name: str) -> np.ndarray:
         if len(samples) < self.min_samples:
             raise PredictError(f"{name}: {len(samples) / self.sample_rate * 1000:.1f} ms of audio, shorter than the "
                                f"speech encoder's receptive field ({self.min_samples} samples, "
                                f"{self.min_samples / self.sample_rate * 1000:.0f} ms); give a longer recording")
         return samples
+
+    def seconds(self, audio, sample_rate: int | None = None) -> float:
+        """A recording's duration, from its header (a path) or its length (an array)."""
+        if isinstance(audio, (str, Path)):
+            try:
+                return sf.info(str(audio)).duration
+            except (sf.LibsndfileError, RuntimeError) as err:
+                raise AudioError(f"{audio}: unreadable audio ({err}); re-export it as wav or flac") from err
+        return len(audio) / (sample_rate or self.sample_rate)
 
     # ------------------------------------------------------------ prediction
     def predict(self, audio, transcript: str | None = None, sample_rate: int | None = None) -> Prediction:
@@ -214,12 +351,62 @@ class EmotionRecognizer:
         return self.predict_many([audio], [transcript], [sample_rate])[0]
 
     def predict_many(self, audios, transcripts=None, sample_rates=None, progress: bool = False) -> list[Prediction]:
-        """Many recordings; transcripts and sample rates per recording (None where not given)."""
+        """Many recordings; transcripts and sample rates per recording (None where not given).
+        A recording longer than `windows.long_seconds` is scored in windows (see Windows): its
+        Prediction is the duration-weighted summary and carries the per-window timeline."""
         n = len(audios)
         transcripts = list(transcripts) if transcripts is not None else [None] * n
         sample_rates = list(sample_rates) if sample_rates is not None else [None] * n
         names = [str(a) if isinstance(a, (str, Path)) else f"array {i}" for i, a in enumerate(audios)]
-        samples = [self.load(a, sr, name) for a, sr, name in zip(audios, sample_rates, names)]
+        long = [self.seconds(a, sr) > self.windows.long_seconds for a, sr in zip(audios, sample_rates)]
+        results = [None] * n
+        for i in (i for i in range(n) if long[i]):
+            results[i] = self.predict_windows(audios[i], transcripts[i], sample_rates[i], names[i])
+        short = [i for i in range(n) if not long[i]]
+        if short:
+            samples = [read_audio(audios[i], self.sample_rate) if isinstance(audios[i], (str, Path))
+                       else self.prepare(audios[i], sample_rates[i], names[i]) for i in short]
+            scored = self._score([self.checked(s, names[i]) for s, i in zip(samples, short)],
+                                 [transcripts[i] for i in short], progress)
+            for i, result in zip(short, self._predictions(scored, [names[i] for i in short])):
+                results[i] = result
+        return results
+
+    def predict_windows(self, audio, transcript=None, sample_rate=None, name=None) -> Prediction:
+        """A recording of any length, scored in windows (Windows) read one batch at a time, so
+        memory and time per second stay those of short clips: -> the summary Prediction, with
+        `.windows` the timeline."""
+        name = name or (str(audio) if isinstance(audio, (str, Path)) else "array")
+        if transcript:
+            log.warning("%s: a transcript of the whole recording cannot be split over its windows; each window "
+                        "is transcribed (%s)", name, "ASR" if self.asr else "the model's CTC head")
+        source = WindowSource(audio, sample_rate, self.sample_rate) if isinstance(audio, (str, Path)) else \
+            WindowSource.of_array(self.prepare(audio, sample_rate, name))
+        spans = self.windows.spans(source.samples, self.sample_rate)
+        timeline = []
+        for start in range(0, len(spans), self.windows.batch):
+            chunk = spans[start:start + self.windows.batch]
+            scored = self._score([source.read(s) for s in chunk], [None] * len(chunk), progress=False)
+            for span, result in zip(chunk, self._predictions(scored, [f"{name} [{span.start_s:.2f}-{span.end_s:.2f} s]"
+                                                                      for span in chunk])):
+                timeline.append(WindowPrediction(span, result))
+        return summarise(name, timeline, self.classes)
+
+    def _predictions(self, scored, names) -> list[Prediction]:
+        probs, texts, sources, heard = scored
+        return [Prediction(source=name, label=self.classes[int(p.argmax())],
+                           probabilities={c: float(v) for c, v in zip(self.classes, p)},
+                           transcript=texts[i] or "", transcript_source=sources[i] if self.first.uses_text else "none",
+                           ctc_transcript=heard[i] if heard else "")
+                for i, (name, p) in enumerate(zip(names, probs))]
+
+    def _score(self, samples: list, transcripts: list, progress: bool):
+        """16 kHz recordings -> (probabilities [N, classes] averaged over the models, the texts
+        mmer read, their sources, the first model's CTC transcripts)."""
+        with self._turn:
+            return self._score_now(samples, transcripts, progress)
+
+    def _score_now(self, samples: list, transcripts: list, progress: bool):
         waves = [normalize(s) for s in samples] if self.spec.do_normalize else samples
         given = [t if isinstance(t, str) and t.strip() else None for t in transcripts]
         if not self.first.uses_text and any(t is not None for t in given):
@@ -231,20 +418,9 @@ class EmotionRecognizer:
                 texts[i], sources[i] = text, "asr"
         elif self.first.uses_text and missing:
             self._check_ctc_trained(len(missing))
-        features = [None] * n
-        outputs = []
-        for model in self.models.values():
-            outputs.append(self._run_model(model, waves, texts, features, progress))
-        probs = np.mean([p for p, _ in outputs], axis=0)
-        heard = outputs[0][1]
-        results = []
-        for i in range(n):
-            source = sources[i] if self.first.uses_text else "none"
-            results.append(Prediction(
-                source=names[i], label=self.classes[int(probs[i].argmax())],
-                probabilities={name: float(p) for name, p in zip(self.classes, probs[i])},
-                transcript=texts[i] or "", transcript_source=source, ctc_transcript=heard[i] if heard else ""))
-        return results
+        features = [None] * len(waves)
+        outputs = [self._run_model(model, waves, texts, features, progress) for model in self.models.values()]
+        return np.mean([p for p, _ in outputs], axis=0), texts, sources, outputs[0][1]
 
     def _check_ctc_trained(self, missing: int) -> None:
         """A model trained with --alpha 0 has a CTC head no loss trained: its transcripts are noise."""

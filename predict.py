@@ -21,7 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers.utils import logging as hf_logging
 
 from data_prep.extract_roberta import TextFeatureError
-from inference import EmotionRecognizer, PredictError, predictions_table
+from inference import EmotionRecognizer, PredictError, Windows, plot_timeline, predictions_table, timeline_table
 from models import MODELS
 from utils.audio import AudioError, audio_suffixes
 from utils.checkpoint import CheckpointError
@@ -97,8 +97,29 @@ def read_input_csv(csv: Path, audio_dir=None) -> list[tuple]:
 # ---------------------------------------------------------------- prediction
 def predict_files(inputs: pd.DataFrame, recognizer: EmotionRecognizer, progress: bool = False) -> pd.DataFrame:
     """One row per recording of `inputs` (columns path and, optionally, transcript)."""
+    return predictions_table(predict_recordings(inputs, recognizer, progress))
+
+
+def predict_recordings(inputs: pd.DataFrame, recognizer: EmotionRecognizer, progress: bool = False) -> list:
     transcripts = inputs["transcript"] if "transcript" in inputs else None
-    return predictions_table(recognizer.predict_many(list(inputs["path"]), transcripts, progress=progress))
+    return recognizer.predict_many(list(inputs["path"]), transcripts, progress=progress)
+
+
+def write_timelines(predictions, output: Path | None) -> None:
+    """Long recordings: each one's windows, as a csv and a plot beside --output
+    (`<output stem>_timelines/<recording>.csv|png`), or printed when there is no --output."""
+    for prediction in (p for p in predictions if p.windows):
+        table = timeline_table(prediction)
+        if output is None:
+            print(f"{prediction.source}: {len(table)} windows")
+            print(table.drop(columns=["transcript"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            continue
+        folder = output.parent / f"{output.stem}_timelines"
+        stem = Path(prediction.source).stem
+        with atomic_path(folder / f"{stem}.csv", suffix=".csv") as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6f")
+        plot_timeline(prediction, folder / f"{stem}.png")
+        log.info("%s: %d windows, timeline in %s", prediction.source, len(table), folder / f"{stem}.csv")
 
 
 def labelled_metrics(inputs: pd.DataFrame, table: pd.DataFrame, label_set) -> dict | None:
@@ -148,7 +169,7 @@ def write_output(table: pd.DataFrame, path: Path, info: dict) -> None:
 
 
 def format_predictions(table: pd.DataFrame) -> str:
-    shown = table.drop(columns=["ctc_transcript"]).copy()
+    shown = table.drop(columns=["ctc_transcript"] + (["windows"] if not table["windows"].any() else [])).copy()
     shown["transcript"] = shown["transcript"].str.slice(0, 40)
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
@@ -177,6 +198,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                help="at most this many recordings per forward pass (default: 8 on GPU, 1 on CPU, the fastest "
                     "there). Results do not depend on it: encoders without an attention mask (wav2vec2-base) "
                     "batch only recordings of equal length, so nothing they see is padded")
+    add_number(p, "--long_seconds", float, 1, default=30.0,
+               help="recordings longer than this are scored in windows, with a timeline and a summary")
+    add_number(p, "--window_seconds", float, 0.5, default=6.0, help="length of a long recording's windows")
+    add_number(p, "--hop_seconds", float, 0.1, default=3.0, help="one window every this many seconds")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on a CPU with AVX512-BF16/AMX is about "
@@ -184,6 +209,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.output is not None and args.output.suffix.lower() not in OUTPUT_SUFFIXES:
         p.error(f"--output {args.output}: give a .json or .csv file name")
+    if args.hop_seconds > args.window_seconds:
+        p.error(f"--hop_seconds {args.hop_seconds} is longer than --window_seconds {args.window_seconds}: the windows "
+                "would leave parts of the recording unheard")
     return args
 
 
@@ -194,8 +222,11 @@ def run_prediction(args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
     recognizer = EmotionRecognizer.from_run(args.checkpoint_dir, args.session, args.ensemble, args.run, args.wav2vec2,
                                             args.roberta, args.device, args.precision, args.batch_size, args.asr,
                                             args.language)
+    recognizer.windows = Windows(args.window_seconds, args.hop_seconds, args.long_seconds)
     with logging_redirect_tqdm():
-        table = predict_files(inputs, recognizer, progress=len(inputs) > recognizer.batch_size)
+        predictions = predict_recordings(inputs, recognizer, progress=len(inputs) > recognizer.batch_size)
+    table = predictions_table(predictions)
+    write_timelines(predictions, args.output)
     info = {"run": recognizer.run, "checkpoints": [str(p) for p in recognizer.models],
             "ensemble": len(recognizer.models) > 1, "class_names": recognizer.classes}
     metrics = labelled_metrics(inputs, table, recognizer.label_set)

@@ -347,3 +347,63 @@ def test_the_python_api_docstring_example_runs(setup):
     for example in doctest.DocTestFinder(recurse=False).find(inference, globs=globs):
         runner.run(example)
     assert runner.tries >= 4 and runner.failures == 0
+
+
+# ---------------------------------------------------------------- long recordings
+def test_windows_of_a_long_recording_cover_it_exactly_once():
+    windows = inference.Windows(seconds=6, hop_seconds=3, long_seconds=30)
+    for seconds in (6.5, 31, 64.33, 600):
+        samples = round(seconds * 16000)
+        spans = windows.spans(samples, 16000)
+        assert spans[0].start == 0 and spans[-1].end == samples
+        assert all(s.end - s.start == 96000 for s in spans)                      # every window 6 s
+        assert [s.own_start for s in spans[1:]] == [s.own_end for s in spans[:-1]]  # owned parts tile it
+        assert spans[0].own_start == 0 and spans[-1].own_end == samples
+        assert all(s.start <= s.own_start < s.own_end <= s.end for s in spans)   # each owns part of itself
+
+
+def test_a_long_recording_gets_a_timeline_and_a_duration_weighted_summary(setup, tmp_path):
+    long = tmp_path / "long.wav"
+    sf.write(long, np.concatenate([tone(20, 16000, 150), tone(21.5, 16000, 260)]), 16000)
+    out = tmp_path / "out.json"
+    table = predict.main(["--checkpoint_dir", str(setup["root"] / "cai_sota"), str(long), "--output", str(out)])
+    timeline = pd.read_csv(tmp_path / "out_timelines" / "long.csv")
+    assert (tmp_path / "out_timelines" / "long.png").stat().st_size > 1000
+    assert table["windows"].iloc[0] == len(timeline) == 13
+    owned = (timeline["own_end_s"] - timeline["own_start_s"]).to_numpy()
+    assert owned.sum() == pytest.approx(41.5) and timeline["own_start_s"].iloc[0] == 0
+    summary = (timeline[PROB_COLUMNS].to_numpy() * owned[:, None]).sum(axis=0) / owned.sum()
+    np.testing.assert_allclose(table[PROB_COLUMNS].to_numpy()[0], summary, atol=1e-6)
+    models = inference.load_models(setup["root"] / "cai_sota")
+    alone = inference.EmotionRecognizer(models).predict(tone(6, 16000, 150), sample_rate=16000)
+    assert timeline[PROB_COLUMNS].iloc[0].to_numpy() == pytest.approx(list(alone.probabilities.values()), abs=1e-5)
+
+
+PEAK_DURING_PREDICTION = """
+import sys
+from pathlib import Path
+import numpy as np
+import inference
+recognizer = inference.EmotionRecognizer(inference.load_models(sys.argv[1]))
+recognizer.predict_windows(np.zeros(31 * 16000, np.float32), sample_rate=16000)  # warm up the windowed path
+Path("/proc/self/clear_refs").write_text("5")      # reset the peak resident size (Linux)
+recognizer.predict(sys.argv[2])
+peak = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
+print("PEAK", int(peak.split()[1]) / 1024)
+"""
+
+
+def peak_rss_mb(setup, path: Path) -> float:
+    """Peak resident memory (MB) while a fresh process predicts one recording."""
+    done = subprocess.run([sys.executable, "-c", PEAK_DURING_PREDICTION, str(setup["root"] / "cai_sota"), str(path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(done.stdout.split("PEAK")[-1])
+
+
+def test_peak_memory_of_a_long_recording_does_not_grow_with_its_length(setup, tmp_path):
+    for seconds in (40, 240):  # 44.1 kHz stereo: the whole 240 s would be 85 MB as float32
+        audio = tone(seconds, 44100, 180)
+        sf.write(tmp_path / f"{seconds}.wav", np.stack([audio, audio], axis=1), 44100)
+    short, long = (peak_rss_mb(setup, tmp_path / f"{s}.wav") for s in (40, 240))
+    assert long - short < 30, (short, long)
