@@ -268,15 +268,16 @@ def test_dev_split_depends_on_the_seed_only():
 # Pinned when the 2022 configuration was the only one; every later option, turned off, must
 # reproduce them.
 PINNED_LOSSES = {
-    "mmer": [[22.099346, 1.466375, 206.329712], [20.810074, 1.263779, 195.462952], [18.282557, 1.03221, 172.503464]],
-    "cai_sota": [[21.533285, 1.318875, 202.144104], [20.303165, 1.34561, 189.575562], [18.484598, 1.289692, 171.949051]],
-    "unimodal_baseline": [[1.420352, 1.420352], [1.321767, 1.321767], [1.264069, 1.264069]],
+    "mmer": [[21.521315, 1.350318, 201.709976], [19.78948, 1.220231, 185.69249], [17.285856, 0.971898, 163.139572]],
+    "cai_sota": [[21.463291, 1.292293, 201.709976], [19.893991, 1.324474, 185.695175], [17.562645, 1.24473, 163.179138]],
+    "unimodal_baseline": [[1.321726, 1.321726], [1.230038, 1.230038], [1.170465, 1.170465]],
 }
 
 
 def first_losses(run, **config) -> list:
     torch.manual_seed(0)
-    encoder = prepare_encoder(tiny_speech_encoder("wav2vec2"))
+    # SpecAugment off, as models.encoders.load_speech_encoder has it (its masks come from numpy's RNG)
+    encoder = prepare_encoder(tiny_speech_encoder("wav2vec2", apply_spec_augment=False))
     model = MODELS[run](ModelConfig(run=run, alpha=0.1, text_dim=TEXT_DIM, **config), encoder).train()
     inputs = pad_batch(*random_inputs([16000, 11000, 7000], [6, 4, 9], seed=3))
     inputs["attention_mask"] = None
