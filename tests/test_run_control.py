@@ -207,3 +207,20 @@ def trained_run(demo, tmp_path_factory):
     save = tmp_path_factory.mktemp("control")
     results = run.main(demo.flags(run="cai_sota", save_path=save, epochs=1))
     return save / "cai_sota", results
+
+
+def test_the_resume_state_restores_numpy_random_draws_too(tmp_path):
+    """transformers draws SpecAugment's masks from numpy's generator: a resumed run must go on
+    with the same draws (the state is read back by weights-only loading)."""
+    import numpy as np
+    import torch
+
+    from utils import runinfo
+    np.random.seed(5)
+    state = runinfo.rng_state()
+    expected = (np.random.rand(4), torch.rand(2))
+    torch.save({"rng": state}, tmp_path / "state.pt")
+    np.random.seed(9)
+    torch.manual_seed(9)
+    runinfo.set_rng_state(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
+    assert np.array_equal(np.random.rand(4), expected[0]) and torch.equal(torch.rand(2), expected[1])

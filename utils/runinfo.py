@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from utils.checkpoint import load_checkpoint, save_checkpoint
@@ -32,7 +33,7 @@ class DivergedError(RuntimeError):
 
 # Settings that do not change what a run computes; a resumed run may differ in these.
 NOT_IDENTITY = {"sessions", "num_workers", "overwrite", "resume", "log_every", "device", "eval_only",
-                "checkpoint_dir", "tensorboard", "text_dim", "num_classes"}
+                "checkpoint_dir", "tensorboard", "text_dim", "num_classes", "threads"}
 
 
 def existing_results(run_dir: Path) -> list[Path]:
@@ -172,7 +173,12 @@ class FoldState:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
+    """torch's, CUDA's and numpy's generators (transformers draws SpecAugment's masks from
+    numpy's), as tensors and plain numbers, so weights-only loading reads them."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -180,6 +186,10 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        saved = state["numpy"]
+        np.random.set_state(("MT19937", saved["keys"].numpy().astype(np.uint32), saved["position"],
+                             saved["has_gauss"], saved["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
