@@ -9,6 +9,7 @@ Data-parallel on N GPUs (one process each, DDP; --batch_size is per process; the
 torchrun from reading --run as its own --run-path):
     torchrun --nproc_per_node N -- run.py --run mmer ...
 """
+import argparse
 import contextlib
 import json
 import logging
@@ -17,7 +18,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pandas as pd
+from utils.threads import before_torch, configure_threads
+
+before_torch()  # OpenMP's wait policy is read when torch loads it (utils/threads.py)
+
+import pandas as pd  # noqa: E402
 import transformers
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -27,7 +32,8 @@ from data_prep.extract_roberta import TextFeatureError, features_text_encoder, r
 from labels import LabelError, LabelSet, read_label_map
 from models import MODELS, ModelConfig
 from models.base import CTC_REDUCTIONS
-from models.encoders import audio_input_spec, conv_cache_refusal, encoder_config, min_samples, padding_is_exact
+from models.encoders import (audio_input_spec, conv_cache_changes_training, conv_cache_refusal, encoder_config,
+                             min_samples, padding_is_exact)
 from training import (Corpus, build_training, check_skipped, compile_regions, evaluate, fixed_lengths, log_epoch,
                       make_loader, predict_split, report_long_targets, tensorboard_writer, train_epoch, use_conv_cache,
                       uses_layerdrop, write_predictions)
@@ -73,11 +79,12 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    threads: int | None = None   # torch CPU threads; None: the CPUs this process may use
     num_workers: int = 0
     batching: str = "bucket"
     gradient_checkpointing: bool = False
     compile: bool = False
-    cache_conv_features: bool = False
+    cache_conv_features: bool | None = None   # None: on where it changes nothing (see conv_cache_setting)
     eval_batch_size: int = 8
     eval_only: bool = False
     checkpoint_dir: str | None = None
@@ -155,11 +162,12 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
                      help="torch.compile the encoder layers and fusion layers (GPU; the first epoch compiles); "
                           "for encoders that take an attention mask, audio is then padded to fixed lengths "
                           "(at most 19%% longer, masked)")
-    opt.add_argument("--cache_conv_features", action="store_true",
-                     help="run the frozen convolutional feature encoder once per utterance and keep its output "
-                          "in memory (exact in fp32, so only for layer-norm feature encoders that take an "
-                          "attention mask, such as wav2vec2-large-lv60; about 100 KB per audio second, "
-                          "in every process)")
+    opt.add_argument("--cache_conv_features", action=argparse.BooleanOptionalAction, default=None,
+                     help="run the frozen convolutional feature encoder once per utterance, alone, and keep its output "
+                          "in memory (about 100 KB per audio second, in every process). Default: on where it changes "
+                          "nothing (layer-norm feature encoders with an attention mask, e.g. wav2vec2-large-lv60); "
+                          "for wav2vec2-base it is exact as scoring each utterance alone, and training then masks "
+                          "padded frames instead of letting them into the encoder, so it is asked for explicitly")
     add_number(opt, "--max_skipped_fraction", float, 0, 1, default=d.max_skipped_fraction,
                help="stop when more than this share of an epoch's optimizer steps had non-finite gradients")
     ctl = p.add_argument_group("run control")
@@ -169,6 +177,9 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     ctl.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
                      help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on a CPU with AVX512-BF16/AMX trains "
                           "base-size encoders about 2x faster (see docs/PERFORMANCE.md)")
+    add_number(ctl, "--threads", int, 1, default=None,
+               help="torch CPU threads (default: the CPUs this process may use, from its affinity and cgroup quota, "
+                    "shared among torchrun's processes on the machine)")
     ctl.add_argument("--select_on", choices=["dev", "test"], default=d.select_on,
                      help="pick the best epoch on the dev split; 'test' reproduces upstream (optimistic, no dev split)")
     add_number(ctl, "--eval_batch_size", int, 1, default=d.eval_batch_size,
@@ -219,12 +230,7 @@ def resolve_configs(args, p) -> tuple[ModelConfig, RunConfig]:
     model_cfg = ModelConfig(run=args.run, wav2vec2=local_path(args.wav2vec2), alpha=args.alpha,
                             ctc_reduction=args.ctc_reduction, dropout=args.dropout, specaugment=args.specaugment)
     run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)})
-    if run_cfg.cache_conv_features:
-        why_not = conv_cache_refusal(encoder_config(model_cfg.wav2vec2), audio_input_spec(model_cfg.wav2vec2))
-        if why_not:
-            p.error(f"--cache_conv_features: {model_cfg.wav2vec2} {why_not}, so a cached output would not be "
-                    "exact; it is offered for wav2vec2, HuBERT and WavLM encoders with a layer-norm feature "
-                    "encoder that take an attention mask (e.g. wav2vec2-large-lv60)")
+    run_cfg.cache_conv_features = conv_cache_setting(run_cfg.cache_conv_features, model_cfg, p)
     if run_cfg.select_on == "test":
         run_cfg.dev_fraction = 0.0  # upstream trained on all four training sessions
     for key in ("csv_path", "data_path_audio", "data_path_roberta", "save_path", "checkpoint_dir"):
@@ -232,6 +238,21 @@ def resolve_configs(args, p) -> tuple[ModelConfig, RunConfig]:
     if MODELS[model_cfg.run].uses_text:
         run_cfg.roberta = features_text_encoder(run_cfg.data_path_roberta, run_cfg.roberta)
     return model_cfg, run_cfg
+
+
+def conv_cache_setting(asked: bool | None, model_cfg: ModelConfig, p) -> bool:
+    """--cache_conv_features: on where asked and possible; by default, where it changes nothing."""
+    config, spec = encoder_config(model_cfg.wav2vec2), audio_input_spec(model_cfg.wav2vec2)
+    why_not = conv_cache_refusal(config, spec)
+    if asked and why_not:
+        p.error(f"--cache_conv_features: {model_cfg.wav2vec2} {why_not}; it is offered for wav2vec2, HuBERT and WavLM "
+                "encoders")
+    if asked is None:
+        return why_not is None and not conv_cache_changes_training(config, spec)
+    if asked and conv_cache_changes_training(config, spec):
+        log.info("--cache_conv_features: %s takes no attention mask, so training with the cache masks padded frames "
+                 "where training without it lets them into the encoder", model_cfg.wav2vec2)
+    return asked
 
 
 def recorded_settings(checkpoint_dir) -> dict:
@@ -504,6 +525,7 @@ def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint
 def main(argv=None) -> dict | None:
     """Run the folds and write the results; -> the results (None on ranks other than 0)."""
     model_cfg, run_cfg = parse_args(argv)
+    run_cfg.threads = configure_threads(run_cfg.threads)
     device = distributed.init_distributed(run_cfg.device)
     try:
         return run_folds(model_cfg, run_cfg, device)

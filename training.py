@@ -41,8 +41,9 @@ class Corpus:
 def use_conv_cache(model, corpus: Corpus, run_cfg, device) -> None:
     """--cache_conv_features: the loaders hand the model the frozen feature encoder's output
     for every utterance instead of the audio (otherwise they hand it the audio). The output is
-    computed on the device in length-sorted batches (exact for the layer-norm encoders the flag
-    is allowed for), once, and again only for a model whose feature-encoder weights differ."""
+    computed on the device, each utterance as if alone (padding-exact batches: equal lengths
+    for group-norm encoders), once, and again only for a model whose feature-encoder weights
+    differ."""
     corpus.dataset.conv_features = None
     if not run_cfg.cache_conv_features:
         return
@@ -81,8 +82,10 @@ def make_loader(corpus: Corpus, indices, run_cfg, train: bool, device):
         sampler_cls = BucketBatchSampler if run_cfg.batching == "bucket" else RandomBatchSampler
         sampler = sampler_cls(lengths, run_cfg.batch_size * world, shuffle=True, seed=run_cfg.seed)
         sampler = DistributedBucketSampler(sampler, rank, world) if world > 1 else sampler
-    else:  # padding-exact: every utterance scored as if alone, whatever --eval_batch_size
-        sampler = ExactBatchSampler(lengths, run_cfg.eval_batch_size, corpus.padding_exact)
+    else:  # padding-exact: every utterance scored as if alone, whatever --eval_batch_size; cached conv
+        # features were computed alone and the encoder masks their padding, so they batch exactly too
+        exact = corpus.padding_exact or corpus.dataset.conv_features is not None
+        sampler = ExactBatchSampler(lengths, run_cfg.eval_batch_size, exact)
         sampler = RoundRobinBatchSampler(sampler, rank, world) if world > 1 else sampler
     collate = Collator(corpus.collate.spec, fixed_lengths=fixed_lengths(run_cfg, corpus.collate.spec))
     return torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=collate,

@@ -107,20 +107,24 @@ def padding_is_exact(config, spec: AudioInputSpec) -> bool:
 
 
 def conv_cache_refusal(config, spec: AudioInputSpec) -> str | None:
-    """Why the frozen convolutional feature encoder's output on an utterance alone would differ
-    from what the model sees of it inside a padded batch (None: it would not, and may be
-    cached). It would not for wav2vec2, HuBERT and WavLM with a layer-norm feature encoder
-    (each frame normalised on its own, e.g. wav2vec2-large-lv60) given an attention mask; it
-    would for wav2vec2-base's group norm, whose statistics run over the whole padded length."""
+    """Why the frozen convolutional feature encoder's output cannot be cached (None: it can).
+    The cache holds each utterance's output computed alone (unpadded) and runs the rest of the
+    encoder with a frame mask (encode_conv_features), so a cached batch gives each utterance
+    exactly what scoring it alone gives, for every wav2vec2, HuBERT and WavLM: also for
+    wav2vec2-base's group norm, whose uncached padded batches are not exact (padding_is_exact)."""
     if config.model_type not in CACHEABLE_ENCODERS:
         return f"is a {config.model_type} model (encode_conv_features mirrors {', '.join(CACHEABLE_ENCODERS)} only)"
-    if getattr(config, "feat_extract_norm", None) != "layer":
-        return "has a group-norm feature encoder, whose output on an utterance depends on the padding of its batch"
-    if not spec.return_attention_mask:
-        return "takes no attention mask, so its padded frames enter attention"
     if getattr(config, "add_adapter", False):
         return "has an adapter after its encoder, which encode_conv_features does not run"
     return None
+
+
+def conv_cache_changes_training(config, spec: AudioInputSpec) -> bool:
+    """Whether training with the cache differs from training without it: not where padded
+    batches are exact anyway (layer-norm feature encoder and an attention mask); for
+    wav2vec2-base (group norm, no mask) the uncached path lets padding into the group norm and
+    attention, the cached one masks it."""
+    return not padding_is_exact(config, spec)
 
 
 @torch.no_grad()

@@ -6,13 +6,14 @@ import logging
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import run
 from data_prep.make_tiny_models import save_speech_encoder, tiny_speech_encoder
 from models import MODELS
-from models.encoders import AudioInputSpec, conv_cache_refusal, conv_features, frame_lengths
+from models.encoders import AudioInputSpec, conv_cache_changes_training, conv_cache_refusal, conv_features, frame_lengths
 from tests.test_models import make_model, pad_batch, random_inputs
 from utils.data import BucketBatchSampler, Collator, RandomBatchSampler, fixed_length, pad_rows
 from utils.device import autocast, seed_everything
@@ -106,15 +107,19 @@ def test_cached_conv_features_give_the_same_loss_as_the_uncached_path(run, kind)
     assert not torch.allclose(losses[0], losses[2])  # dropout was on in training mode
 
 
-def test_group_norm_encoders_are_not_cached_because_it_would_not_be_exact():
+def test_a_cached_group_norm_batch_gives_each_utterance_what_it_gets_alone():
     model = make_model("cai_sota")  # wav2vec2-base's group-norm feature encoder, zero padding, no mask
-    assert "group-norm" in conv_cache_refusal(model.wav2vec2.config, AudioInputSpec())
-    inputs = pad_batch(*random_inputs([16000, 7000], [6, 4]))
+    assert conv_cache_refusal(model.wav2vec2.config, AudioInputSpec()) is None
+    assert conv_cache_changes_training(model.wav2vec2.config, AudioInputSpec())
+    waves, texts = random_inputs([16000, 7000], [6, 4])
+    inputs = pad_batch(waves, texts)
     inputs["attention_mask"] = None
     with torch.no_grad():
         padded = model(**inputs).logits
-        alone = model(**cached_inputs(model, inputs)).logits
-    assert not torch.allclose(padded, alone, atol=1e-4)  # so the flag refuses such encoders
+        cached = model(**cached_inputs(model, inputs)).logits
+        alone = torch.cat([model(**{**pad_batch([w], [t]), "attention_mask": None}).logits for w, t in zip(waves, texts)])
+    torch.testing.assert_close(cached, alone, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(padded, alone, atol=1e-4)  # the uncached padded batch is not exact
 
 
 def layer_norm_encoder(root):
@@ -131,8 +136,8 @@ def test_a_run_with_cached_conv_features_trains_exactly_like_one_without(demo, t
         save = tmp_path / f"cache-{cache}"
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="mmer"):
-            run.main(demo.flags(run="mmer", wav2vec2=encoder, sessions="1", save_path=save,
-                                cache_conv_features=cache))
+            run.main(demo.flags(run="mmer", wav2vec2=encoder, sessions="1", save_path=save)
+                     + ["--cache_conv_features" if cache else "--no-cache_conv_features"])
         assert ("cached the feature encoder's output" in caplog.text) == cache  # the cache was really used
         records.append([json.loads(line) for line in (save / "mmer" / "1_stats.txt").read_text().splitlines()])
     for plain, cached in zip(*records):
@@ -141,16 +146,27 @@ def test_a_run_with_cached_conv_features_trains_exactly_like_one_without(demo, t
         assert cached["test"]["confusion"] == plain["test"]["confusion"]
 
 
-def test_the_conv_cache_flag_is_refused_for_a_group_norm_encoder(demo, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        run.main(demo.flags(save_path=tmp_path, cache_conv_features=True))
-    assert "group-norm feature encoder" in capsys.readouterr().err
+def test_the_conv_cache_is_off_by_default_for_group_norm_and_exact_when_asked(demo, tmp_path):
+    assert run.parse_args(demo.flags(save_path=tmp_path))[1].cache_conv_features is False
+    assert run.parse_args(demo.flags(save_path=tmp_path, cache_conv_features=True))[1].cache_conv_features is True
+    layer = layer_norm_encoder(tmp_path)
+    assert run.parse_args(demo.flags(save_path=tmp_path, wav2vec2=layer))[1].cache_conv_features is True
+    trained = run.main(demo.flags(run="cai_sota", sessions="1", epochs=1, save_path=tmp_path / "train",
+                                  cache_conv_features=True))
+    evaluated = {}
+    for cache in ("--cache_conv_features", "--no-cache_conv_features"):
+        run.main(["--eval_only", "--checkpoint_dir", str(tmp_path / "train" / "cai_sota"), "--save_path",
+                  str(tmp_path / cache), cache, "--eval_batch_size", "4", "--device", "cpu"])
+        evaluated[cache] = pd.read_csv(tmp_path / cache / "cai_sota" / "1_predictions.csv")
+    cached, exact = evaluated.values()
+    np.testing.assert_allclose(cached.filter(like="prob_").to_numpy(), exact.filter(like="prob_").to_numpy(), atol=1e-5)
+    assert trained["folds"]["1"]["confusion"] is not None
 
 
-def test_the_conv_cache_is_refused_wherever_it_would_not_be_exact():
+def test_the_conv_cache_is_refused_only_where_encode_conv_features_does_not_mirror_the_encoder():
     layer = make_model("unimodal_baseline", feat_extract_norm="layer", do_stable_layer_norm=True).wav2vec2.config
     assert conv_cache_refusal(layer, MASKED) is None
-    assert "no attention mask" in conv_cache_refusal(layer, AudioInputSpec(return_attention_mask=False))
+    assert conv_cache_refusal(layer, AudioInputSpec(return_attention_mask=False)) is None
     with_adapter = type(layer)(**{**layer.to_dict(), "add_adapter": True})
     assert "adapter" in conv_cache_refusal(with_adapter, MASKED)
     other = type(layer)(**layer.to_dict())
