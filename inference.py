@@ -407,6 +407,7 @@ class EmotionRecognizer:
             return self._score_now(samples, transcripts, progress)
 
     def _score_now(self, samples: list, transcripts: list, progress: bool):
+        samples = [s[: self.first.config.max_audio_samples] for s in samples]  # the 2023 cut, if the run had one
         waves = [normalize(s) for s in samples] if self.spec.do_normalize else samples
         given = [t if isinstance(t, str) and t.strip() else None for t in transcripts]
         if not self.first.uses_text and any(t is not None for t in given):

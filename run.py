@@ -32,9 +32,10 @@ from data_prep.extract_roberta import TextFeatureError, features_text_encoder, r
 from labels import LabelError, LabelSet, read_label_map
 from models import MODELS, ModelConfig
 from models.base import CTC_REDUCTIONS
+from models.objectives import POOLING_METHODS
 from models.encoders import (audio_input_spec, conv_cache_changes_training, conv_cache_refusal, encoder_config,
                              min_samples, padding_is_exact)
-from training import (Corpus, build_training, check_skipped, compile_regions, evaluate, fixed_lengths, log_epoch,
+from training import (AUDIO_VIEWS, Corpus, Views, audio_view_settings, build_training, check_skipped, compile_regions, evaluate, fixed_lengths, log_epoch,
                       make_loader, predict_split, report_long_targets, tensorboard_writer, train_epoch, use_conv_cache,
                       uses_layerdrop, write_predictions)
 from utils import distributed, runinfo
@@ -48,7 +49,7 @@ from utils.hub import check_model_name
 from utils.lock import LockedError, RunLock
 from utils.metrics import emotion_metrics
 from utils.report import format_table, write_results
-from utils.validate import InputProblems, file_problems, raise_problems
+from utils.validate import InputProblems, feature_problems, file_problems, raise_problems
 
 log = logging.getLogger("mmer")
 OPTIMISTIC = "test (OPTIMISTIC: the best epoch is chosen on the test session, as upstream did)"
@@ -89,6 +90,9 @@ class RunConfig:
     eval_only: bool = False
     checkpoint_dir: str | None = None
     cross_corpus: bool = False
+    preset: str | None = None
+    audio_view: str = "speed,noise,mask"
+    data_path_roberta_view: str | None = None
     resume: bool = False
     overwrite: bool = False
     max_skipped_fraction: float = 0.05
@@ -98,6 +102,13 @@ class RunConfig:
     tensorboard: bool = False
     world_size: int = 1   # processes training each fold (torchrun), not a flag; the global batch depends on it
 
+
+# A paper's whole configuration (--preset); flags given beside it win.
+PRESETS = {
+    "mmer2022": {},  # the defaults
+    "mmer2023": {"run": "mmer", "alpha": 0.1, "supcon_weight": 0.1, "aug_weight": 0.1, "pooling": "max",
+                 "learning_rate": 5e-5, "max_audio_samples": 210_000, "audio_view": "speed,noise,mask"},
+}
 
 # flags whose default, under --eval_only, is what the run being re-evaluated recorded
 RECORDED = {"run": "model", "wav2vec2": "model", "alpha": "model", "ctc_reduction": "model", "csv_path": "run",
@@ -115,6 +126,8 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     data.add_argument("--data_path_audio", help="folder of the audio: <path> or <FileName>.wav "
                                                 f"(default {d.data_path_audio})")
     data.add_argument("--data_path_roberta", help=f"folder of <FileName>.npy, mmer (default {d.data_path_roberta})")
+    data.add_argument("--data_path_roberta_view", help="2023 views: features of each utterance's augmented transcript "
+                                                       "(extract_roberta.py --text_column AugmentedText)")
     data.add_argument("--sessions", "--folds", nargs="+", default=None,
                       help="test folds to run, by name (IEMOCAP: its sessions 1-5; default: all the table's; with "
                            "--eval_only, those that have a checkpoint)")
@@ -147,6 +160,22 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     add_number(model, "--dropout", float, 0, 1, high_open=True, default=m.dropout,
                help="on the encoder's last hidden state, the text embeddings and the fusion layers")
     model.add_argument("--specaugment", action="store_true", help="turn the encoder's SpecAugment on")
+    objectives = p.add_argument_group("the 2023 objectives (run.py --preset mmer2023 sets them all)")
+    objectives.add_argument("--preset", choices=list(PRESETS), help="a paper's whole configuration; flags given "
+                                                                    "beside it win")
+    add_number(objectives, "--supcon_weight", float, 0, default=m.supcon_weight,
+               help="weight of the supervised contrastive loss over each batch (2023: 0.1)")
+    add_number(objectives, "--aug_weight", float, 0, default=m.aug_weight,
+               help="weight of the contrastive loss between each utterance and its augmented view (2023: 0.1)")
+    add_number(objectives, "--temperature", float, 0, low_open=True, default=m.temperature,
+               help="of both contrastive losses")
+    objectives.add_argument("--pooling", choices=POOLING_METHODS, default=m.pooling,
+                            help="of the audio frames (2023: max)")
+    add_number(objectives, "--max_audio_samples", int, 400, default=None,
+               help="cut the audio to this many samples at 16 kHz (2023: 210000, about 13 s)")
+    objectives.add_argument("--audio_view", default=d.audio_view,
+                            help=f"the augmented views' audio: a comma list of {', '.join(AUDIO_VIEWS)}, or none "
+                                 "(then only the transcript is augmented)")
     opt = p.add_argument_group("optimisation")
     add_number(opt, "--epochs", int, 1, default=d.epochs)
     add_number(opt, "--batch_size", int, 1, default=d.batch_size,
@@ -199,6 +228,9 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     add_number(ctl, "--log_every", int, 1, default=d.log_every, help="micro-batches between progress-bar updates")
     ctl.add_argument("--tensorboard", action="store_true",
                      help="also write TensorBoard scalars to <save_path>/<run>/tensorboard/ (pip install tensorboard)")
+    preset = p.parse_known_args(argv)[0].preset
+    if preset:
+        p.set_defaults(**PRESETS[preset])
     args = p.parse_args(argv)
     try:
         return resolve_configs(args, p)
@@ -228,22 +260,28 @@ def resolve_configs(args, p) -> tuple[ModelConfig, RunConfig]:
         p.error("--select_on dev needs --dev_fraction > 0")
     check_model_name(args.wav2vec2, "--wav2vec2")
     model_cfg = ModelConfig(run=args.run, wav2vec2=local_path(args.wav2vec2), alpha=args.alpha,
-                            ctc_reduction=args.ctc_reduction, dropout=args.dropout, specaugment=args.specaugment)
+                            ctc_reduction=args.ctc_reduction, dropout=args.dropout, specaugment=args.specaugment,
+                            pooling=args.pooling, supcon_weight=args.supcon_weight, aug_weight=args.aug_weight,
+                            temperature=args.temperature, max_audio_samples=args.max_audio_samples)
+    check_views(args, p)
     run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)})
-    run_cfg.cache_conv_features = conv_cache_setting(run_cfg.cache_conv_features, model_cfg, p)
+    run_cfg.cache_conv_features = conv_cache_setting(run_cfg.cache_conv_features, model_cfg, run_cfg, p)
     if run_cfg.select_on == "test":
         run_cfg.dev_fraction = 0.0  # upstream trained on all four training sessions
-    for key in ("csv_path", "data_path_audio", "data_path_roberta", "save_path", "checkpoint_dir"):
+    for key in ("csv_path", "data_path_audio", "data_path_roberta", "save_path", "checkpoint_dir",
+                "data_path_roberta_view"):
         setattr(run_cfg, key, absolute(getattr(run_cfg, key)))
     if MODELS[model_cfg.run].uses_text:
         run_cfg.roberta = features_text_encoder(run_cfg.data_path_roberta, run_cfg.roberta)
     return model_cfg, run_cfg
 
 
-def conv_cache_setting(asked: bool | None, model_cfg: ModelConfig, p) -> bool:
+def conv_cache_setting(asked: bool | None, model_cfg: ModelConfig, run_cfg, p) -> bool:
     """--cache_conv_features: on where asked and possible; by default, where it changes nothing."""
     config, spec = encoder_config(model_cfg.wav2vec2), audio_input_spec(model_cfg.wav2vec2)
     why_not = conv_cache_refusal(config, spec)
+    if model_cfg.aug_weight and audio_view_settings(run_cfg.audio_view) is not None:
+        why_not = why_not or "would not serve the augmented audio views, which change every epoch (--audio_view)"
     if asked and why_not:
         p.error(f"--cache_conv_features: {model_cfg.wav2vec2} {why_not}; it is offered for wav2vec2, HuBERT and WavLM "
                 "encoders")
@@ -253,6 +291,20 @@ def conv_cache_setting(asked: bool | None, model_cfg: ModelConfig, p) -> bool:
         log.info("--cache_conv_features: %s takes no attention mask, so training with the cache masks padded frames "
                  "where training without it lets them into the encoder", model_cfg.wav2vec2)
     return asked
+
+
+def check_views(args, p) -> None:
+    """The augmentation loss needs views: augmented audio (--audio_view) or transcripts
+    (--data_path_roberta_view, mmer only)."""
+    try:
+        audio = audio_view_settings(args.audio_view)
+    except ValueError as err:
+        p.error(str(err))
+    if args.data_path_roberta_view and not MODELS[args.run].uses_text:
+        p.error(f"--data_path_roberta_view: {args.run} reads no text; augmented transcripts are for mmer")
+    if args.aug_weight and audio is None and not args.data_path_roberta_view:
+        p.error("--aug_weight needs augmented views, and none is asked for: give --audio_view (e.g. speed,noise,mask) "
+                "or, for mmer, --data_path_roberta_view (features of an augmented transcript column)")
 
 
 def recorded_settings(checkpoint_dir) -> dict:
@@ -386,6 +438,9 @@ def check_inputs(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> No
     file_problems(problems, corpus.audio_paths(table.frame, run_cfg.data_path_audio),
                   table.frame["FileName"], run_cfg.data_path_roberta if uses_text else None,
                   min_samples(model_cfg.wav2vec2))
+    if run_cfg.data_path_roberta_view and not run_cfg.eval_only:
+        for kind, items in feature_problems(table.frame["FileName"], run_cfg.data_path_roberta_view).items():
+            problems[f"augmented-transcript views: {kind}"] += items
     if needs_ctc and corpus.text_source(table.frame) is None:
         problems["no transcripts for the CTC loss (the table has no text, Sentences or transcript column; add one "
                  "with data_prep/transcribe.py, or train with --alpha 0)"].append(run_cfg.csv_path)
@@ -412,12 +467,15 @@ def load_corpus(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> Cor
     padding_exact = padding_is_exact(encoder_config(model_cfg.wav2vec2), spec)
     frame = table.frame
     log.info("loading %d utterances (audio%s)", len(frame), " + text features" if uses_text else "")
-    waves = load_waves(corpus.audio_paths(frame, run_cfg.data_path_audio), spec, show_progress=distributed.is_main())
-    text = None
+    waves = load_waves(corpus.audio_paths(frame, run_cfg.data_path_audio), spec, show_progress=distributed.is_main(),
+                       max_samples=model_cfg.max_audio_samples)
+    text = view_text = None
     if uses_text:
         text = load_text_features(frame["FileName"], run_cfg.data_path_roberta, show_progress=distributed.is_main())
+    if uses_text and run_cfg.data_path_roberta_view and not run_cfg.eval_only:
+        view_text = load_text_features(frame["FileName"], run_cfg.data_path_roberta_view, show_progress=False)
     dataset = EmotionDataset(frame["FileName"], waves, frame["label_index"], frame["text"], text)
-    return Corpus(frame, dataset, Collator(spec), padding_exact, table.scheme, table.label_set)
+    return Corpus(frame, dataset, Collator(spec), padding_exact, table.scheme, table.label_set, view_text=view_text)
 
 
 def fold_of(corpus_: Corpus, name: str, run_cfg: RunConfig) -> corpus.Fold:
@@ -435,6 +493,9 @@ def run_fold(session: str, corpus_: Corpus, model_cfg: ModelConfig, run_cfg: Run
     fold = fold_of(corpus_, session, run_cfg)
     log.info("fold %s: train %d, dev %d, test %d utterances", session, len(fold.train), len(fold.dev), len(fold.test))
     train_loader = make_loader(corpus_, fold.train, run_cfg, True, device)
+    if model_cfg.aug_weight:  # each training batch gains its utterances' augmented views
+        train_loader.views = Views(corpus_, audio_view_settings(run_cfg.audio_view), run_cfg.seed,
+                                   corpus_.collate.spec.do_normalize, model_cfg.max_audio_samples)
     dev_loader = make_loader(corpus_, fold.dev, run_cfg, False, device) if len(fold.dev) else None
     test_loader = make_loader(corpus_, fold.test, run_cfg, False, device)
     model, optimizer = build_training(model_cfg, run_cfg, device)

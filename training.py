@@ -16,7 +16,9 @@ from models import build_model
 from models.encoders import conv_features, frame_lengths
 from models.fusion import AttentionLayer
 from utils import distributed, runinfo
-from utils.data import (BucketBatchSampler, Collator, EmotionDataset, ExactBatchSampler, RandomBatchSampler)
+from utils.augment import AudioViewSettings, make_view, view_rng
+from utils.audio import normalize
+from utils.data import BucketBatchSampler, Collator, EmotionDataset, ExactBatchSampler, RandomBatchSampler
 from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
 from utils.device import autocast
 from utils.files import atomic_path
@@ -36,6 +38,63 @@ class Corpus:
     scheme: object = None              # corpus.FoldScheme
     label_set: object = None           # labels.LabelSet
     conv_cache: tuple | None = None   # (feature-encoder weights, their output per utterance)
+    view_text: list | None = None      # text features of each utterance's augmented transcript (2023 views)
+
+    def index_of(self, names) -> list[int]:
+        if not hasattr(self, "_index"):
+            self._index = {name: i for i, name in enumerate(self.dataset.names)}
+        return [self._index[name] for name in names]
+
+
+AUDIO_VIEWS = ("speed", "tempo", "noise", "mask")
+
+
+def audio_view_settings(spec: str) -> AudioViewSettings | None:
+    """--audio_view: a comma list of speed (0.9-1.1x), tempo (0.9-1.1x, pitch kept), noise (white,
+    10-30 dB SNR) and mask (SpecAugment-style: 2 time masks of 5 % in all, 2 frequency masks of
+    10 %), or none."""
+    parts = {part.strip() for part in spec.split(",") if part.strip()} - {"none"}
+    unknown = parts - set(AUDIO_VIEWS)
+    if unknown:
+        raise ValueError(f"--audio_view {spec}: unknown {', '.join(sorted(unknown))}; choose among "
+                         f"{', '.join(AUDIO_VIEWS)} or none")
+    if not parts:
+        return None
+    return AudioViewSettings(speed_range=(0.9, 1.1) if "speed" in parts else None,
+                             tempo_range=(0.9, 1.1) if "tempo" in parts else None,
+                             snr_db_range=(10.0, 30.0) if "noise" in parts else None,
+                             time_masks=2 if "mask" in parts else 0, freq_masks=2 if "mask" in parts else 0)
+
+
+@dataclass
+class Views:
+    """Augmented views of the training utterances (the 2023 augmentation loss), made in the
+    main process for each training batch, so no other utterance ever gets one: the audio
+    transformed by utils.augment with a generator per utterance and epoch (the same views
+    whatever the workers, batch order or a resume), and/or the text features of an augmented
+    transcript (IEMOCAP's back-translated AugmentedText); what is not augmented is the
+    utterance's own."""
+    corpus: Corpus
+    audio: AudioViewSettings | None
+    seed: int
+    normalise: bool
+    max_samples: int | None = None
+
+    def add_to(self, batch, epoch: int):
+        """The batch's utterances followed by their views, collated as one batch."""
+        indices = self.corpus.index_of(batch.names)
+        items = [self.corpus.dataset[i] for i in indices]
+        return self.corpus.collate(items + [self.view(i, item, epoch) for i, item in zip(indices, items)])
+
+    def view(self, index: int, item: dict, epoch: int) -> dict:
+        view = dict(item, name=f"{item['name']}#view")
+        if self.audio is not None:
+            wave = make_view(item["wave"], view_rng(self.seed, epoch, index), self.audio)
+            wave = normalize(wave) if self.normalise else wave
+            view["wave"], view["conv_features"] = wave[: self.max_samples], None
+        if self.corpus.view_text is not None:
+            view["text"] = self.corpus.view_text[index]
+        return view
 
 
 def use_conv_cache(model, corpus: Corpus, run_cfg, device) -> None:
@@ -105,33 +164,41 @@ def optimizer_step(optimizer, params, skipped: torch.Tensor) -> None:
     skipped += found_inf
 
 
+LOSSES = ("total", "ce", "ctc", "supcon", "aug")  # logged per epoch as loss, ce_loss, ctc_loss, ...
+
+
 def train_epoch(model, loader, optimizer, run_cfg, device, epoch: int, ddp=None) -> dict:
     """One epoch with gradient accumulation. Losses stay on the device and are read back
     only every `log_every` micro-batches, so the loop does not wait on the GPU each step.
     Under torchrun `ddp` wraps `model`, each rank runs its shard of every global batch, and
-    the epoch's sums are added over the ranks at the end."""
+    the epoch's sums are added over the ranks at the end. With the 2023 augmentation loss the
+    loader carries `views` (Views), which adds each utterance's augmented view to its batch."""
     (ddp or model).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    sums = torch.zeros(5, device=device)  # weighted total, ce, ctc; weight of the finite ones; non-finite shards
+    n = len(LOSSES)
+    sums = torch.zeros(n + 2, device=device)  # weighted losses; weight of the finite ones; non-finite shards
     skipped = torch.zeros((), device=device)
     steps = micro = 0
     audio_seconds = 0.0
     start = time.perf_counter()
     scales, last = distributed.loss_scales(loader.batch_sampler), len(loader)
+    views = getattr(loader, "views", None)
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                disable=None if distributed.is_main() else True)
     logged = start
     for micro, (batch, scale) in enumerate(zip(bar, scales), start=1):
         audio_seconds += int(batch.sample_lengths.sum()) / 16000 if scale else 0.0
         sync = micro % run_cfg.accum_grad == 0 or micro == last
+        with_views = views.add_to(batch, epoch) if views is not None else None
         with distributed.gradient_sync(ddp, sync):
-            parts = forward_backward(model, ddp, batch.to(device, non_blocking=True), scale, run_cfg, device)
+            parts = forward_backward(model, ddp, batch.to(device, non_blocking=True), scale, run_cfg, device,
+                                     None if with_views is None else with_views.to(device, non_blocking=True))
         weight = scale / distributed.world_size()  # this shard's share of the global micro-batch
         finite = torch.isfinite(parts).all()
-        sums[:3] += torch.where(finite, parts * weight, 0.0)
-        sums[3] += torch.where(finite, weight, 0.0)
+        sums[:n] += torch.where(finite, parts * weight, 0.0)
+        sums[n] += torch.where(finite, weight, 0.0)
         if scale:
-            sums[4] += (~finite).float()
+            sums[n + 1] += (~finite).float()
         if sync:
             optimizer_step(optimizer, params, skipped)  # gradients are synchronised: same found_inf on every rank
             steps += 1
@@ -140,30 +207,51 @@ def train_epoch(model, loader, optimizer, run_cfg, device, epoch: int, ddp=None)
         log_line = bar.disable and distributed.is_main() and time.perf_counter() - logged >= PROGRESS_SECONDS
         if micro % run_cfg.log_every == 0 or log_line:
             values = sums.tolist()
-            total, ce, ctc = mean_losses(values[:3], values[3])
+            means = dict(zip(LOSSES, mean_losses(values[:n], values[n])))
             elapsed = time.perf_counter() - start
-            progress = f"loss {total:.3f} ce {ce:.3f} ctc {ctc:.3f} | {audio_seconds / elapsed:.0f} audio-s/s"
+            progress = (" ".join(f"{'loss' if k == 'total' else k} {v:.3f}" for k, v in means.items()
+                                 if k in ("total", "ce", "ctc") or logged_loss(model, k))
+                        + f" | {audio_seconds / elapsed:.0f} audio-s/s")
             bar.set_postfix_str(progress)
             if log_line:  # no bar in a log file (nohup, batch jobs): a line a minute instead
                 logged = time.perf_counter()
                 log.info("epoch %d: %d/%d micro-batches, %s, about %.0f s left", epoch, micro, last, progress,
                          elapsed / micro * (last - micro))
     *weighted, weight, nonfinite, audio_seconds = distributed.sum_floats([*sums.tolist(), audio_seconds], device)
-    total, ce, ctc = mean_losses(weighted, weight)
-    return {"loss": total, "ce_loss": ce, "ctc_loss": ctc, "optimizer_steps": steps, "micro_batches": micro,
-            "skipped_steps": int(skipped.item()), "nonfinite_micro_batches": int(nonfinite),
-            "audio_seconds": round(audio_seconds, 2)}
+    means = dict(zip(LOSSES, mean_losses(weighted, weight)))
+    record = {"loss": means["total"], "ce_loss": means["ce"], "ctc_loss": means["ctc"]}
+    record.update({f"{k}_loss": means[k] for k in ("supcon", "aug") if logged_loss(model, k)})
+    return {**record, "optimizer_steps": steps, "micro_batches": micro, "skipped_steps": int(skipped.item()),
+            "nonfinite_micro_batches": int(nonfinite), "audio_seconds": round(audio_seconds, 2)}
 
 
-def forward_backward(model, ddp, batch, scale: float, run_cfg, device) -> torch.Tensor:
+def logged_loss(model, name: str) -> bool:
+    """The 2023 losses are logged when they are trained."""
+    return bool(getattr(model.config, f"{name}_weight", 0.0))
+
+
+def forward_backward(model, ddp, batch, scale: float, run_cfg, device, with_views=None) -> torch.Tensor:
     """One micro-batch (this rank's shard) forward and backward; its loss counts with
     `scale` (utils/distributed.DistributedBucketSampler, 1 in one process) / accum_grad.
-    -> the detached [total, ce, ctc] losses."""
+    with_views: the batch followed by its augmented views (one forward pass for both, so DDP
+    sees one forward per backward). -> the detached losses, in LOSSES order."""
     with autocast(device, run_cfg.precision):
-        output = (ddp or model)(**batch.model_inputs())
-    losses = model.loss(output, batch.labels, batch.ctc_targets, batch.ctc_target_lengths)
+        output = (ddp or model)(**(with_views or batch).model_inputs())
+    view = None
+    if with_views is not None:
+        output, view = split_rows(output, len(batch.names))
+    losses = model.loss(output, batch.labels, batch.ctc_targets, batch.ctc_target_lengths, view=view)
     (losses["total"] * scale / run_cfg.accum_grad).backward()
-    return torch.stack([losses["total"], losses["ce"], losses.get("ctc", losses["ce"] * 0)]).detach()
+    zero = losses["ce"].detach() * 0
+    return torch.stack([losses.get(k, zero) for k in LOSSES]).detach()
+
+
+def split_rows(output, rows: int):
+    """An output of a batch followed by its views -> (the batch's output, the views')."""
+    def part(start, stop):
+        return type(output)(**{name: None if value is None else value[start:stop]
+                               for name, value in vars(output).items()})
+    return part(0, rows), part(rows, None)
 
 
 def mean_losses(weighted: list, weight: float) -> list[float]:

@@ -362,11 +362,16 @@ def report_counts(table: pd.DataFrame) -> None:
         log.warning("\n%s", boxed_warning(differences))
 
 
-def prepare(iemocap_root, out_dir, link: bool = False, overwrite: bool = False) -> pd.DataFrame:
+def prepare(iemocap_root, out_dir, link: bool = False, overwrite: bool = False,
+            augmented_text=None) -> pd.DataFrame:
     """Write out_dir/iemocap.csv and out_dir/audio/; return the csv's table. Raises
-    ReleaseError (no csv written) if the release or the output folder is unusable."""
+    ReleaseError (no csv written) if the release or the output folder is unusable.
+    augmented_text: upstream's csv, whose AugmentedText column (back-translated transcripts,
+    the 2023 MMER's text views) is kept for the utterances it names."""
     out_dir = Path(out_dir)
     table, sources = scan_release(iemocap_root)
+    if augmented_text is not None:
+        table = with_augmented_text(table, Path(augmented_text))
     report_counts(table)
     csv_text = table.to_csv(index=False)
     csv_path = out_dir / CSV_NAME
@@ -381,6 +386,21 @@ def prepare(iemocap_root, out_dir, link: bool = False, overwrite: bool = False) 
     return table
 
 
+def with_augmented_text(table: pd.DataFrame, csv: Path) -> pd.DataFrame:
+    """The table with upstream's AugmentedText column (empty where upstream's csv has no row)."""
+    if not csv.is_file():
+        raise ReleaseError([Problem(str(csv), "not found", "pass upstream's 4-class csv (with AugmentedText)")])
+    upstream = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    if not {"FileName", "AugmentedText"} <= set(upstream.columns):
+        raise ReleaseError([Problem(str(csv), f"no FileName and AugmentedText columns ({list(upstream.columns)})",
+                                    "pass upstream's 4-class csv, which has them")])
+    augmented = dict(zip(upstream["FileName"], upstream["AugmentedText"]))
+    missing = int((~table["FileName"].isin(augmented)).sum())
+    if missing:
+        log.warning("%s: no AugmentedText for %d utterance(s); their cells stay empty", csv, missing)
+    return table.assign(AugmentedText=table["FileName"].map(augmented).fillna(""))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iemocap_root", required=True, type=Path,
@@ -389,10 +409,14 @@ def main(argv=None) -> int:
     parser.add_argument("--link", action="store_true",
                         help="symlink the wavs instead of copying them (wavs needing conversion are still written)")
     parser.add_argument("--overwrite", action="store_true", help="replace a different iemocap.csv already in --out_dir")
+    parser.add_argument("--augmented_text", type=Path,
+                        help="upstream's 4-class csv: keep its AugmentedText column (the 2023 MMER's back-translated "
+                             "transcripts; embed them with extract_roberta.py --text_column AugmentedText)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        prepare(args.iemocap_root, args.out_dir, link=args.link, overwrite=args.overwrite)
+        prepare(args.iemocap_root, args.out_dir, link=args.link, overwrite=args.overwrite,
+                augmented_text=args.augmented_text)
     except ReleaseError as err:
         print(err, file=sys.stderr)
         print(f"{len(err.problems)} problem(s); no csv written", file=sys.stderr)

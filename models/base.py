@@ -6,7 +6,12 @@ The loss of a micro-batch of B utterances (upstream's scale, see README "The los
 CTC_i is utterance i's CTC loss summed over its frames (not divided by its target length),
 so at upstream's micro-batch of 2 this is exactly upstream's CE + alpha * F.ctc_loss(sum),
 and the weight of the CTC task does not change with --batch_size, bucketing or DDP shards.
-ctc_reduction="mean" divides each CTC_i by its target length instead (F.ctc_loss's "mean")."""
+ctc_reduction="mean" divides each CTC_i by its target length instead (F.ctc_loss's "mean").
+
+The 2023 MMER's objectives (models/objectives.py) add, when their weights are not 0,
+    + supcon_weight * SupCon(projection(e), labels) + aug_weight * InfoNCE(projection(e), view_projection(e'))
+where e is the classifier's input of the utterance and e' that of its augmented view (a second
+forward pass in training only); the heads are kept in checkpoints but serve training only."""
 from dataclasses import asdict, dataclass
 
 import torch
@@ -14,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.encoders import encode_conv_features, frame_lengths
-from models.fusion import lengths_to_mask, masked_mean
+from models.fusion import lengths_to_mask
+from models.objectives import (TEMPERATURE, AudioPooling, ProjectionHead, augmentation_contrastive_loss,
+                               supervised_contrastive_loss)
 
 
 @dataclass
@@ -31,6 +38,12 @@ class ModelConfig:
     text_dim: int = 768               # RoBERTa hidden size (mmer only)
     specaugment: bool = False
     attn_implementation: str = "sdpa"
+    # the 2023 configuration (run.py --preset mmer2023); these defaults are the 2022 one
+    pooling: str = "mean"             # of the audio frames: mean, max, attention, statistics
+    supcon_weight: float = 0.0        # supervised contrastive loss over the batch
+    aug_weight: float = 0.0           # contrastive loss between each utterance and its augmented view
+    temperature: float = TEMPERATURE  # of both contrastive losses
+    max_audio_samples: int | None = None  # audio cut to this many samples (2023: 210,000, about 13 s)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +68,7 @@ class EmotionOutput:
     logits: torch.Tensor                      # [B, num_classes]
     frame_lengths: torch.Tensor               # [B] valid audio frames
     ctc_logits: torch.Tensor | None = None    # [B, T_audio, vocab]
+    embedding: torch.Tensor | None = None     # [B, classifier input]: what the contrastive heads read
 
 
 class SpeechEmotionModel(nn.Module):
@@ -70,6 +84,17 @@ class SpeechEmotionModel(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         if self.has_ctc:
             self.ctc_linear = nn.Linear(self.audio_dim, config.vocab_size)
+        self.audio_pooling = AudioPooling(config.pooling, self.audio_dim)  # parameters only for attention
+        self.pooled_dim = self.audio_pooling.output_dim
+
+    def add_objective_heads(self, embedding_dim: int) -> None:
+        """The 2023 projection heads, after every other layer (the 2022 layers draw the same
+        initial weights with or without them): `projection` for the utterance (SupCon and the
+        anchor side of the augmentation loss), `view_projection` for its view."""
+        if self.config.supcon_weight or self.config.aug_weight:
+            self.projection = ProjectionHead(embedding_dim, self.audio_dim, self.audio_dim)
+        if self.config.aug_weight:
+            self.view_projection = ProjectionHead(embedding_dim, self.audio_dim, self.audio_dim)
 
     def forward(self, input_values=None, sample_lengths=None, attention_mask=None, text=None, text_lengths=None,
                 conv_features=None) -> EmotionOutput:
@@ -95,16 +120,23 @@ class SpeechEmotionModel(nn.Module):
         return AudioFrames(self.dropout(hidden), valid, lengths)
 
     def pooled_audio(self, audio_frames, frame_valid):
-        return masked_mean(audio_frames, frame_valid)  # [B, D_audio]
+        return self.audio_pooling(audio_frames, frame_valid)  # [B, D_audio], statistics [B, 2 D_audio]
 
     def ctc_head(self, audio_frames):
         return self.ctc_linear(audio_frames) if self.has_ctc else None
 
-    def loss(self, output: EmotionOutput, labels, ctc_targets=None, ctc_target_lengths=None) -> dict:
-        """CE + alpha * CTC, CTC on upstream's scale (module docstring). With alpha = 0 the
-        CTC term is computed for the log only, detached, so the CTC head receives no gradient."""
+    def loss(self, output: EmotionOutput, labels, ctc_targets=None, ctc_target_lengths=None,
+             view: EmotionOutput | None = None) -> dict:
+        """CE + alpha * CTC, CTC on upstream's scale (module docstring), + the 2023 contrastive
+        terms where their weights are set (`view`: the output of the utterances' augmented views).
+        With alpha = 0 the CTC term is computed for the log only, detached, so the CTC head
+        receives no gradient."""
         ce = F.cross_entropy(output.logits.float(), labels)
         losses = {"ce": ce, "total": ce}
+        losses.update(self.contrastive_losses(output, labels, view))
+        for name, weight in (("supcon", self.config.supcon_weight), ("aug", self.config.aug_weight)):
+            if name in losses:
+                losses["total"] = losses["total"] + weight * losses[name]
         if self.has_ctc and ctc_targets is not None:
             ctc_logits = output.ctc_logits if self.config.alpha else output.ctc_logits.detach()
             per_utterance = ctc_loss(ctc_logits, output.frame_lengths, ctc_targets, ctc_target_lengths,
@@ -113,6 +145,23 @@ class SpeechEmotionModel(nn.Module):
             losses["ctc"] = ctc
             if self.config.alpha:
                 losses["total"] = ce + self.config.alpha * ctc
+        return losses
+
+
+    def contrastive_losses(self, output: EmotionOutput, labels, view: EmotionOutput | None) -> dict:
+        """The 2023 terms whose weight is set: SupCon of the batch's projections, and the
+        augmentation InfoNCE between each utterance and its view (needs `view`)."""
+        losses = {}
+        if not (self.config.supcon_weight or self.config.aug_weight):
+            return losses
+        anchors = self.projection(output.embedding)
+        if self.config.supcon_weight:
+            losses["supcon"] = supervised_contrastive_loss(anchors, labels, self.config.temperature)
+        if self.config.aug_weight:
+            if view is None:
+                raise ValueError("aug_weight > 0 needs the augmented views' output (view=...)")
+            losses["aug"] = augmentation_contrastive_loss(anchors, self.view_projection(view.embedding),
+                                                          self.config.temperature)
         return losses
 
 

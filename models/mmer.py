@@ -28,7 +28,8 @@ class MMER(SpeechEmotionModel):
         self.txt2txt_attention = AttentionBlock(layer_config, cross=True)
         self.gate = nn.Linear(2 * text_dim, text_dim)
         self.downsample_final = nn.Linear(2 * text_dim, text_dim)
-        self.classifier = nn.Linear(self.audio_dim + text_dim, config.num_classes)
+        self.classifier = nn.Linear(self.pooled_dim + text_dim, config.num_classes)
+        self.add_objective_heads(self.pooled_dim + text_dim)
 
     def classify(self, audio: AudioFrames, text=None, text_lengths=None) -> EmotionOutput:
         if text is None or text_lengths is None:
@@ -51,6 +52,8 @@ class MMER(SpeechEmotionModel):
         # 6. pool both streams and classify -> [B, 4]
         text_summary = self.downsample_final(masked_mean(fused, token_valid))   # [B, D_text]
         audio_summary = self.pooled_audio(audio_frames, frame_valid)             # [B, D_audio]
-        logits = self.classifier(torch.cat([audio_summary, text_summary], dim=-1))
+        embedding = torch.cat([audio_summary, text_summary], dim=-1)          # [B, D_audio + D_text]
+        logits = self.classifier(embedding)
         # 7. CTC head on the audio frames
-        return EmotionOutput(logits=logits, frame_lengths=lengths, ctc_logits=self.ctc_head(audio_frames))
+        return EmotionOutput(logits=logits, frame_lengths=lengths, ctc_logits=self.ctc_head(audio_frames),
+                             embedding=embedding)

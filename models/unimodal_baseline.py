@@ -7,8 +7,11 @@ from models.base import AudioFrames, EmotionOutput, SpeechEmotionModel
 class UnimodalBaseline(SpeechEmotionModel):
     def __init__(self, config, encoder):
         super().__init__(config, encoder)
-        self.classifier = nn.Linear(self.audio_dim, config.num_classes)
+        self.classifier = nn.Linear(self.pooled_dim, config.num_classes)
+        self.add_objective_heads(self.pooled_dim)
 
     def classify(self, audio: AudioFrames, text=None, text_lengths=None) -> EmotionOutput:
-        logits = self.classifier(self.pooled_audio(audio.frames, audio.valid))  # [B, classes]
-        return EmotionOutput(logits=logits, frame_lengths=audio.lengths, ctc_logits=self.ctc_head(audio.frames))
+        pooled = self.pooled_audio(audio.frames, audio.valid)          # [B, D_audio]
+        logits = self.classifier(pooled)                               # [B, classes]
+        return EmotionOutput(logits=logits, frame_lengths=audio.lengths, ctc_logits=self.ctc_head(audio.frames),
+                             embedding=pooled)

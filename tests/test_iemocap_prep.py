@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from data_prep.iemocap_prep import (COLUMNS, LabelRecord, ReleaseError, count_differences, join_dialog, main,
-                                    parse_emo_evaluation, parse_transcriptions, prepare)
+                                    parse_emo_evaluation, parse_transcriptions, prepare, with_augmented_text)
 from tests.fake_release import UPSTREAM_CSV, FakeRelease, build_fake_release, write_noise_wav
 
 REPO = Path(__file__).resolve().parents[1]
@@ -310,3 +310,13 @@ def test_root_one_level_above_the_release_suggests_the_release_folder(small_rele
     with pytest.raises(ReleaseError, match=f"ERROR {tmp_path}: holds none of the folders Session1..Session5; "
                                            f"pass {small_release.root} as --iemocap_root"):
         prepare(tmp_path, tmp_path / "out")
+
+
+def test_upstreams_augmented_text_is_kept_when_its_csv_is_given(full_release, prepared, tmp_path):
+    """The 2023 MMER's text views: upstream's back-translated transcripts, per utterance."""
+    out_dir, _ = prepared
+    table = with_augmented_text(pd.read_csv(out_dir / "iemocap.csv", keep_default_na=False), UPSTREAM_CSV)
+    upstream = pd.read_csv(UPSTREAM_CSV, keep_default_na=False).set_index("FileName")
+    assert table["AugmentedText"].tolist() == upstream.loc[table["FileName"], "AugmentedText"].tolist()
+    with pytest.raises(ReleaseError, match="AugmentedText"):
+        with_augmented_text(table, out_dir / "iemocap.csv")  # our csv has no such column

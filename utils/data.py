@@ -23,11 +23,12 @@ class DataError(ValueError):
 
 
 # ---------------------------------------------------------------- features
-def load_waves(paths, spec: AudioInputSpec, show_progress=True) -> list[np.ndarray]:
-    """Any audio files -> the encoder's input: resampled, mono, normalised as its extractor says."""
+def load_waves(paths, spec: AudioInputSpec, show_progress=True, max_samples: int | None = None) -> list[np.ndarray]:
+    """Any audio files -> the encoder's input: resampled, mono, cut to max_samples (the 2023
+    configuration's 210,000), normalised as its extractor says."""
     waves = []
     for path in tqdm(paths, desc="audio", disable=None if show_progress else True, leave=False):
-        samples = read_audio(path, spec.sampling_rate)
+        samples = read_audio(path, spec.sampling_rate)[:max_samples]
         waves.append(normalize(samples) if spec.do_normalize else samples)
     return waves
 

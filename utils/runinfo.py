@@ -33,7 +33,7 @@ class DivergedError(RuntimeError):
 
 # Settings that do not change what a run computes; a resumed run may differ in these.
 NOT_IDENTITY = {"sessions", "num_workers", "overwrite", "resume", "log_every", "device", "eval_only",
-                "checkpoint_dir", "tensorboard", "text_dim", "num_classes", "threads"}
+                "checkpoint_dir", "tensorboard", "text_dim", "num_classes", "threads", "preset"}
 
 
 def existing_results(run_dir: Path) -> list[Path]:
