@@ -675,7 +675,10 @@ def selection_label(fold_metrics: dict, run_cfg: RunConfig) -> str:
 
 def report(run_dir: Path, fold_metrics: dict, model_cfg: ModelConfig, run_cfg: RunConfig, table: Table) -> dict:
     selection = selection_label(fold_metrics, run_cfg)
-    info = {"run": model_cfg.run, "alpha": model_cfg.alpha, "selection": selection, "eval_only": run_cfg.eval_only,
+    info = {"run": model_cfg.run, "alpha": model_cfg.alpha, "seed": run_cfg.seed,
+            "objectives": {key: getattr(model_cfg, key) for key in ("pooling", "supcon_weight", "aug_weight",
+                                                                     "max_audio_samples")},
+            "selection": selection, "eval_only": run_cfg.eval_only,
             "classes": list(table.label_set.classes), "folds_from": table.scheme.describe(),
             "fold_unit": table.scheme.column if table.scheme.kind == "group" else "fold",
             "transcripts": corpus.transcript_record(run_cfg.csv_path, table.frame,

@@ -214,3 +214,20 @@ def test_without_out_the_comparison_goes_beside_the_first_run_not_into_the_worki
     assert not list((tmp_path / "cwd").iterdir())
     assert default_out(sweep / "baselines") == sweep / "baselines" / "comparison"
     assert default_out(sweep / "alpha0.1" / "mmer" / "results.json") == sweep / "alpha0.1" / "comparison"
+
+
+def test_runs_of_one_configuration_with_several_seeds_make_one_row_over_the_seeds(tmp_path):
+    objectives = {"pooling": "max", "supcon_weight": 0.1, "aug_weight": 0.0}
+    for seed, ua in ((0, 0.60), (1, 0.70), (2, 0.65)):
+        for name, extra in (("plain", {}), ("supcon", {"objectives": objectives})):
+            run_dir = fake_results(tmp_path / name / f"seed{seed}", "mmer", 0.1,
+                                   {1: fold(ua, ua, ua), 2: fold(ua + 0.1, ua + 0.1, ua + 0.1)})
+            results = json.loads((run_dir / "results.json").read_text())
+            (run_dir / "results.json").write_text(json.dumps({**results, "seed": seed, **extra}))
+    compare([tmp_path / "plain", tmp_path / "supcon"], tmp_path / "out", seeds=True)
+    table = pd.read_csv(tmp_path / "out" / "seeds.csv")
+    assert list(table["configuration"]) == ["mmer α=0.1", "mmer α=0.1 +SupCon 0.1 max-pool"]
+    assert list(table["seeds"]) == ["0 1 2", "0 1 2"]
+    fold_means = np.array([0.65, 0.75, 0.70]) * 100
+    assert table["ua"].iloc[0] == pytest.approx(fold_means.mean(), abs=1e-3)
+    assert table["ua_std"].iloc[0] == pytest.approx(fold_means.std(), abs=1e-3)

@@ -34,11 +34,20 @@ class ReportError(RuntimeError):
     """A results file is missing or is not one written by run.py."""
 
 
-def run_label(run: str, alpha) -> str:
-    """'mmer α=0.1'; the baseline without a CTC loss has no alpha worth naming."""
+def run_label(run: str, alpha, objectives: dict | None = None) -> str:
+    """'mmer α=0.1', with the 2023 options that are on ('+SupCon 0.1 +Aug 0.1 max-pool'); the
+    baseline without a CTC loss has no alpha worth naming."""
     if run in NO_CTC_RUNS or alpha is None or (isinstance(alpha, float) and math.isnan(alpha)):
-        return str(run)
-    return f"{run} α={alpha:g}" if isinstance(alpha, (int, float)) else f"{run} α={alpha}"
+        label = str(run)
+    else:
+        label = f"{run} α={alpha:g}" if isinstance(alpha, (int, float)) else f"{run} α={alpha}"
+    objectives = objectives if isinstance(objectives, dict) else {}
+    for key, name in (("supcon_weight", "+SupCon"), ("aug_weight", "+Aug")):
+        if objectives.get(key):
+            label += f" {name} {objectives[key]:g}"
+    if objectives.get("pooling", "mean") != "mean":
+        label += f" {objectives['pooling']}-pool"
+    return label
 
 
 def percent(value) -> str:
@@ -80,7 +89,7 @@ def write_results(run_dir, fold_metrics: dict, info: dict) -> dict:
     with atomic_path(run_dir / "results.csv", suffix=".csv") as tmp:
         frame.to_csv(tmp, index_label="fold", float_format="%.4f")
     atomic_write_text(run_dir / "results.md", results_markdown(results))
-    name = run_label(info.get("run", run_dir.name), info.get("alpha"))
+    name = run_label(info.get("run", run_dir.name), info.get("alpha"), info.get("objectives"))
     pooled = np.sum([np.array(m["confusion"]) for m in fold_metrics.values()], axis=0)
     plot_confusion(pooled, run_dir / "confusion_matrix.png", classes,
                    title=f"{name}: pooled over test {unit}s {', '.join(str(s) for s, _ in in_order(fold_metrics))}")
@@ -329,6 +338,7 @@ def comparison_frame(result_files) -> pd.DataFrame:
     for path in map(Path, result_files):
         results = load_results(path)
         row = {"run": results.get("run", path.parent.name), "alpha": results.get("alpha"),
+               "objectives": results.get("objectives"), "seed": results.get("seed"),
                "selection": selection_tag(results), "folds": len(results["folds"]),
                "sessions": " ".join(sorted(results["folds"], key=_session_key)), "path": str(path.parent)}
         for key in METRIC_KEYS:
@@ -351,7 +361,7 @@ def _session_key(session: str):
 def unique_labels(frame: pd.DataFrame) -> list:
     """run + alpha; where two runs share that, the save folder (<save>/<run>) is added, and
     where that is not enough either, the run folder's whole path."""
-    base = [run_label(r.run, r.alpha) for r in frame.itertuples()]
+    base = [run_label(r.run, r.alpha, r.objectives) for r in frame.itertuples()]
     labels = [f"{label} [{Path(path).parent.name}]" if base.count(label) > 1 else label
               for label, path in zip(base, frame["path"])]
     return [f"{label} [{path}]" if labels.count(short) > 1 else short
@@ -382,6 +392,33 @@ def markdown_table(frame: pd.DataFrame) -> str:
     if frame["sessions"].nunique() > 1:
         notes.append("**Note: these runs were tested on different sessions; their means are not comparable.**")
     return header + "\n".join(lines + notes) + "\n"
+
+
+def over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
+    """Runs of one configuration with different seeds as one row: the mean and (population)
+    std over the seeds of each run's mean over its folds, in percent."""
+    configuration = [run_label(r.run, r.alpha, r.objectives) for r in frame.itertuples()]
+    grouped = frame.assign(configuration=configuration).groupby("configuration", sort=False)
+    rows = []
+    for name, group in grouped:
+        row = {"configuration": name, "seeds": " ".join(str(s) for s in group["seed"]), "runs": len(group),
+               "sessions": " ".join(sorted(set(group["sessions"]))), "selection": " / ".join(sorted(set(group["selection"])))}
+        for key in METRIC_KEYS:
+            row[key], row[f"{key}_std"] = group[key].mean(), group[key].std(ddof=0)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seeds_markdown(table: pd.DataFrame) -> str:
+    best = {k: table[k].max() for k in METRIC_KEYS}
+    lines = ["| configuration | seeds | WA (%) | UA (%) | macro-F1 (%) |", "|---|---|---:|---:|---:|"]
+    for r in table.itertuples():
+        cells = [f"{getattr(r, k):.2f} ± {getattr(r, k + '_std'):.2f}" for k in METRIC_KEYS]
+        cells = [f"**{c}**" if getattr(r, k) == best[k] and len(table) > 1 else c for c, k in zip(cells, METRIC_KEYS)]
+        lines.append(f"| {r.configuration} | {r.seeds} | {' | '.join(cells)} |")
+    return "\n".join(lines + ["", "Mean ± population std over the seeds of each run's mean over its folds "
+                              f"(test sessions {' ; '.join(sorted(set(table['sessions'])))}). WA = overall accuracy, "
+                              "UA = mean of the per-class recalls."]) + "\n"
 
 
 def tick_label(label: str, width: int = 22) -> str:
@@ -421,9 +458,15 @@ def plot_comparison(frame: pd.DataFrame, path) -> None:
     save_figure(fig, path)
 
 
-def compare(paths, out_dir) -> pd.DataFrame:
-    """Write comparison.csv, comparison.md and comparison.png for the runs under `paths`."""
+def compare(paths, out_dir, seeds: bool = False) -> pd.DataFrame:
+    """Write comparison.csv, comparison.md and comparison.png for the runs under `paths`; with
+    `seeds`, also seeds.csv and seeds.md: one row per configuration over its seeds."""
     frame = comparison_frame(find_results(paths))
+    if seeds:
+        table = over_seeds(frame)
+        with atomic_path(Path(out_dir) / "seeds.csv", suffix=".csv") as tmp:
+            table.to_csv(tmp, index=False, float_format="%.4f")
+        atomic_write_text(Path(out_dir) / "seeds.md", seeds_markdown(table))
     if frame["sessions"].nunique() > 1:
         log.warning("the runs were tested on different sessions (%s); their means are not comparable",
                     "; ".join(f"{label}: {s}" for label, s in zip(frame["label"], frame["sessions"])))
@@ -447,17 +490,21 @@ def default_out(first) -> Path:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Compare runs side by side: one table and one bar chart.")
     parser.add_argument("paths", nargs="+", help="run folders (<save_path>/<run>), save folders, or results.json files")
+    parser.add_argument("--over_seeds", action="store_true",
+                        help="also seeds.md/.csv: runs of one configuration with different seeds as one row")
     parser.add_argument("--out", help="folder for comparison.{csv,md,png} (default: <save folder of the first "
                                       "run>/comparison)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args.out = args.out or default_out(args.paths[0])
     try:
-        frame = compare(args.paths, args.out)
+        frame = compare(args.paths, args.out, seeds=args.over_seeds)
     except (FileNotFoundError, ReportError) as err:
         log.error("%s", err)
         sys.exit(2)
     print(markdown_table(frame))
+    if args.over_seeds:
+        print((Path(args.out) / "seeds.md").read_text())
     print(f"wrote comparison.csv, comparison.md and comparison.png to {args.out}", file=sys.stderr)
 
 
