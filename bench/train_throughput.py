@@ -1,12 +1,15 @@
 """Training throughput of our path (run.py's loader, length bucketing, in-memory audio and
 loop) against the upstream configuration, measured in one process on the same model and
-effective batch; plus FLOPs per audio second of the base-size models, an H100 projection
-(labelled as such) and CPU real-time factors of evaluation and prediction.
+effective batch; each row's achieved FLOP/s as a fraction of this machine's measured matmul
+peak; evaluation time exact (padding-exact batches, as run.py scores) against padded; plus
+FLOPs per audio second of the base-size models, an H100 projection (labelled as such) and
+CPU real-time factors of evaluation and prediction.
 
     python bench/train_throughput.py                     # tiny encoders on CPU, a few minutes
     python bench/train_throughput.py --quick             # ~30 s smoke run
     python bench/train_throughput.py --size base         # base-size architectures, short clips on CPU
-    python bench/train_throughput.py --device cuda --ours precision=bf16 compile=true
+    python bench/train_throughput.py --device cuda --also gradient_checkpointing=true compile=true
+    bash bench/gpu_check.sh                              # every GPU figure in one 8-minute script
 
 The synthetic bench corpus (IEMOCAP's duration distribution) and the encoders are prepared
 once under data/bench/. The last line printed is `speedup_vs_upstream_config: <float>`:
@@ -40,7 +43,11 @@ from torch.utils.flop_counter import (FlopCounterMode, conv_flop_count, sdpa_bac
                                      sdpa_flop_count)
 
 import run  # noqa: E402
+import training  # noqa: E402
+from bench.matmul_peak import describe as describe_matmul_peak  # noqa: E402
+from bench.matmul_peak import matmul_peak  # noqa: E402
 from models import MODELS, ModelConfig, build_model  # noqa: E402
+from models.encoders import audio_input_spec, conv_cache_refusal, encoder_config  # noqa: E402
 from utils.audio import normalize, read_audio  # noqa: E402
 from utils.data import BucketBatchSampler, RandomBatchSampler, fixed_length, read_text_feature  # noqa: E402
 from utils.device import autocast, native_bf16, resolve_device, seed_everything, uses_bf16  # noqa: E402
@@ -54,6 +61,7 @@ IEMOCAP_AUDIO_S = 5531 * 4.55
 IEMOCAP_TRAIN_S = IEMOCAP_AUDIO_S * 0.8 * 0.9
 IEMOCAP_EVAL_S = IEMOCAP_AUDIO_S - IEMOCAP_TRAIN_S
 PROTOCOL_EPOCHS = 3 * 5 * 100  # variants x folds x epochs
+FOLD_EPOCHS = 5 * 100  # one variant's protocol: folds x epochs
 PEAK_BF16_DENSE = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 ASSUMED_MFU = 0.40
 # Everything but the loop, the data path and these settings stays as in RunConfig.
@@ -72,8 +80,11 @@ OPTION = ("ours with micro-batch 8, no accumulation", dict(batch_size=8, accum_g
 # Measured beside ours on a CPU that multiplies bf16 natively (AVX512-BF16/AMX), where run.py's
 # precision=auto still means fp32.
 CPU_BF16 = ("ours + --precision bf16 (native bf16 CPU)", dict(precision="bf16"))
-# Measured beside ours when the speech encoder has a layer-norm feature encoder (--encoder_norm layer).
+# Measured beside ours wherever run.py accepts --cache_conv_features for the speech encoder
+# (conv_cache_allowed asks run.py's own check, so the bench follows it without an edit).
 CONV_CACHE = ("ours + --cache_conv_features", dict(cache_conv_features=True))
+# Evaluation batches of the padded comparison (run.py's --eval_batch_size default).
+EVAL_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,7 @@ class Arm:
     loop: str      # "upstream" (emulated, .item() every micro-batch) or "ours" (run.train_epoch)
     data: str      # "disk" (decode every step, upstream emulation) or "memory" (run.make_loader)
     settings: dict  # RunConfig fields
-    role: str = "step"  # "upstream", "step" (of the ladder), "ours", "option", "bf16" or "conv_cache"
+    role: str = "step"  # "upstream", "step" (of the ladder), "ours", "option", "bf16", "conv_cache" or "also"
 
 
 @dataclass
@@ -108,7 +119,10 @@ class Measurement:
     epoch_measured: bool              # False: extrapolated from the timed steps
     peak_memory_mb: float
     batch_shapes: list = field(default_factory=list, repr=False)  # (batch size, padded samples)
-    model_flops: float | None = None  # executed in the timed part, from the FLOP model
+    utterance_samples: list = field(default_factory=list, repr=False)  # each timed utterance's own length
+    precision: str = "fp32"           # what the matrix products run in: fp32, or bf16 under autocast
+    model_flops: float | None = None  # executed in the timed part, from the FLOP model (padding included)
+    useful_flops: float | None = None  # the timed utterances' own FLOPs, each as if alone (no padding)
 
     @property
     def throughput(self) -> float:
@@ -182,7 +196,7 @@ def synchronize(device) -> None:
 
 
 # ---------------------------------------------------------------- bench corpus (cached)
-def prepare_bench_corpus(per_session: int, seed: int = 0) -> dict:
+def prepare_bench_corpus(per_session: int, seed: int = 0, bench_dir: Path = BENCH_DIR) -> dict:
     """Synthetic IEMOCAP-format release with IEMOCAP's durations -> csv + audio -> tiny
     RoBERTa features, plus the tiny encoders; every step skips work already done."""
     from data_prep.extract_roberta import extract
@@ -190,11 +204,11 @@ def prepare_bench_corpus(per_session: int, seed: int = 0) -> dict:
     from data_prep.make_synthetic_iemocap import make_corpus
     from data_prep.make_tiny_models import make_tiny_models
 
-    corpus_dir = BENCH_DIR / f"iemocap-durations-{per_session}-seed{seed}"
-    models_dir = BENCH_DIR / "models"
+    corpus_dir = Path(bench_dir) / f"iemocap-durations-{per_session}-seed{seed}"
+    models_dir = Path(bench_dir) / "models"
     paths = {"csv": corpus_dir / "prepared" / "iemocap.csv", "audio": corpus_dir / "prepared" / "audio",
              "roberta": corpus_dir / "prepared" / "roberta-tiny", "tiny_wav2vec2": models_dir / "tiny" / "wav2vec2",
-             "tiny_roberta": models_dir / "tiny" / "roberta"}
+             "tiny_roberta": models_dir / "tiny" / "roberta", "models": models_dir}
     if not paths["tiny_wav2vec2"].is_dir():
         make_tiny_models(models_dir / "tiny", seed=0)
     # The synthetic corpus's class and session counts differ from IEMOCAP's by design; the
@@ -224,7 +238,7 @@ def speech_encoder_dir(paths: dict, size: str, norm: str = "group") -> Path:
 
     if size == "tiny" and norm == "group":
         return paths["tiny_wav2vec2"]
-    path = BENCH_DIR / "models" / f"wav2vec2-{size}-random{'-layer-norm' if norm == 'layer' else ''}"
+    path = paths["models"] / f"wav2vec2-{size}-random{'-layer-norm' if norm == 'layer' else ''}"
     if not (path / "preprocessor_config.json").is_file():
         layer = dict(feat_extract_norm="layer", do_stable_layer_norm=True) if norm == "layer" else {}
         torch.manual_seed(0)
@@ -241,7 +255,7 @@ def base_roberta_dir(paths: dict) -> Path:
 
     from data_prep.make_tiny_models import tiny_roberta_config
 
-    path = BENCH_DIR / "models" / "roberta-base-random"
+    path = paths["models"] / "roberta-base-random"
     if not (path / "config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(paths["tiny_roberta"])
         torch.manual_seed(0)
@@ -381,7 +395,9 @@ def measure_arm(arm: Arm, model_cfg, corpus, indices, base_cfg, device, plan: Pl
     measured = not plan.steps
     epoch_seconds = seconds / plan.epochs if measured else seconds * epoch_padded / padded
     return Measurement(arm.label, arm.role, seconds, len(consumed), real / SR, padded / SR, epoch_real / epoch_padded,
-                       epoch_seconds, measured, memory, [(len(b), int(lengths[b].max())) for b in consumed])
+                       epoch_seconds, measured, memory, [(len(b), int(lengths[b].max())) for b in consumed],
+                       [int(n) for b in consumed for n in lengths[b]],
+                       "bf16" if uses_bf16(device, run_cfg.precision) else "fp32")
 
 
 def measure_rounds(arms: list[Arm], rounds: int, measure) -> list[Measurement]:
@@ -411,10 +427,12 @@ def ours_settings(overrides: dict, device) -> dict:
     return resolved({key: getattr(defaults, key) for key in SETTINGS} | overrides, device)
 
 
-def arms_for(ours: dict, ladder: bool, cpu_bf16: bool = False, conv_cache: bool = False) -> list[Arm]:
+def arms_for(ours: dict, ladder: bool, cpu_bf16: bool = False, conv_cache: bool = False,
+             also: list | tuple = ()) -> list[Arm]:
     """The upstream configuration, the ladder of optimisations (if asked), ours, (with the
-    ladder) ours in one micro-batch of 8, (cpu_bf16) ours in bf16 autocast and (conv_cache)
-    ours with the feature encoder's output cached."""
+    ladder) ours in one micro-batch of 8, (cpu_bf16) ours in bf16 autocast, (conv_cache)
+    ours with the feature encoder's output cached and, for each (name, value) of `also`, ours
+    with that one RunConfig setting changed."""
     arms = [Arm("upstream configuration (emulated)", "upstream", "disk", dict(UPSTREAM), "upstream")]
     if ladder:
         for label, loop, data, change in LADDER:
@@ -430,7 +448,18 @@ def arms_for(ours: dict, ladder: bool, cpu_bf16: bool = False, conv_cache: bool 
     for wanted, (label, change), role in [(cpu_bf16, CPU_BF16, "bf16"), (conv_cache, CONV_CACHE, "conv_cache")]:
         if wanted and ours | change != ours:
             arms.append(Arm(label, "ours", "memory", ours | change, role))
+    for name, value in also:
+        if ours | {name: value} != ours:
+            flag = f"--{name}" if value is True else f"{name}={value}"
+            arms.append(Arm(f"ours + {flag}", "ours", "memory", ours | {name: value}, "also"))
     return arms
+
+
+def conv_cache_allowed(encoder: str) -> str | None:
+    """None where run.py accepts --cache_conv_features for this speech encoder, else why it
+    refuses it (the bench then measures no cache row): the bench asks run.py's own check, so
+    the row appears by itself for any encoder run.py comes to accept (group norm too)."""
+    return conv_cache_refusal(encoder_config(encoder), audio_input_spec(encoder))
 
 
 def pick(result: dict, role: str) -> Measurement:
@@ -517,8 +546,8 @@ def fit_flop_model(model, model_cfg, device, train: bool, lengths_s=(2.0, 4.0, 8
     return FlopModel(float(constant), float(linear), float(quadratic))
 
 
-def base_model_cfg(run_name: str) -> ModelConfig:
-    return ModelConfig(run=run_name, wav2vec2=str(speech_encoder_dir({}, "base")), text_dim=768)
+def base_model_cfg(run_name: str, paths: dict) -> ModelConfig:
+    return ModelConfig(run=run_name, wav2vec2=str(speech_encoder_dir(paths, "base")), text_dim=768)
 
 
 def flop_models(model_cfg: ModelConfig, device, lengths_s=(2.0, 4.0, 8.0)) -> tuple[FlopModel, FlopModel]:
@@ -563,7 +592,7 @@ def projected_seconds(epoch_pflop: float, peak: float, utilisation: float) -> fl
 # ---------------------------------------------------------------- real-time factor (CPU)
 def rtf_report(run_name: str, paths: dict, n_utterances: int, threads: int, repeats: int = 3) -> dict:
     """Real-time factor (compute seconds / audio seconds) with the base-size model on the CPU:
-    evaluation = run.predict_loader on the in-memory corpus (cached text features); prediction =
+    evaluation = training.predict_loader on the in-memory corpus (cached text features); prediction =
     predict.predict_files on the wav files and transcripts (decoding, tokenizing and embedding
     with RoBERTa-base included; loading RoBERTa-base, once per call, is timed apart). The fastest
     of `repeats` passes after a warm-up, in fp32 and, where the CPU has native bf16, in bf16."""
@@ -573,7 +602,7 @@ def rtf_report(run_name: str, paths: dict, n_utterances: int, threads: int, repe
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model_cfg = base_model_cfg(run_name)
+        model_cfg = base_model_cfg(run_name, paths)
         run_cfg = run.RunConfig(csv_path=str(paths["csv"]), data_path_audio=str(paths["audio"]),
                                 data_path_roberta=str(random_text_features(paths)), eval_batch_size=n_utterances)
         corpus = quiet_load_corpus(model_cfg, run_cfg)
@@ -591,7 +620,7 @@ def rtf_report(run_name: str, paths: dict, n_utterances: int, threads: int, repe
         report = {"run": run_name, "threads": threads, "utterances": len(chosen), "audio_seconds": audio_s,
                   "load": load(), "text_encoder_load_s": load_s}
         for precision in ["fp32"] + (["bf16"] if native_bf16(device) else []):
-            evaluate_s = fastest(lambda: run.predict_loader(model, loader, device, precision), repeats)
+            evaluate_s = fastest(lambda: training.predict_loader(model, loader, device, precision), repeats)
             with contextlib.redirect_stderr(io.StringIO()):  # progress bars
                 predict_s = fastest(lambda: predict.predict_files(inputs, {"bench": model}, roberta, device="cpu",
                                                                   precision=precision, text_encoder=text_encoder),
@@ -616,6 +645,118 @@ def fastest(work, repeats: int = 3) -> float:
         work()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+# ---------------------------------------------------------------- evaluation: exact against padded
+def padded_eval_loader(corpus, indices, device, batch_size: int = EVAL_BATCH):
+    """PADDED COMPARISON, not run.py's path: length-sorted batches of `batch_size` padded to
+    their longest, as evaluation ran before it was padding-exact (otherwise as run.make_loader)."""
+    sampler = BucketBatchSampler(corpus.dataset.lengths()[indices], batch_size, shuffle=False)
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(corpus.dataset, indices), batch_sampler=sampler,
+                                       collate_fn=corpus.collate, pin_memory=device.type == "cuda")
+
+
+def spread_over_durations(lengths: np.ndarray, n: int) -> np.ndarray:
+    """n utterances at evenly spaced quantiles of the lengths, so that a small sample spans the
+    corpus's spread of durations (the padding cost depends on it)."""
+    order = np.argsort(lengths, kind="stable")
+    n = min(n, len(order))
+    return np.sort(order[((np.arange(n) + 0.5) / n * len(order)).astype(int)])
+
+
+def time_evaluation(model, loaders: dict, device, precision: str, repeats: int) -> dict:
+    """{mode: seconds} of training.predict_loader over each loader, the fastest of `repeats` passes
+    after a warm-up on each loader's first batch; the order of the modes alternates."""
+    for loader in loaders.values():
+        training.predict_loader(model, [next(iter(loader))], device, precision)
+    best = dict.fromkeys(loaders, float("inf"))
+    for round_ in range(repeats):
+        for mode in list(loaders) if round_ % 2 == 0 else list(loaders)[::-1]:
+            start = time.perf_counter()
+            training.predict_loader(model, loaders[mode], device, precision)
+            synchronize(device)
+            best[mode] = min(best[mode], time.perf_counter() - start)
+    return best
+
+
+def eval_comparison(run_name: str, paths: dict, size: str, n_utterances: int, device, precision: str,
+                    repeats: int) -> list[dict]:
+    """Evaluation of the same utterances (spread over the bench corpus's IEMOCAP-like
+    durations, uncropped) two ways, for a group-norm encoder without attention mask
+    (wav2vec2-base) and its layer-norm twin with one: exact = run.make_loader's
+    ExactBatchSampler (padding_exact per the encoder: equal lengths only for group norm, batches
+    of 8 for layer norm), padded = length-sorted batches of 8 padded to their longest."""
+    rows = []
+    for norm in ("group", "layer"):
+        release_memory(device)
+        roberta = random_text_features(paths) if size == "base" else paths["roberta"]
+        model_cfg = ModelConfig(run=run_name, wav2vec2=str(speech_encoder_dir(paths, size, norm)), alpha=0.1)
+        run_cfg = run.RunConfig(csv_path=str(paths["csv"]), data_path_audio=str(paths["audio"]),
+                                data_path_roberta=str(roberta), limit_utterances=math.ceil(4 * n_utterances / 5),
+                                eval_batch_size=EVAL_BATCH, device=str(device))
+        corpus = quiet_load_corpus(model_cfg, run_cfg)
+        lengths = corpus.dataset.lengths()
+        chosen = spread_over_durations(lengths, n_utterances)
+        seed_everything(0)
+        model = build_model(model_cfg).to(device).eval()
+        loaders = {"exact": run.make_loader(corpus, chosen, run_cfg, False, device),
+                   "padded": padded_eval_loader(corpus, chosen, device)}
+        seconds = time_evaluation(model, loaders, device, precision, repeats)
+        audio_s = float(lengths[chosen].sum() / SR)
+        row = {"run": run_name, "size": size, "encoder_norm": norm, "padding_exact": corpus.padding_exact,
+               "utterances": len(chosen), "audio_seconds": audio_s, "precision": precision, "repeats": repeats}
+        for mode, loader in loaders.items():
+            real, padded = padded_totals(lengths[chosen], loader.batch_sampler.batches())
+            row[mode] = {"seconds": seconds[mode], "audio_s_per_s": audio_s / seconds[mode],
+                         "batches": len(loader.batch_sampler.batches()), "padding_efficiency": real / padded}
+        row["exact_over_padded_time"] = seconds["exact"] / seconds["padded"]
+        rows.append(row)
+        del model, corpus
+    return rows
+
+
+def format_evaluation(rows: list[dict], threads: int, device) -> list[str]:
+    first = rows[0]
+    threads = f", {threads} threads" if device.type == "cpu" else ""
+    lines = [(f"evaluation of the same {first['utterances']} utterances ({first['audio_seconds']:.1f} s of audio, "
+              f"spread over the bench corpus's durations, uncropped), {first['size']}-size {first['run']}, "
+              f"{first['precision']}, {device}{threads}; fastest of {first['repeats']} pass(es) after a warm-up "
+              f"batch: exact = run.py's padding-exact batches (ExactBatchSampler), padded = length-sorted batches "
+              f"of {EVAL_BATCH} padded to their longest")]
+    names = {"group": "group norm, no attention mask (as wav2vec2-base)",
+             "layer": "layer norm + attention mask (its layer-norm twin)"}
+    for row in rows:
+        exact, padded = row["exact"], row["padded"]
+        lines.append(f"  {names[row['encoder_norm']]}: exact {exact['seconds']:.3f} s ({exact['audio_s_per_s']:.1f} "
+                     f"audio-s/s, {exact['batches']} batches, pad eff {exact['padding_efficiency']:.3f}) | padded "
+                     f"{padded['seconds']:.3f} s ({padded['audio_s_per_s']:.1f} audio-s/s, {padded['batches']} "
+                     f"batches, pad eff {padded['padding_efficiency']:.3f}) | exact_over_padded_time "
+                     f"{row['exact_over_padded_time']:.2f}")
+    return lines
+
+
+def fold_epoch_projection(train_throughput: float, eval_throughput: float) -> dict:
+    """One IEMOCAP fold-epoch PROJECTED from measured throughputs (no IEMOCAP-sized epoch is
+    timed): one fold's training audio at ours' training throughput plus its dev and test audio
+    at the exact evaluation's throughput; and the protocol of 5 folds x 100 epochs."""
+    train_s, eval_s = IEMOCAP_TRAIN_S / train_throughput, IEMOCAP_EVAL_S / eval_throughput
+    epoch = train_s + eval_s
+    return {"method": "projected: measured throughputs x one IEMOCAP fold's audio (not a timed epoch)",
+            "train_audio_s": IEMOCAP_TRAIN_S, "eval_audio_s": IEMOCAP_EVAL_S,
+            "train_throughput": train_throughput, "eval_throughput": eval_throughput,
+            "train_seconds": train_s, "eval_seconds": eval_s, "fold_epoch_seconds": epoch,
+            "protocol_minutes_per_variant": epoch * FOLD_EPOCHS / 60,
+            "protocol_hours_three_variants": epoch * PROTOCOL_EPOCHS / 3600}
+
+
+def format_projection(p: dict) -> list[str]:
+    return [(f"IEMOCAP fold-epoch, PROJECTED from the measured throughputs (not a timed epoch): train "
+             f"{p['train_audio_s']:.0f} s of audio / {p['train_throughput']:.1f} audio-s/s (ours) = "
+             f"{p['train_seconds']:.1f} s + dev and test {p['eval_audio_s']:.0f} s / {p['eval_throughput']:.1f} "
+             f"audio-s/s (exact evaluation) = {p['eval_seconds']:.1f} s"),
+            f"fold_epoch_seconds: {p['fold_epoch_seconds']:.1f}",
+            (f"protocol (5 folds x 100 epochs, one variant): {p['protocol_minutes_per_variant']:.1f} min; "
+             f"three variants: {p['protocol_hours_three_variants']:.2f} h")]
 
 
 # ---------------------------------------------------------------- one variant
@@ -645,15 +786,18 @@ def bench_run(run_name: str, args, paths: dict, device, first: bool) -> dict:
                              data_path_roberta=str(roberta), limit_utterances=math.ceil(args.utterances / 5),
                              seed=0, device=str(device))
     corpus = quiet_load_corpus(model_cfg, base_cfg)
+    durations_s = corpus.dataset.lengths() / SR  # before cropping: what the corpus line describes
     max_samples = int(args.max_seconds * SR) if args.max_seconds else None
     crop(corpus, max_samples)
     indices = np.arange(len(corpus.table))
     sources = {"audio": paths["audio"], "roberta": roberta if MODELS[run_name].uses_text else None,
                "max_samples": max_samples}
     plan = Plan(warmup_steps=args.warmup_steps, epochs=args.epochs_measured, steps=args.steps)
+    refusal = conv_cache_allowed(encoder)
     arms = arms_for(ours_settings(args.ours, device), ladder=first and args.ladder,
-                    cpu_bf16=first and device.type == "cpu" and native_bf16(device),
-                    conv_cache=first and args.encoder_norm == "layer")
+                    cpu_bf16=first and device.type == "cpu" and native_bf16(device) and args.cpu_bf16_row is not False,
+                    conv_cache=first and refusal is None and args.conv_cache_row is not False,
+                    also=list(args.also.items()) if first else ())
 
     def measure(arm):
         m = measure_arm(arm, model_cfg, corpus, indices, base_cfg, device, plan, sources)
@@ -665,7 +809,7 @@ def bench_run(run_name: str, args, paths: dict, device, first: bool) -> dict:
     profile = profile_arm(ours, model_cfg, corpus, indices, base_cfg, device) if args.profile and first else None
     return {"run": run_name, "utterances": len(indices), "audio_seconds": float(corpus.dataset.lengths().sum() / SR),
             "corpus_mb": corpus_megabytes(corpus), "measurements": results, "model_cfg": model_cfg,
-            "profile": profile}
+            "profile": profile, "conv_cache_refusal": refusal, "durations_s": durations_s}
 
 
 def profile_arm(arm: Arm, model_cfg, corpus, indices, base_cfg, device, steps: int = 4) -> str:
@@ -683,9 +827,51 @@ def profile_arm(arm: Arm, model_cfg, corpus, indices, base_cfg, device, steps: i
 
 
 def add_flops(result: dict, flops: FlopModel) -> None:
-    """Executed FLOPs of the timed batches (padding included), for FLOP/s and MFU."""
+    """Executed FLOPs of the timed batches (padding included), for FLOP/s and MFU, and the
+    timed utterances' own FLOPs (the FLOP model per audio second x the audio trained on), for
+    the fraction of the matmul peak."""
     for m in result["measurements"]:
         m.model_flops = float(sum(size * flops(samples) for size, samples in m.batch_shapes))
+        m.useful_flops = float(flops(np.asarray(m.utterance_samples)).sum())
+
+
+# ---------------------------------------------------------------- against the measured matmul peak
+def peak_precisions(results: list[dict], device) -> list[str]:
+    """The matmul peaks to measure: bf16 on a GPU (every row is quoted against it, the MFU
+    convention); on a CPU fp32, and bf16 where it is native or some row runs in it."""
+    if device.type == "cuda":
+        return ["bf16", "fp32"]
+    used = {m.precision for r in results for m in r["measurements"]}
+    return ["fp32"] + (["bf16"] if native_bf16(device) or "bf16" in used else [])
+
+
+def efficiency(m: Measurement, peak: dict, device) -> dict:
+    """A training row's achieved TFLOP/s (useful FLOPs: its utterances' own, from the FLOP
+    model, over the timed seconds) as a fraction of the measured matmul peak of the precision
+    its products run in (on a GPU: bf16 for every row)."""
+    precision = "bf16" if device.type == "cuda" else m.precision
+    achieved = m.useful_flops / m.seconds / 1e12 if m.useful_flops else None
+    peak_tflops = peak["tflops"].get(precision)
+    return {"achieved_tflops": achieved, "peak_tflops": peak_tflops, "peak_precision": precision,
+            "fraction_of_matmul_peak": achieved / peak_tflops if achieved and peak_tflops else None}
+
+
+def format_efficiency(results: list[dict], peak: dict, device) -> list[str]:
+    every_row = " (bf16 on a GPU, for every row)" if device.type == "cuda" else ""
+    lines = [describe_matmul_peak(peak),
+             ("achieved = model FLOPs of the timed utterances per second: the FLOP model's count of each utterance "
+              "as if alone (padding, recomputation under checkpointing and work the conv cache skips do not change "
+              "it; every encoder layer counted, LayerDrop skips ~10 %); fraction = achieved / the measured peak of "
+              f"the row's precision{every_row}")]
+    for result in results:
+        for m in result["measurements"]:
+            e = efficiency(m, peak, device)
+            if e["fraction_of_matmul_peak"] is None:
+                continue
+            lines.append(f"  {result['run']:<18} {m.label:<48} achieved_tflops {e['achieved_tflops']:.4g}  "
+                         f"peak_tflops {e['peak_tflops']:.4g} ({e['peak_precision']})  "
+                         f"fraction_of_matmul_peak {e['fraction_of_matmul_peak']:.3f}")
+    return lines
 
 
 # ---------------------------------------------------------------- report
@@ -726,7 +912,10 @@ def format_flops(flops: list[dict], measured_mfu: float | None) -> list[str]:
     return lines
 
 
-def print_report(machine: dict, args, corpus_line: str, results, flops, rtfs, peak, padding) -> float:
+def print_report(machine: dict, args, corpus_line: str, results, flops, rtfs, peak, padding,
+                 sections: list[list[str]] = ()) -> float:
+    """The tables, then `sections` (matmul peak, evaluation, projection), then the speedup lines;
+    the last line is `speedup_vs_upstream_config: <float>`."""
     plan = (f"{args.steps} optimizer steps (epoch time extrapolated: 'e')" if args.steps
             else f"{args.epochs_measured} full epoch(s)")
     print("\n== MMER training throughput ==")
@@ -758,7 +947,7 @@ def print_report(machine: dict, args, corpus_line: str, results, flops, rtfs, pe
     for rtf in rtfs:
         print(f"\nCPU real-time factor (compute s / audio s), base-size {rtf['run']}, {rtf['threads']} threads, "
               f"{rtf['utterances']} utterances of 2-5 s ({rtf['audio_seconds']:.1f} s), load {rtf['load']}; "
-              "evaluation = run.predict_loader (cached text features), prediction = predict.predict_files "
+              "evaluation = training.predict_loader (cached text features), prediction = predict.predict_files "
               "(decoding, RoBERTa-base embedding included)")
         for precision in ("fp32", "bf16"):
             if f"evaluate_rtf_{precision}" in rtf:
@@ -770,14 +959,20 @@ def print_report(machine: dict, args, corpus_line: str, results, flops, rtfs, pe
               f"{rtf['text_encoder_load_s']:.2f} s")
     if results[0]["profile"]:
         print("\nprofile of " + results[0]["profile"])
+    for lines in sections:
+        print("\n" + "\n".join(lines))
     ours, upstream = pick(results[0], "ours"), pick(results[0], "upstream")
     speedup = ours.throughput / upstream.throughput
     print(f"\n{results[0]['run']}: ours {ours.throughput:.1f} vs upstream {upstream.throughput:.1f} "
-          f"audio-s/s on {args.size} encoders ({machine['device']})")
+          f"audio-s/s on {args.size} encoders ({machine['device']}), peak memory {ours.peak_memory_mb:.0f} MB")
+    if results[0]["conv_cache_refusal"]:
+        print(f"{results[0]['run']}: no --cache_conv_features row: run.py refuses it, the speech encoder "
+              f"{results[0]['conv_cache_refusal']}")
     for m in results[0]["measurements"]:
-        if m.role in ("bf16", "conv_cache"):
+        if m.role in ("bf16", "conv_cache", "also"):
             print(f"{results[0]['run']}: {m.label} {m.throughput:.1f} audio-s/s, "
-                  f"{m.throughput / upstream.throughput:.2f} x upstream")
+                  f"{m.throughput / ours.throughput:.2f} x ours, {m.throughput / upstream.throughput:.2f} x upstream, "
+                  f"peak memory {m.peak_memory_mb:.0f} MB")
     print(f"speedup_vs_upstream_config: {speedup:.2f}")
     return speedup
 
@@ -787,12 +982,17 @@ def measured_mfu(results, peak) -> float | None:
     return ours.model_flops / ours.seconds / peak if ours.model_flops and peak else None
 
 
-def write_json(path: Path, machine, args, results, flops, rtf, speedup, padding) -> None:
-    rows = [{"run": r["run"], **{k: v for k, v in dataclasses.asdict(m).items() if k != "batch_shapes"},
-             "throughput_audio_s_per_s": m.throughput, "padding_efficiency": m.padding_efficiency}
+def write_json(path: Path, machine, args, results, flops, rtf, speedup, padding, extra: dict) -> None:
+    """Every figure; `extra`: the matmul peak, the evaluation comparison, the fold-epoch projection."""
+    device = torch.device(machine["device"])
+    rows = [{"run": r["run"], **{k: v for k, v in dataclasses.asdict(m).items()
+                                 if k not in ("batch_shapes", "utterance_samples")},
+             "throughput_audio_s_per_s": m.throughput, "padding_efficiency": m.padding_efficiency,
+             **(efficiency(m, extra["matmul_peak"], device) if extra.get("matmul_peak") else {})}
             for r in results for m in r["measurements"]]
     record = {"machine": machine, "command": " ".join(sys.argv), "args": {k: str(v) for k, v in vars(args).items()},
               "measurements": rows, "iemocap_scale_padding_efficiency": padding, "flops": flops, "rtf": rtf,
+              "conv_cache_refusal": results[0]["conv_cache_refusal"], **extra,
               "speedup_vs_upstream_config": speedup}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
@@ -817,7 +1017,8 @@ def parse_args(argv=None):
     p.add_argument("--size", choices=["tiny", "base"], help="encoder size (default: tiny on CPU, base on GPU)")
     p.add_argument("--encoder_norm", choices=["group", "layer"], default="group",
                    help="the speech encoder's feature-encoder norm: group (wav2vec2-base, default) or layer "
-                        "(wav2vec2-large-lv60's choice at the same size; adds a --cache_conv_features row)")
+                        "(wav2vec2-large-lv60's choice at the same size); a --cache_conv_features row is added "
+                        "wherever run.py accepts the flag for the encoder")
     p.add_argument("--runs", nargs="+", choices=list(MODELS),
                    help="variants to time; the first one gives the speedup line and the ladder (default: all "
                         "three, mmer only with --size base on CPU)")
@@ -839,10 +1040,32 @@ def parse_args(argv=None):
     p.add_argument("--ours", nargs="*", type=key_value, default=[],
                    help="RunConfig fields of our configuration (default: run.py's defaults for "
                         f"{', '.join(SETTINGS)}), e.g. batch_size=8 accum_grad=1 compile=true")
+    p.add_argument("--also", nargs="*", type=key_value, default=[],
+                   help="one more row per NAME=VALUE: ours with that one RunConfig setting changed (first run), "
+                        "e.g. gradient_checkpointing=true compile=true")
+    p.add_argument("--cpu_bf16_row", action=argparse.BooleanOptionalAction,
+                   help="time ours + --precision bf16 on CPU (default: where the CPU multiplies bf16 natively)")
+    p.add_argument("--conv_cache_row", action=argparse.BooleanOptionalAction,
+                   help="time ours + --cache_conv_features (default: wherever run.py accepts it for the encoder)")
     p.add_argument("--ladder", action=argparse.BooleanOptionalAction,
                    help="one row per optimisation for the first run (default: on, off for base size on CPU)")
     p.add_argument("--rtf_utterances", type=int, default=6, help="utterances for the CPU real-time factors (0: skip)")
     p.add_argument("--no_flops", action="store_true", help="skip the base-size FLOP count and projection")
+    p.add_argument("--matmul_size", type=int,
+                   help="block size of the matmul-peak micro-benchmark (default 2048 on CPU, 8192 on GPU)")
+    p.add_argument("--eval_utterances", type=int,
+                   help="utterances of the exact-vs-padded evaluation comparison (default 8 on CPU, 4 with "
+                        "--quick, 200 on GPU; 0: skip)")
+    p.add_argument("--eval_size", choices=["tiny", "base"], default="base",
+                   help="encoder size of the evaluation comparison (default base: wav2vec2-base and its "
+                        "layer-norm twin)")
+    p.add_argument("--bench_dir", type=Path, default=BENCH_DIR,
+                   help="where the bench corpus and encoders are built once and kept (default data/bench)")
+    p.add_argument("--corpus_per_session", type=int,
+                   help="utterances per session of the bench corpus built (default: max(100, utterances / 5), "
+                        "so that the default runs share one corpus)")
+    p.add_argument("--prepare_only", action="store_true",
+                   help="build the corpus and the encoders this command would use, then stop")
     p.add_argument("--peak_tflops", type=float, help="accelerator peak for MFU (default: known GPUs, bf16 dense)")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of ours (first run)")
     p.add_argument("--json", type=Path, help="also write the figures to this json file")
@@ -874,36 +1097,82 @@ def resolve_defaults(args, device) -> None:
     # Three lengths fit the FLOP model exactly when 2.5 tokens per second is a whole number.
     args.flop_lengths = (1.2, 2.0, 4.0) if args.quick else (2.0, 4.0, 8.0)
     args.rtf_repeats = 1 if args.quick else 3
+    args.also = dict(args.also)
+    args.corpus_per_session = args.corpus_per_session or max(100, math.ceil(args.utterances / 5))
+    if args.eval_utterances is None:
+        args.eval_utterances = (4 if args.quick else 8) if on_cpu else 200
+    args.eval_repeats = 1 if args.quick else (2 if on_cpu else 3)
 
 
-def main(argv=None) -> float:
+def prepare_encoders(args, paths: dict) -> list[Path]:
+    """Every encoder and text-feature folder this command will load, built now (the first
+    base-size run saves random wav2vec2-base weights; gpu_check.sh times this apart)."""
+    built = [speech_encoder_dir(paths, args.size, args.encoder_norm)]
+    if args.size == "base" or (args.eval_size == "base" and args.eval_utterances):
+        built.append(random_text_features(paths))
+    if args.size == "base" or not args.no_flops:
+        built.append(speech_encoder_dir(paths, "base"))
+    if args.eval_utterances:
+        built += [speech_encoder_dir(paths, args.eval_size, norm) for norm in ("group", "layer")]
+    if args.rtf_utterances:
+        built.append(base_roberta_dir(paths))
+    return built
+
+
+def main(argv=None) -> float | None:
     args = parse_args(argv)
     device = resolve_device(args.device)
     resolve_defaults(args, device)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    paths = prepare_bench_corpus(per_session=max(100, math.ceil(args.utterances / 5)))
+    paths = prepare_bench_corpus(per_session=args.corpus_per_session, bench_dir=args.bench_dir)
+    if args.prepare_only:
+        built = prepare_encoders(args, paths)
+        print(f"prepared: {paths['csv'].parent} and {', '.join(str(p.name) for p in built)} under {args.bench_dir}")
+        return None
     machine = describe_machine(device)
     print(f"bench on {device} ({args.size} encoders, {args.threads} threads), runs {args.runs}", flush=True)
     results = [bench_run(name, args, paths, device, first=i == 0) for i, name in enumerate(args.runs)]
     peak = peak_flops(device, args.peak_tflops)
-    table = run.read_table(paths["csv"]).groupby("session").head(math.ceil(args.utterances / 5))
     machine["load_average_1min_at_end"] = load()
     padding = {"upstream": iemocap_scale_padding(UPSTREAM),
                "ours": iemocap_scale_padding(ours_settings(args.ours, device))}
     base = {} if args.no_flops and args.size != "base" else {
-        name: flop_models(base_model_cfg(name), device, args.flop_lengths) for name in args.runs}
+        name: flop_models(base_model_cfg(name, paths), device, args.flop_lengths) for name in args.runs}
     for result in results:  # FLOP/s and MFU of the size actually trained
         trained = base[result["run"]] if args.size == "base" else flop_models(result["model_cfg"], device)
         add_flops(result, trained[0])
     flops = [] if args.no_flops else [flop_report(name, base[name], padding["ours"]) for name in args.runs]
+    extra, sections = measure_against_hardware(args, paths, device, results)
     rtfs = [rtf_report(args.runs[0], paths, args.rtf_utterances, threads, args.rtf_repeats)
            for threads in args.rtf_threads if args.rtf_utterances]
-    speedup = print_report(machine, args, describe_corpus(table["duration"]), results, flops, rtfs, peak, padding)
+    speedup = print_report(machine, args, describe_corpus(results[0]["durations_s"]), results, flops, rtfs, peak,
+                           padding, sections)
     if args.json:
-        write_json(args.json, machine, args, results, flops, rtfs, speedup, padding)
+        write_json(args.json, machine, args, results, flops, rtfs, speedup, padding, extra)
     return speedup
+
+
+def measure_against_hardware(args, paths: dict, device, results: list[dict]) -> tuple[dict, list[list[str]]]:
+    """The matmul peak and each row's fraction of it; the exact-vs-padded evaluation; and, where
+    that evaluation ran at the trained size, the IEMOCAP fold-epoch projected from both."""
+    extra = {"matmul_peak": matmul_peak(device, args.matmul_size, peak_precisions(results, device))}
+    sections = [format_efficiency(results, extra["matmul_peak"], device)]
+    if args.eval_utterances:
+        precision = "bf16" if uses_bf16(device, ours_settings(args.ours, device)["precision"]) else "fp32"
+        extra["evaluation"] = eval_comparison(args.runs[0], paths, args.eval_size, args.eval_utterances, device,
+                                              precision, args.eval_repeats)
+        sections.append(format_evaluation(extra["evaluation"], args.threads, device))
+        if args.eval_size == args.size:
+            exact = next(r for r in extra["evaluation"] if r["encoder_norm"] == args.encoder_norm)["exact"]
+            extra["fold_epoch_projection"] = fold_epoch_projection(pick(results[0], "ours").throughput,
+                                                                   exact["audio_s_per_s"])
+            sections.append(format_projection(extra["fold_epoch_projection"]))
+    return extra, sections
 
 
 if __name__ == "__main__":
     main()
+    # Spare the interpreter's last collection over torch's, transformers' and scikit-learn's objects
+    # (about 3 s of exit on a busy 2-core machine, each of gpu_check.sh's steps): nothing left needs it.
+    gc.freeze()

@@ -1,6 +1,16 @@
 """The throughput bench's measuring core on a handful of synthetic utterances and tiny
-encoders: the figures it reports are sane (no timing thresholds: machines differ)."""
+encoders: the figures it reports are sane (no timing thresholds: machines differ); and
+bench/gpu_check.sh's dry run on CPU goes through every step and prints every summary field."""
+import contextlib
 import dataclasses
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +26,15 @@ from models import ModelConfig
 from utils.data import BucketBatchSampler, RandomBatchSampler, fixed_length
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
+# The bench on tiny encoders over 10 utterances of a 60-utterance corpus, one thread: seconds.
+TINY_BENCH = ["--device", "cpu", "--size", "tiny", "--eval_size", "tiny", "--runs", "mmer", "--corpus_per_session",
+              "12", "--utterances", "10", "--rtf_utterances", "0", "--no_flops", "--threads", "1", "--matmul_size",
+              "256", "--warmup_steps", "1", "--rounds", "1", "--no-ladder", "--no-cpu_bf16_row", "--no-conv_cache_row",
+              "--eval_utterances", "4"]
+SUMMARY_FIELDS = ["device", "matmul_peak_tflops", "fold_epoch_seconds", "protocol_minutes_per_variant",
+                  "speedup_vs_upstream_config", "peak_memory_mb", "fraction_of_matmul_peak",
+                  "eval_exact_over_padded_time", "compile", "cache_conv_features", "ladder", "steps", "json"]
 
 
 @pytest.fixture(autouse=True)
@@ -113,3 +132,90 @@ def test_padding_is_counted_to_the_fixed_lengths_that_compile_pads_to():
     assert bench.padded_totals(lengths, [[0, 1], [2]]) == (46000, 2 * 20000 + 9000)
     fixed = bench.padded_totals(lengths, [[0, 1], [2]], fixed=True)
     assert fixed == (46000, 2 * fixed_length(20000) + fixed_length(9000)) and fixed[1] > 49000
+
+
+def test_also_rows_are_ours_with_one_setting_changed():
+    ours = bench.ours_settings({}, CPU)
+    arms = bench.arms_for(ours, ladder=False, also=[("gradient_checkpointing", True), ("compile", True)])
+    also = [arm for arm in arms if arm.role == "also"]
+    assert [arm.label for arm in also] == ["ours + --gradient_checkpointing", "ours + --compile"]
+    assert [arm.settings for arm in also] == [ours | {"gradient_checkpointing": True}, ours | {"compile": True}]
+
+
+def test_each_row_is_quoted_against_the_peak_of_its_precision_on_cpu_and_bf16_on_gpu():
+    row = bench.Measurement("ours", "ours", seconds=2.0, micro_batches=1, audio_seconds=1.0, padded_seconds=1.0,
+                            epoch_padding_efficiency=1.0, epoch_seconds=2.0, epoch_measured=True, peak_memory_mb=1.0,
+                            precision="fp32", useful_flops=4e12)
+    peak = {"tflops": {"fp32": 4.0, "bf16": 16.0}}
+    assert bench.efficiency(row, peak, CPU) == pytest.approx(
+        {"achieved_tflops": 2.0, "peak_tflops": 4.0, "peak_precision": "fp32", "fraction_of_matmul_peak": 0.5})
+    assert bench.efficiency(row, peak, torch.device("cuda"))["fraction_of_matmul_peak"] == pytest.approx(0.125)
+    assert bench.efficiency(dataclasses.replace(row, precision="bf16"), peak, CPU)["peak_tflops"] == 16.0
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory):
+    """bench/train_throughput.py's main on tiny encoders: (its stdout, its json, the bench folder)."""
+    bench_dir, out = tmp_path_factory.mktemp("bench-cache"), tmp_path_factory.mktemp("bench-out") / "tiny.json"
+    threads = torch.get_num_threads()
+    stdout = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+            bench.main(TINY_BENCH + ["--bench_dir", str(bench_dir), "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    return stdout.getvalue(), json.loads(out.read_text()), bench_dir
+
+
+def test_matmul_peak_and_each_rows_fraction_of_it_are_printed_and_sane(tiny_bench):
+    stdout, record, _ = tiny_bench
+    assert re.search(r"measured matmul peak \(torch.mm 256x256.*fp32 [0-9.e+-]+ TFLOP/s", stdout)
+    rows = re.findall(r"achieved_tflops ([0-9.e+-]+)\s+peak_tflops ([0-9.e+-]+) \((fp32|bf16)\)\s+"
+                      r"fraction_of_matmul_peak ([0-9.]+)", stdout)
+    assert len(rows) == len(record["measurements"]) == 2  # upstream and ours
+    for achieved, peak, precision, fraction in rows:
+        assert precision == "fp32" and float(achieved) > 0 and float(peak) > 0
+        assert 0 < float(fraction) < 1.5 and float(fraction) == pytest.approx(float(achieved) / float(peak), rel=0.01)
+    assert record["matmul_peak"]["tflops"]["fp32"] > 0
+    assert all(0 < m["fraction_of_matmul_peak"] < 1.5 for m in record["measurements"])
+
+
+def test_evaluation_is_timed_exact_and_padded_for_both_encoder_norms(tiny_bench):
+    stdout, record, _ = tiny_bench
+    for name in ("group norm, no attention mask", "layer norm + attention mask"):
+        line = next(line for line in stdout.splitlines() if line.strip().startswith(name))
+        assert re.search(r"exact [0-9.]+ s \([0-9.]+ audio-s/s.*\| padded [0-9.]+ s \([0-9.]+ audio-s/s.*"
+                         r"exact_over_padded_time [0-9.]+", line), line
+    group, layer = record["evaluation"]
+    assert (group["encoder_norm"], group["padding_exact"], layer["padding_exact"]) == ("group", False, True)
+    for row in (group, layer):
+        assert row["exact"]["seconds"] > 0 and row["padded"]["seconds"] > 0
+        assert row["padded"]["batches"] == -(-row["utterances"] // bench.EVAL_BATCH)
+    # group norm: no two of these utterances share a length, so each is scored alone and nothing is padded;
+    # layer norm with a mask: the padded batches are exact, so exact evaluation batches them the same way
+    assert group["exact"]["batches"] == group["utterances"] and group["exact"]["padding_efficiency"] == 1
+    assert layer["exact"]["batches"] == layer["padded"]["batches"]
+    assert "fold_epoch_seconds" in stdout and record["fold_epoch_projection"]["fold_epoch_seconds"] > 0
+
+
+def test_gpu_check_dry_run_runs_every_step_and_prints_every_summary_field(tiny_bench, tmp_path):
+    """The dry run reuses the corpus and encoders the bench fixture built; its deadline keeps it
+    near a minute even on a busy machine, cutting the last steps short (reported, not fatal)."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "BENCH_DIR": str(tiny_bench[2]), "PYTHON": sys.executable}
+    start = time.perf_counter()
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=150)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = done.stdout[done.stdout.index("gpu_check summary"):]
+    for key in SUMMARY_FIELDS:
+        assert re.search(rf"^{key}: \S", summary, re.MULTILINE), f"{key} missing from\n{summary}"
+    for key in SUMMARY_FIELDS[:8]:  # the main step's figures
+        assert not re.search(rf"^{key}: n/a", summary, re.MULTILINE), summary
+    steps = re.search(r"^steps: (.*)$", summary, re.MULTILINE).group(1)
+    assert re.findall(r"(\w+) (?:ok|failed|timed out|skipped)", steps) == ["prepare", "main", "cache", "compile",
+                                                                           "ladder"]
+    assert "main ok" in steps and "compile ok" not in steps  # compiling on a CPU takes minutes: cut, reported
+    figures = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert figures["dry_run"] and figures["summary"]["speedup_vs_upstream_config"] > 0
+    assert seconds < 90, f"the dry run took {seconds:.0f} s"
