@@ -19,6 +19,10 @@ the model gives it alone, whatever it is batched with. A recording longer than
 `recognizer.windows.long_seconds` (30 s) is scored in windows read one batch at a time (6 s,
 one every 3 s): its result is the duration-weighted summary, with the timeline in `.windows`
 (`timeline_table`, `plot_timeline`).
+
+The same recognizer runs a run exported by export.py with onnxruntime instead of PyTorch
+(`EmotionRecognizer.from_onnx(EXPORT_DIR)`): only the model calls differ (OnnxModel,
+OnnxTextEncoder); windows, transcripts, batching and labels are this module's one path.
 """
 import json
 import logging
@@ -32,8 +36,9 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from data_prep.extract_roberta import TextFeatureError, agreed_text_encoder, embed_texts, load_text_encoder
-from models.encoders import audio_input_spec, min_samples_of, padding_is_exact
+from data_prep.extract_roberta import TextFeatureError, agreed_text_encoder, embed_texts, load_text_encoder, tokenize
+from models import EmotionOutput, ModelConfig, model_class
+from models.encoders import AudioInputSpec, audio_input_spec, min_samples_of, padding_is_exact
 from utils.audio import AudioError, normalize, prepare_samples, read_audio
 from utils.checkpoint import CheckpointError, find_checkpoints, restore_model
 from utils.data import Collator, EmotionDataset, ExactBatchSampler, pad_rows
@@ -43,6 +48,8 @@ from utils.text import greedy_decode, sentence_case
 
 log = logging.getLogger("mmer.inference")
 DEFAULT_ROBERTA = "roberta-base"
+ONNX_MANIFEST = "manifest.json"  # export.py's
+ONNX_MANIFEST_VERSIONS = (1,)
 
 
 class PredictError(ValueError):
@@ -197,8 +204,9 @@ def select_checkpoints(found: dict[str, Path], session=None, ensemble: bool = Fa
             log.warning("using session %s's model %s, the first of %d (one per fold); --session N picks another, "
                         "--ensemble averages them all", session, found[session], len(found))
     if str(session) not in found:
-        folder = next(iter(found.values())).parent
-        raise CheckpointError(f"{folder}/{session}_model.pt not found; sessions there: {', '.join(found)}")
+        first = next(iter(found.values()))
+        raise CheckpointError(f"{first.parent}/{session}_model{first.suffix} not found; sessions there: "
+                              f"{', '.join(found)}")
     return [found[str(session)]]
 
 
@@ -215,6 +223,16 @@ def load_models(checkpoint_dir, run=None, wav2vec2=None, session=None, ensemble=
         raise CheckpointError(f"{checkpoint_dir}: the checkpoints hold different models ({', '.join(sorted(runs))}); "
                               "an ensemble averages the folds of one run, pick one with --session")
     return models
+
+
+def audio_settings(models: dict) -> tuple[AudioInputSpec, bool, int]:
+    """The audio preparation of the models' speech encoder, whether its padded batches are exact,
+    and its shortest input in samples: from the encoder (torch) or the export's manifest (onnxruntime)."""
+    first = next(iter(models.values()))
+    if isinstance(first, OnnxModel):
+        return first.spec, first.padding_exact, first.min_samples
+    spec = shared_input_spec(models)
+    return spec, padding_is_exact(first.wav2vec2.config, spec), min_samples_of(first.wav2vec2.config)
 
 
 def shared_input_spec(models: dict):
@@ -258,17 +276,20 @@ class EmotionRecognizer:
     are not thread-safe, and one call already uses every CPU thread torch is given)."""
 
     def __init__(self, models: dict, roberta: str = DEFAULT_ROBERTA, device="cpu", precision: str = "fp32",
-                 batch_size: int | None = None, asr: str | None = None, language: str | None = None):
+                 batch_size: int | None = None, asr: str | None = None, language: str | None = None,
+                 text_encoder=None):
+        """models: {path: torch model (load_models) or OnnxModel (load_onnx_models)}; text_encoder:
+        a callable texts -> [T, H] arrays (default, for mmer: `roberta` in torch)."""
         self.models = models
         self.device = torch.device(device)
         self.precision = precision
         self.batch_size = batch_size or default_batch_size(self.device)
         self.first = next(iter(models.values()))
-        self.spec = shared_input_spec(models)
-        self.exact = padding_is_exact(self.first.wav2vec2.config, self.spec)
-        self.min_samples = min_samples_of(self.first.wav2vec2.config)
+        self.spec, self.exact, self.min_samples = audio_settings(models)
         self.roberta = roberta
-        self.text_encoder = self._text_encoder() if self.first.uses_text else None
+        if text_encoder is None and self.first.uses_text:
+            text_encoder = self._text_encoder()
+        self.text_encoder = text_encoder
         self.asr = Recogniser(asr, language, self.device) if asr and self.first.uses_text else None
         self.windows = Windows()
         self._turn = threading.RLock()
@@ -292,6 +313,26 @@ class EmotionRecognizer:
         roberta = recorded_roberta(checkpoint_dir, roberta)
         return cls(models, roberta, device, precision, batch_size, asr, language)
 
+    @classmethod
+    def from_onnx(cls, onnx_dir, session=None, ensemble: bool = False, roberta=None, batch_size: int | None = None,
+                  asr: str | None = None, language: str | None = None, threads: int | None = None
+                  ) -> "EmotionRecognizer":
+        """A run exported by export.py, run by onnxruntime on the CPU: `<onnx_dir>/<session>_model.onnx`
+        (default: the first fold's) or all folds' with `ensemble`, and for mmer the exported text
+        encoder. No torch model is built (torch still batches the inputs; `asr` runs in torch).
+        threads: onnxruntime's intra-op threads (default: torch's, so both backends compare)."""
+        manifest = read_manifest(onnx_dir)
+        models = load_onnx_models(onnx_dir, manifest, session, ensemble, threads)
+        text_encoder = None
+        entry = manifest["text_encoder"]
+        if entry is not None:
+            try:
+                roberta = agreed_text_encoder(entry["stamp"], roberta, str(Path(onnx_dir) / ONNX_MANIFEST))
+            except TextFeatureError as err:
+                raise PredictError(str(err)) from err
+            text_encoder = OnnxTextEncoder(onnx_dir, entry, threads)
+        return cls(models, roberta or DEFAULT_ROBERTA, "cpu", "fp32", batch_size, asr, language, text_encoder)
+
     @property
     def classes(self) -> list[str]:
         """The run's classes, in the order of its probabilities."""
@@ -310,7 +351,8 @@ class EmotionRecognizer:
         return self.spec.sampling_rate
 
     def _text_encoder(self):
-        """RoBERTa for mmer's text, loaded before any audio work so a wrong one fails at once."""
+        """RoBERTa for mmer's text (texts -> [T, H] arrays), loaded before any audio work so a
+        wrong one fails at once."""
         try:
             tokenizer, encoder = load_text_encoder(self.roberta, self.device)
         except TextFeatureError as err:
@@ -319,7 +361,7 @@ class EmotionRecognizer:
             raise PredictError(f"{self.roberta}: gives {encoder.config.hidden_size}-dim features but the checkpoint "
                                f"reads {self.first.config.text_dim}-dim ones; pass --roberta the text encoder the "
                                "run was trained with")
-        return tokenizer, encoder
+        return lambda texts: embed_texts(texts, tokenizer, encoder, batch_size=len(texts))
 
     # ------------------------------------------------------------ inputs
     def prepare(self, audio, sample_rate: int | None = None, name: str = "array") -> np.ndarray:
@@ -461,7 +503,7 @@ class EmotionRecognizer:
             if texts[row] is None:
                 texts[row] = sentence_case(heard[row])
         if todo:
-            embedded = embed_texts([texts[row] for row in todo], *self.text_encoder, batch_size=len(todo))
+            embedded = self.text_encoder([texts[row] for row in todo])
             for row, array in zip(todo, embedded):
                 features[row] = array
         text, lengths = pad_rows([torch.from_numpy(features[row]) for row in rows])
@@ -488,6 +530,136 @@ class Recogniser:
         return recognise(self.pipeline, samples, sample_rate, self.settings, batch_size=8)
 
 
+# ---------------------------------------------------------------- onnxruntime backend
+def read_manifest(onnx_dir) -> dict:
+    """export.py's manifest.json of `onnx_dir`, checked enough that what follows can trust it."""
+    folder = Path(onnx_dir)
+    path = folder / ONNX_MANIFEST
+    fix = "write one with python export.py RUN_DIR --format onnx --out DIR"
+    if not folder.is_dir():
+        raise PredictError(f"{folder}: ONNX export folder not found; {fix}")
+    if not path.is_file():
+        raise PredictError(f"{path}: not found, so {folder} is no finished export; {fix}")
+    try:
+        manifest = json.loads(path.read_text())
+        version, run, folds = manifest["manifest_version"], manifest["run"], manifest["folds"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise PredictError(f"{path}: not the manifest export.py writes ({err!r}); {fix}") from err
+    if version not in ONNX_MANIFEST_VERSIONS:
+        raise PredictError(f"{path}: manifest version {version}, this code reads {ONNX_MANIFEST_VERSIONS}; re-export")
+    if model_class(run).uses_text and not manifest.get("text_encoder"):
+        raise PredictError(f"{path}: an {run} export without its text encoder; re-export it with export.py")
+    missing = [folder / f[key] for f in folds.values() for key in ("model", "fusion") if key in f
+               and not (folder / f[key]).is_file()]
+    if missing:
+        raise PredictError(f"{', '.join(map(str, missing))}: listed in {path} but missing; re-export, or copy the "
+                           "whole folder")
+    return manifest
+
+
+def load_onnx_models(onnx_dir, manifest: dict, session=None, ensemble: bool = False, threads=None) -> dict:
+    """{path of <fold>_model.onnx: OnnxModel}: one fold's, or all with `ensemble` (as load_models)."""
+    folder = Path(onnx_dir)
+    found = {fold: folder / entry["model"] for fold, entry in manifest["folds"].items()}
+    chosen = select_checkpoints(found, session, ensemble)
+    return {path: OnnxModel(folder, manifest, fold, threads) for fold, path in found.items() if path in chosen}
+
+
+def onnx_session(path: Path, threads: int | None):
+    """An onnxruntime CPU session with `threads` intra-op threads (default: torch's)."""
+    import onnxruntime  # only this backend needs it
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # warnings about unused initializers and the like say nothing to a user
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types, none exported as a base
+        raise PredictError(f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0]}); re-export the run, "
+                           "or install the onnxruntime version of requirements.txt") from err
+
+
+@dataclass
+class OnnxAudio:
+    """A batch's audio after the model graph: `frames` holds the graph's outputs by name (what
+    the torch model's audio frames are to _run_model's steps), `lengths` the valid frame counts."""
+    frames: dict
+    lengths: torch.Tensor
+
+
+class OnnxModel:
+    """One fold of an export.py export, run by onnxruntime, with the steps of a torch model that
+    EmotionRecognizer._run_model calls: encode_audio runs `<fold>_model.onnx` (probabilities,
+    CTC logits, frame lengths and, for mmer, the audio frames; mmer's text is not known yet, so a
+    one-token zero text stands in, whose result is not used); ctc_head reads its CTC logits;
+    classify returns its logits, or for mmer runs `<fold>_fusion.onnx` on the audio frames and
+    the text features."""
+
+    def __init__(self, folder: Path, manifest: dict, fold: str, threads: int | None = None):
+        entry = manifest["folds"][fold]
+        self.config = ModelConfig(**{k: v for k, v in entry["model_config"].items()
+                                     if k in ModelConfig.__dataclass_fields__})
+        variant = model_class(self.config.run)
+        self.uses_text, self.has_ctc = variant.uses_text, variant.has_ctc
+        audio = manifest["audio"]
+        self.spec = AudioInputSpec(manifest["sample_rate"], manifest["normalisation"]["per_recording"],
+                                   audio["padding_value"], audio["attention_mask"])
+        self.padding_exact, self.min_samples = audio["padding_exact"], audio["min_samples"]
+        self.graph = onnx_session(folder / entry["model"], threads)
+        self.fusion = onnx_session(folder / entry["fusion"], threads) if self.uses_text else None
+        self.outputs = [o.name for o in self.graph.get_outputs()]
+        self.name = folder / entry["model"]
+
+    def encode_audio(self, input_values, sample_lengths, attention_mask=None) -> OnnxAudio:
+        feeds = {"input_values": input_values.numpy()}
+        if self.spec.return_attention_mask:
+            feeds["attention_mask"] = attention_mask.numpy().astype(np.int64)
+        elif bool((sample_lengths != input_values.shape[1]).any()):
+            raise PredictError(f"{self.name}: its encoder takes no attention mask, so only recordings of equal length "
+                               "may share a batch (ExactBatchSampler); this one was padded")
+        if self.uses_text:
+            feeds["text_features"] = np.zeros((len(input_values), 1, self.config.text_dim), np.float32)
+            feeds["text_lengths"] = np.ones(len(input_values), np.int64)
+        frames = dict(zip(self.outputs, self.graph.run(self.outputs, feeds)))
+        return OnnxAudio(frames, torch.from_numpy(frames["frame_lengths"]))
+
+    def ctc_head(self, frames: dict):
+        return torch.from_numpy(frames["ctc_logits"]) if self.has_ctc else None
+
+    def classify(self, audio: OnnxAudio, text=None, text_lengths=None) -> EmotionOutput:
+        logits = audio.frames["logits"]
+        if self.uses_text:
+            if text is None or text_lengths is None:
+                raise ValueError("mmer needs the transcript's text features (text, text_lengths)")
+            logits = self.fusion.run(["logits"], {
+                "audio_frames": audio.frames["audio_frames"], "frame_lengths": audio.frames["frame_lengths"],
+                "text_features": text.numpy().astype(np.float32), "text_lengths": text_lengths.numpy()})[0]
+        return EmotionOutput(logits=torch.from_numpy(logits), frame_lengths=audio.lengths,
+                             ctc_logits=self.ctc_head(audio.frames))
+
+
+class OnnxTextEncoder:
+    """The run's text encoder as export.py exported it (text_encoder.onnx, its tokenizer and
+    config in text_encoder_tokenizer/), run by onnxruntime: texts -> one [T, H] float32 array
+    each, tokenized (and truncated, with a warning) as data_prep/extract_roberta.py does."""
+
+    def __init__(self, onnx_dir, entry: dict, threads: int | None = None):
+        from transformers import AutoConfig, AutoTokenizer
+
+        folder = Path(onnx_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder / entry["tokenizer"])
+        self.config = AutoConfig.from_pretrained(folder / entry["tokenizer"])  # tokenize() reads the token limit here
+        self.session = onnx_session(folder / entry["file"], threads)
+
+    def __call__(self, texts: list[str]) -> list[np.ndarray]:
+        token_ids = tokenize(list(texts), self.tokenizer, self)
+        batch = self.tokenizer.pad({"input_ids": token_ids}, return_tensors="np")
+        feeds = {name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
+        hidden = self.session.run(["last_hidden_state"], feeds)[0]
+        return [hidden[row, :len(ids)] for row, ids in enumerate(token_ids)]
+
+
 def decode_ctc(ctc_logits: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
     """Greedy CTC: argmax per valid frame, then utils.text.greedy_decode."""
     ids = ctc_logits.argmax(dim=-1).cpu()
@@ -498,4 +670,4 @@ def predictions_table(predictions: list[Prediction]) -> pd.DataFrame:
     return pd.DataFrame([p.as_row() for p in predictions])
 
 
-__all__ = ["EmotionRecognizer", "Prediction", "PredictError", "AudioError", "CheckpointError"]
+__all__ = ["EmotionRecognizer", "Prediction", "PredictError", "AudioError", "CheckpointError", "OnnxModel"]

@@ -593,10 +593,10 @@ def projected_seconds(epoch_pflop: float, peak: float, utilisation: float) -> fl
 def rtf_report(run_name: str, paths: dict, n_utterances: int, threads: int, repeats: int = 3) -> dict:
     """Real-time factor (compute seconds / audio seconds) with the base-size model on the CPU:
     evaluation = training.predict_loader on the in-memory corpus (cached text features); prediction =
-    predict.predict_files on the wav files and transcripts (decoding, tokenizing and embedding
-    with RoBERTa-base included; loading RoBERTa-base, once per call, is timed apart). The fastest
+    inference.EmotionRecognizer.predict_many on the wav files and transcripts (decoding, tokenizing
+    and embedding with RoBERTa-base included; loading RoBERTa-base is timed apart). The fastest
     of `repeats` passes after a warm-up, in fp32 and, where the CPU has native bf16, in bf16."""
-    import predict
+    from inference import EmotionRecognizer
 
     device = torch.device("cpu")
     previous = torch.get_num_threads()
@@ -611,26 +611,20 @@ def rtf_report(run_name: str, paths: dict, n_utterances: int, threads: int, repe
         model = build_model(model_cfg).eval()
         loader = run.make_loader(corpus, chosen, run_cfg, False, device)
         audio_s = float(durations[chosen].sum())
-        inputs = pd.DataFrame({"path": [str(paths["audio"] / f"{corpus.dataset.names[i]}.wav") for i in chosen],
-                               "transcript": corpus.table["Sentences"].iloc[chosen].tolist()})
-        roberta = str(base_roberta_dir(paths))
+        wavs = [str(paths["audio"] / f"{corpus.dataset.names[i]}.wav") for i in chosen]
+        transcripts = corpus.table["Sentences"].iloc[chosen].tolist()
         start = time.perf_counter()
-        text_encoder = predict.load_checked_text_encoder(roberta, model.config.text_dim, device)
+        recognizer = EmotionRecognizer({"bench": model}, str(base_roberta_dir(paths)), device, "fp32", batch_size=1)
         load_s = time.perf_counter() - start
         report = {"run": run_name, "threads": threads, "utterances": len(chosen), "audio_seconds": audio_s,
                   "load": load(), "text_encoder_load_s": load_s}
         for precision in ["fp32"] + (["bf16"] if native_bf16(device) else []):
             evaluate_s = fastest(lambda: training.predict_loader(model, loader, device, precision), repeats)
+            recognizer.precision = precision
             with contextlib.redirect_stderr(io.StringIO()):  # progress bars
-                predict_s = fastest(lambda: predict.predict_files(inputs, {"bench": model}, roberta, device="cpu",
-                                                                  precision=precision, text_encoder=text_encoder),
-                                    repeats)
+                predict_s = fastest(lambda: recognizer.predict_many(wavs, transcripts), repeats)
             report[f"evaluate_rtf_{precision}"] = evaluate_s / audio_s
             report[f"predict_rtf_{precision}"] = predict_s / audio_s
-        with contextlib.redirect_stderr(io.StringIO()):  # predict.py's GPU default, for comparison
-            batched_s = fastest(lambda: predict.predict_files(inputs, {"bench": model}, roberta, batch_size=8,
-                                                              device="cpu", text_encoder=text_encoder), repeats)
-        report["predict_rtf_fp32_batch8"] = batched_s / audio_s
     finally:
         torch.set_num_threads(previous)
     return report
@@ -947,14 +941,12 @@ def print_report(machine: dict, args, corpus_line: str, results, flops, rtfs, pe
     for rtf in rtfs:
         print(f"\nCPU real-time factor (compute s / audio s), base-size {rtf['run']}, {rtf['threads']} threads, "
               f"{rtf['utterances']} utterances of 2-5 s ({rtf['audio_seconds']:.1f} s), load {rtf['load']}; "
-              "evaluation = training.predict_loader (cached text features), prediction = predict.predict_files "
-              "(decoding, RoBERTa-base embedding included)")
+              "evaluation = training.predict_loader (cached text features), prediction = "
+              "EmotionRecognizer.predict_many (decoding, RoBERTa-base embedding included)")
         for precision in ("fp32", "bf16"):
             if f"evaluate_rtf_{precision}" in rtf:
                 print(f"  {precision}: evaluation {rtf[f'evaluate_rtf_{precision}']:.3f}, "
                       f"prediction {rtf[f'predict_rtf_{precision}']:.3f}")
-        print(f"  prediction in length-sorted batches of 8 (predict.py's GPU default) instead of one file at a "
-              f"time, fp32: {rtf['predict_rtf_fp32_batch8']:.3f}")
         print(f"  loading RoBERTa-base (once per predict.py call, not per audio second): "
               f"{rtf['text_encoder_load_s']:.2f} s")
     if results[0]["profile"]:
