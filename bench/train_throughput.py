@@ -36,7 +36,6 @@ import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from torch.utils.flop_counter import (FlopCounterMode, conv_flop_count, sdpa_backward_flop_count,  # noqa: E402
