@@ -20,7 +20,7 @@ from pathlib import Path
 
 from utils.threads import before_torch, configure_threads
 
-before_torch()  # OpenMP's wait policy is read when torch loads it (utils/threads.py)
+before_torch()  # OpenMP reads its waiting policy when torch loads it (utils/threads.py)
 
 import pandas as pd  # noqa: E402
 import transformers

@@ -33,7 +33,7 @@ from typing import Annotated
 
 from utils.threads import before_torch, configure_threads
 
-before_torch()  # OpenMP's wait policy is read when torch loads it (utils/threads.py)
+before_torch()  # OpenMP reads its waiting policy when torch loads it (utils/threads.py)
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -22,6 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# OMP_WAIT_POLICY for each choice: project = run.py's own (a short spin, utils/threads.py); gnu = OpenMP's
+# own default (long spinning), reached by an empty policy with no spin count set
 WAIT_POLICIES = {"project": None, "gnu": "", "active": "ACTIVE", "passive": "PASSIVE"}
 
 
@@ -54,8 +56,7 @@ def command(data: dict, save: Path, args) -> list[str]:
 
 
 def environment(policy: str) -> dict:
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
     if WAIT_POLICIES[policy] is not None:
         env["OMP_WAIT_POLICY"] = WAIT_POLICIES[policy]  # "" reads as unset: OpenMP's own default
     return env
@@ -85,7 +86,8 @@ def main(argv=None) -> float:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per training (the first is not timed)")
     parser.add_argument("--threads", type=int, help="run.py --threads (default: run.py's own)")
     parser.add_argument("--wait_policy", choices=list(WAIT_POLICIES), default="project",
-                        help="project: run.py's (passive); gnu: OpenMP's own default; active/passive: forced")
+                        help="project: run.py's (a short spin); gnu: OpenMP's own default (long spinning); "
+                             "active/passive: forced")
     args = parser.parse_args(argv)
     data = build_corpus(args.out / "data", args.per_session)
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs", flush=True)

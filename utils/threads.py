@@ -1,23 +1,29 @@
 """CPU threads for torch: as many as the CPUs this process may use (its affinity mask and its
-cgroup's CPU quota, not the machine's core count), and OpenMP threads that sleep when idle.
+cgroup's CPU quota, not the machine's core count), and OpenMP threads that spin only briefly
+when they run out of work, then sleep.
 
-Why (docs/PERFORMANCE.md, bench/concurrency.py): two trainings started at once on a 2-core
-machine each ran 2 OpenMP threads that spin while waiting for work (GNU OpenMP's default
-wait policy), so each process's idle threads burned the cores the other needed: epochs went
-15-60x slower instead of 2x. With passive waiting an idle thread sleeps and the cores are
-shared fairly. The wait policy is read once, when torch loads OpenMP, so entry points call
-`before_torch()` before anything imports torch."""
+Why (docs/PERFORMANCE.md, bench/concurrency.py): GNU OpenMP's threads spin for a long while
+(300,000 turns) before they sleep, waiting for the next parallel region. When two trainings
+share two cores, each process's spinning threads burn the time slices the other process's
+working threads need: epochs ran 4-42x slower than alone (measured). Sleeping at once
+(OMP_WAIT_POLICY=PASSIVE) shares the cores fairly but makes a run alone 1.5x slower with tiny
+models, whose many small operations pay the wake-up each time; a short spin (1,000 turns)
+keeps a run alone as fast as before and two runs at 1.8x. The spin count is read once, when
+torch loads OpenMP, so entry points call `before_torch()` before anything imports torch."""
 import math
 import os
 from pathlib import Path
 
-WAIT_POLICY = "PASSIVE"
+SPIN_COUNT = "1000"   # GNU OpenMP (GOMP_SPINCOUNT): turns of busy waiting before a thread sleeps
+BLOCK_TIME_MS = "1"   # the same for Intel/LLVM OpenMP (KMP_BLOCKTIME), milliseconds
 
 
 def before_torch() -> None:
-    """Set OpenMP's wait policy before torch (and its OpenMP runtime) is loaded; a value the
-    user set in the environment wins."""
-    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+    """Set OpenMP's spin-then-sleep waiting before torch (and its OpenMP runtime) is loaded. A
+    wait policy or spin count the user set in the environment wins."""
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+        os.environ.setdefault("KMP_BLOCKTIME", BLOCK_TIME_MS)
 
 
 def cgroup_cpus() -> float | None:
