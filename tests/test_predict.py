@@ -407,3 +407,14 @@ def test_peak_memory_of_a_long_recording_does_not_grow_with_its_length(setup, tm
         sf.write(tmp_path / f"{seconds}.wav", np.stack([audio, audio], axis=1), 44100)
     short, long = (peak_rss_mb(setup, tmp_path / f"{s}.wav") for s in (40, 240))
     assert long - short < 30, (short, long)
+
+
+def test_the_python_api_gives_predict_pys_output(setup, tmp_path):
+    wavs = [str(setup["audio"] / f"{name}.wav") for name in ("calm", "loud")]
+    table = predict.main(["--checkpoint_dir", str(setup["root"] / "mmer"), *wavs, "--ensemble",
+                          "--output", str(tmp_path / "out.json")])
+    recognizer = inference.EmotionRecognizer.from_run(setup["root"] / "mmer", ensemble=True)
+    results = recognizer.predict_many(wavs)
+    assert [r.label for r in results] == list(table["predicted_label"])
+    np.testing.assert_allclose([list(r.probabilities.values()) for r in results], table[PROB_COLUMNS], atol=1e-6)
+    assert [r.transcript_source for r in results] == list(table["transcript_source"]) == ["ctc", "ctc"]
