@@ -262,8 +262,9 @@ def test_two_processes_at_batch_b_match_one_process_at_batch_2b(two_vs_one):
     for k in (0, 2):  # the first epoch of each fold
         shards = [zip(rank["epochs"][k]["batches"], rank["epochs"][k]["losses"]) for rank in ranks]
         merged = [sum(scale / 2 * loss for (_, scale), loss in step) for step in zip(*shards)]
-        # micro-batches 1-2 come before the first optimizer step, 3-4 after it
-        np.testing.assert_allclose(merged[:4], single["epochs"][k]["losses"][:4], rtol=0, atol=1e-5)
+        # micro-batches 1-2 come before the first optimizer step, 3-4 after it; the losses are CTC
+        # sums near 100, so float32 rounding in a different summation order is ~1e-5 absolute
+        np.testing.assert_allclose(merged[:4], single["epochs"][k]["losses"][:4], rtol=1e-6, atol=1e-6)
     assert [e["weights"] for e in ranks[0]["epochs"]] == [e["weights"] for e in ranks[1]["epochs"]]
 
 

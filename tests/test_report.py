@@ -231,3 +231,19 @@ def test_runs_of_one_configuration_with_several_seeds_make_one_row_over_the_seed
     fold_means = np.array([0.65, 0.75, 0.70]) * 100
     assert table["ua"].iloc[0] == pytest.approx(fold_means.mean(), abs=1e-3)
     assert table["ua_std"].iloc[0] == pytest.approx(fold_means.std(), abs=1e-3)
+
+
+def test_seeds_recorded_with_different_settings_are_different_configurations(tmp_path):
+    for precision in ("fp32", "bf16"):
+        for seed, ua in ((0, 0.60), (1, 0.70)):
+            run_dir = fake_results(tmp_path / precision / f"seed{seed}", "mmer", 0.1, {1: fold(ua, ua, ua)})
+            results = json.loads((run_dir / "results.json").read_text())
+            (run_dir / "results.json").write_text(json.dumps({**results, "seed": seed}))
+            config = {"model": {"run": "mmer", "alpha": 0.1},
+                      "run": {"seed": seed, "precision": precision, "save_path": str(run_dir.parent), "threads": 2}}
+            (run_dir / "config.json").write_text(json.dumps(config))
+    compare([tmp_path / "fp32", tmp_path / "bf16"], tmp_path / "out", seeds=True)
+    table = pd.read_csv(tmp_path / "out" / "seeds.csv")
+    assert sorted(table["configuration"]) == ["mmer α=0.1 --precision bf16", "mmer α=0.1 --precision fp32"]
+    assert list(table["seeds"]) == ["0 1", "0 1"]
+    assert "settings" not in pd.read_csv(tmp_path / "out" / "comparison.csv").columns

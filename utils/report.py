@@ -340,7 +340,8 @@ def comparison_frame(result_files) -> pd.DataFrame:
         row = {"run": results.get("run", path.parent.name), "alpha": results.get("alpha"),
                "objectives": results.get("objectives"), "seed": results.get("seed"),
                "selection": selection_tag(results), "folds": len(results["folds"]),
-               "sessions": " ".join(sorted(results["folds"], key=_session_key)), "path": str(path.parent)}
+               "sessions": " ".join(sorted(results["folds"], key=_session_key)), "path": str(path.parent),
+               "settings": recorded_settings(path.parent)}
         for key in METRIC_KEYS:
             row[key] = 100 * results["mean"][key]
             row[f"{key}_std"] = 100 * results["std"].get(key, math.nan)
@@ -394,10 +395,44 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return header + "\n".join(lines + notes) + "\n"
 
 
+# Recorded settings that do not make a different configuration when comparing seeds.
+NOT_CONFIGURATION = {"seed", "save_path", "device", "threads", "num_workers", "overwrite", "resume", "eval_only",
+                     "checkpoint_dir", "log_every", "tensorboard", "world_size", "eval_batch_size", "compile",
+                     "gradient_checkpointing"}
+
+
+def recorded_settings(run_dir: Path) -> dict:
+    """The flags recorded in run_dir/config.json (model and run settings in one dict), less the
+    ones that only say where or how fast it ran; {} without a config.json."""
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    flat = {**config.get("model", {}), **config.get("run", {})}
+    return {k: v for k, v in flat.items() if k not in NOT_CONFIGURATION}
+
+
+def configurations(frame: pd.DataFrame) -> list[str]:
+    """run + alpha (+ objectives), and where runs that share that were recorded with different
+    settings (--precision, --learning_rate, ...), those settings, so they never share a row."""
+    base = [run_label(r.run, r.alpha, r.objectives) for r in frame.itertuples()]
+    names = list(base)
+    for label in set(base):
+        rows = [i for i, b in enumerate(base) if b == label]
+        settings = [frame["settings"].iloc[i] for i in rows]
+        keys = sorted({k for s in settings for k in s})
+        differing = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1]
+        for i, s in zip(rows, settings):
+            if differing:
+                names[i] = label + " " + " ".join(f"--{k} {s.get(k)}" for k in differing)
+    return names
+
+
 def over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
     """Runs of one configuration with different seeds as one row: the mean and (population)
-    std over the seeds of each run's mean over its folds, in percent."""
-    configuration = [run_label(r.run, r.alpha, r.objectives) for r in frame.itertuples()]
+    std over the seeds of each run's mean over its folds, in percent. Runs recorded with
+    different settings are different configurations."""
+    configuration = configurations(frame)
     grouped = frame.assign(configuration=configuration).groupby("configuration", sort=False)
     rows = []
     for name, group in grouped:
@@ -472,7 +507,7 @@ def compare(paths, out_dir, seeds: bool = False) -> pd.DataFrame:
                     "; ".join(f"{label}: {s}" for label, s in zip(frame["label"], frame["sessions"])))
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "comparison.csv", suffix=".csv") as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.4f")
+        frame.drop(columns="settings").to_csv(tmp, index=False, float_format="%.4f")
     atomic_write_text(out_dir / "comparison.md", markdown_table(frame))
     plot_comparison(frame, out_dir / "comparison.png")
     return frame
