@@ -42,7 +42,7 @@ from models.encoders import AudioInputSpec, audio_input_spec, min_samples_of, pa
 from utils.audio import AudioError, normalize, prepare_samples, read_audio
 from utils.checkpoint import CheckpointError, find_checkpoints, restore_model
 from utils.data import Collator, EmotionDataset, ExactBatchSampler, pad_rows
-from utils.device import autocast, check_precision, resolve_device
+from utils.device import autocast, check_precision, evaluation_precision, resolve_device
 from utils.hub import check_model_name
 from utils.text import greedy_decode, sentence_case
 
@@ -485,7 +485,7 @@ class EmotionRecognizer:
         for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
             rows = batch.names
             batch = batch.to(self.device)
-            with autocast(self.device, self.precision):
+            with autocast(self.device, evaluation_precision(self.precision)):
                 audio = model.encode_audio(batch.input_values, batch.sample_lengths, batch.attention_mask)
                 if heard is not None:
                     for row, text in zip(rows, decode_ctc(model.ctc_head(audio.frames), audio.lengths)):

@@ -218,8 +218,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_number(p, "--threads", int, 1, default=None,
                help="torch CPU threads (default: the CPUs this process may use, from its affinity and cgroup quota)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on a CPU with AVX512-BF16/AMX is about "
-                        "2x faster (logits within ~1e-2 of fp32)")
+                   help="auto and fp32: fp32 (exact: the probabilities run.py wrote); bf16: bf16 autocast, about "
+                        "2x faster on a GPU or a CPU with AVX512-BF16/AMX (logits within ~1e-2 of fp32)")
     args = p.parse_args(argv)
     if args.output is not None and args.output.suffix.lower() not in OUTPUT_SUFFIXES:
         p.error(f"--output {args.output}: give a .json or .csv file name")

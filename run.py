@@ -44,7 +44,7 @@ from utils.checkpoint import (CheckpointError, checkpoint_path, find_checkpoints
                               save_checkpoint)
 from utils.cli import HelpFormatter, Parser, add_number
 from utils.data import Collator, EmotionDataset, load_text_features, load_waves, text_feature_width
-from utils.device import check_precision, seed_everything
+from utils.device import check_precision, evaluation_precision, seed_everything, training_precision
 from utils.hub import check_model_name
 from utils.lock import LockedError, RunLock
 from utils.metrics import emotion_metrics
@@ -204,8 +204,9 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     ctl.add_argument("--device", default=d.device,
                      help="auto (CUDA when present; cuda:<LOCAL_RANK> under torchrun), cpu, cuda, cuda:N")
     ctl.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
-                     help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on a CPU with AVX512-BF16/AMX trains "
-                          "base-size encoders about 2x faster (see docs/PERFORMANCE.md)")
+                     help="auto: training in bf16 autocast where the device computes bf16 natively (a GPU; a CPU with "
+                          "AVX512-BF16/AMX for speech encoders of hidden size >= 512: 2.1x faster at base size), "
+                          "else fp32; evaluation in fp32 (exact). bf16: both in bf16. fp32: both in fp32")
     add_number(ctl, "--threads", int, 1, default=None,
                help="torch CPU threads (default: the CPUs this process may use, from its affinity and cgroup quota, "
                     "shared among torchrun's processes on the machine)")
@@ -613,8 +614,10 @@ def run_folds(model_cfg: ModelConfig, run_cfg: RunConfig, device) -> dict | None
         todo = folds_to_run(run_dir, run_cfg)  # another process may have finished one meanwhile
         setup_logging(run_dir)
         check_precision(device, run_cfg.precision)
-        log.info("run %s on %s (precision %s, %d process%s), folds %s (%s)", model_cfg.run, device,
-                 run_cfg.precision, run_cfg.world_size, "es" if run_cfg.world_size > 1 else "", " ".join(todo),
+        trains_in = training_precision(device, run_cfg.precision, encoder_config(model_cfg.wav2vec2).hidden_size)
+        log.info("run %s on %s (precision %s: training %s, evaluation %s; %d process%s), folds %s (%s)",
+                 model_cfg.run, device, run_cfg.precision, trains_in, evaluation_precision(run_cfg.precision),
+                 run_cfg.world_size, "es" if run_cfg.world_size > 1 else "", " ".join(todo),
                  table.scheme.describe())
         fold_metrics = {}
         if todo:

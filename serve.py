@@ -382,7 +382,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--roberta", help="text encoder for mmer (default: the one recorded in the run's config.json)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 autocast on GPU, fp32 on CPU")
+                   help="auto and fp32: fp32 (exact); bf16: bf16 autocast (faster on a GPU or a CPU with native bf16)")
     add_number(p, "--threads", int, 1, default=None, help="torch CPU threads (default: the CPUs this process may use)")
     add_number(p, "--max_seconds", float, 0, low_open=True, default=Limits.max_seconds,
                help="longest recording accepted, in seconds (longer: 413)")

@@ -20,7 +20,7 @@ from utils.augment import AudioViewSettings, make_view, view_rng
 from utils.audio import normalize
 from utils.data import BucketBatchSampler, Collator, EmotionDataset, ExactBatchSampler, RandomBatchSampler
 from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
-from utils.device import autocast
+from utils.device import autocast, evaluation_precision, training_precision
 from utils.files import atomic_path
 from utils.metrics import emotion_metrics
 
@@ -235,7 +235,7 @@ def forward_backward(model, ddp, batch, scale: float, run_cfg, device, with_view
     `scale` (utils/distributed.DistributedBucketSampler, 1 in one process) / accum_grad.
     with_views: the batch followed by its augmented views (one forward pass for both, so DDP
     sees one forward per backward). -> the detached losses, in LOSSES order."""
-    with autocast(device, run_cfg.precision):
+    with autocast(device, training_precision(device, run_cfg.precision, model.audio_dim)):
         output = (ddp or model)(**(with_views or batch).model_inputs())
     view = None
     if with_views is not None:
@@ -262,14 +262,14 @@ def mean_losses(weighted: list, weight: float) -> list[float]:
 @torch.inference_mode()
 def predict_loader(model, loader, device, precision: str):
     """-> names, true labels, predicted labels, class probabilities [N, 4] (loader order;
-    a rank may have no evaluation batch)."""
+    a rank may have no evaluation batch). In fp32 unless `precision` is bf16."""
     model.eval()
     names, labels, probs = [], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, model.config.num_classes)]
     for batch in loader:
         names += batch.names
         labels.append(batch.labels)
         batch = batch.to(device, non_blocking=True)
-        with autocast(device, precision):
+        with autocast(device, evaluation_precision(precision)):
             logits = model(**batch.model_inputs()).logits
         probs.append(torch.softmax(logits.float(), dim=-1).cpu())
     probs = torch.cat(probs).numpy()

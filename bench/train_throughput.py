@@ -49,7 +49,8 @@ from models import MODELS, ModelConfig, build_model  # noqa: E402
 from models.encoders import audio_input_spec, conv_cache_refusal, encoder_config  # noqa: E402
 from utils.audio import normalize, read_audio  # noqa: E402
 from utils.data import BucketBatchSampler, RandomBatchSampler, fixed_length, read_text_feature  # noqa: E402
-from utils.device import autocast, native_bf16, resolve_device, seed_everything, uses_bf16  # noqa: E402
+from utils.device import (autocast, evaluation_precision, native_bf16, resolve_device, seed_everything,  # noqa: E402
+                          training_precision)
 
 BENCH_DIR = ROOT / "data" / "bench"
 SR = 16000
@@ -76,9 +77,10 @@ LADDER = [
 ]
 # Measured beside ours with the ladder: the same effective batch in one micro-batch.
 OPTION = ("ours with micro-batch 8, no accumulation", dict(batch_size=8, accum_grad=1))
-# Measured beside ours on a CPU that multiplies bf16 natively (AVX512-BF16/AMX), where run.py's
-# precision=auto still means fp32.
+# Measured beside ours on a CPU that multiplies bf16 natively (AVX512-BF16/AMX): ours in the
+# other precision (precision=auto trains small encoders in fp32 there, base-size ones in bf16).
 CPU_BF16 = ("ours + --precision bf16 (native bf16 CPU)", dict(precision="bf16"))
+CPU_FP32 = ("ours + --precision fp32 (native bf16 CPU)", dict(precision="fp32"))
 # Measured beside ours wherever run.py accepts --cache_conv_features for the speech encoder
 # (conv_cache_allowed asks run.py's own check, so the bench follows it without an edit).
 CONV_CACHE = ("ours + --cache_conv_features", dict(cache_conv_features=True))
@@ -93,7 +95,7 @@ class Arm:
     loop: str      # "upstream" (emulated, .item() every micro-batch) or "ours" (run.train_epoch)
     data: str      # "disk" (decode every step, upstream emulation) or "memory" (run.make_loader)
     settings: dict  # RunConfig fields
-    role: str = "step"  # "upstream", "step" (of the ladder), "ours", "option", "bf16", "conv_cache" or "also"
+    role: str = "step"  # "upstream", "step" (of the ladder), "ours", "option", "precision", "conv_cache" or "also"
 
 
 @dataclass
@@ -396,7 +398,7 @@ def measure_arm(arm: Arm, model_cfg, corpus, indices, base_cfg, device, plan: Pl
     return Measurement(arm.label, arm.role, seconds, len(consumed), real / SR, padded / SR, epoch_real / epoch_padded,
                        epoch_seconds, measured, memory, [(len(b), int(lengths[b].max())) for b in consumed],
                        [int(n) for b in consumed for n in lengths[b]],
-                       "bf16" if uses_bf16(device, run_cfg.precision) else "fp32")
+                       run_cfg.precision)
 
 
 def measure_rounds(arms: list[Arm], rounds: int, measure) -> list[Measurement]:
@@ -414,22 +416,25 @@ def measure_rounds(arms: list[Arm], rounds: int, measure) -> list[Measurement]:
     return [best[arm.label] for arm in arms]
 
 
-def resolved(settings: dict, device) -> dict:
-    """precision 'auto' spelled out (fp32 on CPU, bf16 on GPU), so rows compare by what they run."""
-    if settings.get("precision") == "auto":
-        settings = {**settings, "precision": "bf16" if uses_bf16(device, "auto") else "fp32"}
+def resolved(settings: dict, device, hidden_size: int | None) -> dict:
+    """precision 'auto' spelled out as what run.py trains in (utils.device.training_precision)
+    for a speech encoder of `hidden_size`, so rows compare by what they run; left as it is
+    without a hidden size (for the settings that do not depend on it)."""
+    if settings.get("precision") == "auto" and hidden_size is not None:
+        settings = {**settings, "precision": training_precision(device, "auto", hidden_size)}
     return settings
 
 
-def ours_settings(overrides: dict, device) -> dict:
+def ours_settings(overrides: dict, device, hidden_size: int | None = None) -> dict:
     defaults = run.RunConfig()
-    return resolved({key: getattr(defaults, key) for key in SETTINGS} | overrides, device)
+    return resolved({key: getattr(defaults, key) for key in SETTINGS} | overrides, device, hidden_size)
 
 
 def arms_for(ours: dict, ladder: bool, cpu_bf16: bool = False, conv_cache: bool = False,
              also: list | tuple = ()) -> list[Arm]:
     """The upstream configuration, the ladder of optimisations (if asked), ours, (with the
-    ladder) ours in one micro-batch of 8, (cpu_bf16) ours in bf16 autocast, (conv_cache)
+    ladder) ours in one micro-batch of 8, (cpu_bf16) ours in the other precision (bf16 where ours
+    is fp32, fp32 where --precision auto made ours bf16), (conv_cache)
     ours with the feature encoder's output cached and, for each (name, value) of `also`, ours
     with that one RunConfig setting changed."""
     arms = [Arm("upstream configuration (emulated)", "upstream", "disk", dict(UPSTREAM), "upstream")]
@@ -444,7 +449,9 @@ def arms_for(ours: dict, ladder: bool, cpu_bf16: bool = False, conv_cache: bool 
     label, change = OPTION
     if ladder and ours | change != ours:
         arms.append(Arm(label, "ours", "memory", ours | change, "option"))
-    for wanted, (label, change), role in [(cpu_bf16, CPU_BF16, "bf16"), (conv_cache, CONV_CACHE, "conv_cache")]:
+    other_precision = CPU_FP32 if ours.get("precision") == "bf16" else CPU_BF16
+    for wanted, (label, change), role in [(cpu_bf16, other_precision, "precision"),
+                                          (conv_cache, CONV_CACHE, "conv_cache")]:
         if wanted and ours | change != ours:
             arms.append(Arm(label, "ours", "memory", ours | change, role))
     for name, value in also:
@@ -787,7 +794,7 @@ def bench_run(run_name: str, args, paths: dict, device, first: bool) -> dict:
                "max_samples": max_samples}
     plan = Plan(warmup_steps=args.warmup_steps, epochs=args.epochs_measured, steps=args.steps)
     refusal = conv_cache_allowed(encoder)
-    arms = arms_for(ours_settings(args.ours, device), ladder=first and args.ladder,
+    arms = arms_for(ours_settings(args.ours, device, encoder_config(encoder).hidden_size), ladder=first and args.ladder,
                     cpu_bf16=first and device.type == "cpu" and native_bf16(device) and args.cpu_bf16_row is not False,
                     conv_cache=first and refusal is None and args.conv_cache_row is not False,
                     also=list(args.also.items()) if first else ())
@@ -960,7 +967,7 @@ def print_report(machine: dict, args, corpus_line: str, results, flops, rtfs, pe
         print(f"{results[0]['run']}: no --cache_conv_features row: run.py refuses it, the speech encoder "
               f"{results[0]['conv_cache_refusal']}")
     for m in results[0]["measurements"]:
-        if m.role in ("bf16", "conv_cache", "also"):
+        if m.role in ("precision", "conv_cache", "also"):
             print(f"{results[0]['run']}: {m.label} {m.throughput:.1f} audio-s/s, "
                   f"{m.throughput / ours.throughput:.2f} x ours, {m.throughput / upstream.throughput:.2f} x upstream, "
                   f"peak memory {m.peak_memory_mb:.0f} MB")
@@ -1035,7 +1042,8 @@ def parse_args(argv=None):
                    help="one more row per NAME=VALUE: ours with that one RunConfig setting changed (first run), "
                         "e.g. gradient_checkpointing=true compile=true")
     p.add_argument("--cpu_bf16_row", action=argparse.BooleanOptionalAction,
-                   help="time ours + --precision bf16 on CPU (default: where the CPU multiplies bf16 natively)")
+                   help="time ours in the other precision on CPU, bf16 or fp32 (default: where the CPU multiplies "
+                        "bf16 natively)")
     p.add_argument("--conv_cache_row", action=argparse.BooleanOptionalAction,
                    help="time ours + --cache_conv_features (default: wherever run.py accepts it for the encoder)")
     p.add_argument("--ladder", action=argparse.BooleanOptionalAction,
@@ -1150,7 +1158,7 @@ def measure_against_hardware(args, paths: dict, device, results: list[dict]) -> 
     extra = {"matmul_peak": matmul_peak(device, args.matmul_size, peak_precisions(results, device))}
     sections = [format_efficiency(results, extra["matmul_peak"], device)]
     if args.eval_utterances:
-        precision = "bf16" if uses_bf16(device, ours_settings(args.ours, device)["precision"]) else "fp32"
+        precision = evaluation_precision(ours_settings(args.ours, device)["precision"])
         extra["evaluation"] = eval_comparison(args.runs[0], paths, args.eval_size, args.eval_utterances, device,
                                               precision, args.eval_repeats)
         sections.append(format_evaluation(extra["evaluation"], args.threads, device))

@@ -88,7 +88,8 @@ def test_bucketing_pads_no_more_than_random_batching(tiny_setup):
 
 
 def test_ladder_goes_from_upstream_to_ours():
-    ours = bench.ours_settings({}, CPU)  # run.py's defaults, precision auto = fp32 on CPU
+    ours = bench.ours_settings({}, CPU, hidden_size=32)  # run.py's defaults: a tiny encoder trains in fp32 on CPU
+    assert ours["precision"] == "fp32"
     arms = bench.arms_for(ours, ladder=True)
     assert arms[0].role == "upstream" and arms[0].data == "disk" and arms[0].settings == bench.UPSTREAM
     assert [arm.settings for arm in arms if arm.role == "ours"] == [ours]
@@ -118,11 +119,13 @@ def test_grouped_conv_backward_costs_twice_its_forward():
 
 
 def test_the_optional_rows_are_ours_with_one_change():
-    ours = bench.ours_settings({}, CPU)
+    ours = bench.ours_settings({}, CPU, hidden_size=32)
     arms = bench.arms_for(ours, ladder=False, cpu_bf16=True, conv_cache=True)
     by_role = {arm.role: arm for arm in arms}
     assert by_role["ours"].settings == ours and by_role["upstream"].settings == bench.UPSTREAM
-    assert by_role["bf16"].settings == ours | {"precision": "bf16"}
+    assert by_role["precision"].settings == ours | {"precision": "bf16"}
+    in_bf16 = bench.arms_for(ours | {"precision": "bf16"}, ladder=False, cpu_bf16=True)  # auto at base size
+    assert next(a for a in in_bf16 if a.role == "precision").settings == ours | {"precision": "fp32"}
     assert by_role["conv_cache"].settings == ours | {"cache_conv_features": True}
     assert [arm.role for arm in bench.arms_for(ours, ladder=False)] == ["upstream", "ours"]
 

@@ -227,3 +227,31 @@ def test_compiled_blocks_keep_parameter_names_and_outputs():
         compiled = model(**padded).logits
     assert list(model.state_dict()) == names  # checkpoints keep their names
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_precision_auto_trains_wide_encoders_in_bf16_on_native_bf16_cpus_and_always_evaluates_in_fp32(monkeypatch):
+    import training
+    from utils import device as devices
+    from utils.data import Collator, EmotionDataset
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "native_bf16", lambda device: True)
+    assert devices.training_precision(cpu, "auto", 768) == "bf16"
+    assert devices.training_precision(cpu, "auto", 32) == "fp32"  # tiny encoders: bf16 is slower
+    assert devices.training_precision(cpu, "fp32", 768) == "fp32" and devices.training_precision(cpu, "bf16", 32) == "bf16"
+    assert devices.evaluation_precision("auto") == devices.evaluation_precision("fp32") == "fp32"
+    monkeypatch.setattr(devices, "BF16_CPU_MIN_HIDDEN", 16)  # the tiny test encoder counts as wide
+    model = make_model("mmer")
+    seen = []
+    model.classifier.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    waves, texts = random_inputs([16000, 11000], [6, 4])
+    dataset = EmotionDataset(["a", "b"], [w.numpy() for w in waves], [0, 1], ["HELLO", "NO"],
+                             [t.numpy() for t in texts])
+    batch = Collator(AudioInputSpec())([dataset[0], dataset[1]])
+    model.train()
+    training.forward_backward(model, None, batch, 1.0, run.RunConfig(precision="auto"), cpu)
+    training.predict_loader(model, [batch], cpu, "auto")
+    assert seen == [torch.bfloat16, torch.float32]
+    monkeypatch.setattr(devices, "native_bf16", lambda device: False)  # emulated bf16: auto stays fp32
+    model.train()
+    training.forward_backward(model, None, batch, 1.0, run.RunConfig(precision="auto"), cpu)
+    assert seen[-1] == torch.float32
