@@ -32,7 +32,7 @@ from inference import EmotionRecognizer, PredictError, Windows, plot_timeline, p
 from models import MODELS
 from utils.audio import AudioError, audio_suffixes
 from utils.checkpoint import CheckpointError
-from utils.cli import HelpFormatter, Parser, add_number
+from utils.cli import HelpFormatter, Parser, add_number, some
 from utils.data import DataError
 from utils.files import atomic_path, atomic_write_text
 from utils.metrics import emotion_metrics
@@ -41,7 +41,6 @@ log = logging.getLogger("mmer.predict")
 PATH_COLUMNS = ("path", "FileName")            # FileName: IEMOCAP id, the audio is <FileName>.wav
 TRANSCRIPT_COLUMNS = ("transcript", "Sentences")
 OUTPUT_SUFFIXES = (".json", ".csv")
-MAX_NAMES_SHOWN = 5
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -61,7 +60,7 @@ def collect_inputs(sources, transcript: str | None = None, audio_dir=None) -> pd
         rows = [(rows[0][0], transcript, rows[0][2])]
     missing = [path for path, _, _ in rows if not Path(path).is_file()]
     if missing:
-        raise PredictError(f"audio not found: {_some(missing)}; check the paths (a csv's paths are relative "
+        raise PredictError(f"audio not found: {some(missing, most=5)}; check the paths (a csv's paths are relative "
                            "to its folder, or to --audio_dir when given)")
     return pd.DataFrame(rows, columns=["path", "transcript", "label"], dtype=object)
 
@@ -293,10 +292,6 @@ def main(argv=None) -> pd.DataFrame:
     return table
 
 
-def _some(names) -> str:
-    names = [str(n) for n in names]
-    more = f" ... ({len(names) - MAX_NAMES_SHOWN} more)" if len(names) > MAX_NAMES_SHOWN else ""
-    return ", ".join(names[:MAX_NAMES_SHOWN]) + more
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from utils.cli import number, some  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 from utils.files import atomic_path, atomic_write_text  # noqa: E402
 from utils.hub import check_model_name  # noqa: E402
 
 log = logging.getLogger(__name__)
 DEFAULT_TEXT_COLUMN = "Sentences"
-MAX_NAMES_SHOWN = 10
 LOAD_HINT = "pass a local folder written by save_pretrained, or a hub name (e.g. roberta-base) with network access"
 
 
@@ -70,14 +70,14 @@ def tokenize(texts, tokenizer, model, names=None) -> list[list[int]]:
     names = list(names) if names is not None else [f"text #{i}" for i in range(len(texts))]
     empty = [name for name, text in zip(names, texts) if not text.strip()]
     if empty:
-        log.warning("empty transcript for %d utterance(s), embedding <s></s> only: %s", len(empty), _some(empty))
+        log.warning("empty transcript for %d utterance(s), embedding <s></s> only: %s", len(empty), some(empty))
     limit = max_tokens(tokenizer, model)
     ids = tokenizer(list(texts), verbose=False)["input_ids"]
     too_long = [i for i, row in enumerate(ids) if len(row) > limit]
     if too_long:
         log.warning(
             "%d transcript(s) longer than the model's %d tokens, truncated: %s",
-            len(too_long), limit, _some([names[i] for i in too_long]),
+            len(too_long), limit, some([names[i] for i in too_long]),
         )
         cut = tokenizer([texts[i] for i in too_long], truncation=True, max_length=limit)["input_ids"]
         for i, row in zip(too_long, cut):
@@ -130,7 +130,7 @@ def read_transcripts(csv, text_column: str = DEFAULT_TEXT_COLUMN) -> pd.DataFram
                                f"The csv needs {needed}{fix}")
     duplicated = table["FileName"][table["FileName"].duplicated()].unique().tolist()
     if duplicated:
-        raise TextFeatureError(f"{csv}: FileName repeated, each needs its own .npy: {_some(duplicated)}")
+        raise TextFeatureError(f"{csv}: FileName repeated, each needs its own .npy: {some(duplicated)}")
     return table[needed]
 
 
@@ -247,16 +247,8 @@ def check_encoder_stamp(out_dir: Path, roberta, overwrite: bool, text_column: st
     atomic_write_text(stamp_path, json.dumps(stamp, indent=1) + "\n")
 
 
-def _some(names) -> str:
-    shown = ", ".join(map(str, names[:MAX_NAMES_SHOWN]))
-    return shown + (f" ... ({len(names) - MAX_NAMES_SHOWN} more)" if len(names) > MAX_NAMES_SHOWN else "")
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return number
 
 
 def main(argv=None) -> None:
@@ -268,7 +260,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out_dir", required=True, type=Path, help="folder for the <FileName>.npy files")
     parser.add_argument("--roberta", default="roberta-base",
                         help="hub name or save_pretrained folder of the text encoder")
-    parser.add_argument("--batch_size", type=_positive_int, default=32, help="transcripts per forward pass")
+    parser.add_argument("--batch_size", type=number(int, 1), default=32, help="transcripts per forward pass")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--overwrite", action="store_true", help="recompute files that already exist")
     args = parser.parse_args(argv)

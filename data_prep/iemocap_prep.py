@@ -334,23 +334,31 @@ def place_audio(source: Source, dest: Path, link: bool) -> None:
             what = f"could not be converted to 16 kHz mono ({err.__cause__ or err})"
             raise ReleaseError([Problem(source.path, what, RESTORE)]) from err
         return
+    link_or_copy(source.path, dest, link)
+
+
+def link_or_copy(path: Path, dest: Path, link: bool) -> None:
+    """dest becomes a symlink to path, or a copy of it; under a temporary name, then renamed."""
     with atomic_path(dest, suffix=".wav") as tmp:
         if link:
             tmp.unlink()
-            os.symlink(source.path.absolute(), tmp)
+            os.symlink(path.absolute(), tmp)
         else:
-            shutil.copyfile(source.path, tmp)
+            shutil.copyfile(path, tmp)
 
 
-def write_audio(sources: list[Source], audio_dir: Path, link: bool, reuse: bool) -> None:
+def write_audio(sources: list, audio_dir: Path, link: bool, reuse: bool, place=place_audio, done=audio_done) -> None:
+    """Every source's `<name>.wav` in audio_dir (with `reuse`, those already there as this run
+    would write them are kept), by `place(source, dest, link)`; `done(source, dest, link)`
+    says whether dest already holds it. The counts of what was done are logged."""
     audio_dir.mkdir(parents=True, exist_ok=True)
     written = Counter()
-    for source in tqdm(sources, desc="audio", unit="wav"):
+    for source in tqdm(sources, desc="audio", unit="file"):
         dest = audio_dir / f"{source.name}.wav"
-        if reuse and audio_done(source, dest, link):
+        if reuse and done(source, dest, link):
             written["already present"] += 1
         else:
-            place_audio(source, dest, link)
+            place(source, dest, link)
             written["converted to 16 kHz mono PCM16" if source.convert else "linked" if link else "copied"] += 1
     log.info("audio in %s: %s", audio_dir, ", ".join(f"{n} {how}" for how, n in sorted(written.items())))
 

@@ -39,19 +39,17 @@ import logging
 import math
 import os
 import re
-import shutil
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
 import soxr
-from tqdm import tqdm
 
-from data_prep.iemocap_prep import Problem, ReleaseError
+from data_prep.iemocap_prep import Problem, ReleaseError, link_or_copy, write_audio
 from utils.audio import TARGET_SR, AudioError, read_audio, write_wav
-from utils.files import atomic_path, atomic_write_text
+from utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -465,25 +463,7 @@ def place_audio(source: Source, dest: Path, link: bool) -> None:
             what = f"could not be converted to 16 kHz mono ({err.__cause__ or err})"
             raise ReleaseError([Problem(source.path, what, "restore the file")]) from err
         return
-    with atomic_path(dest, suffix=".wav") as tmp:
-        if link:
-            tmp.unlink()
-            os.symlink(source.path.absolute(), tmp)
-        else:
-            shutil.copyfile(source.path, tmp)
-
-
-def write_audio(sources: list[Source], audio_dir: Path, link: bool, reuse: bool) -> None:
-    audio_dir.mkdir(parents=True, exist_ok=True)
-    written = Counter()
-    for source in tqdm(sources, desc="audio", unit="file"):
-        dest = audio_dir / f"{source.name}.wav"
-        if reuse and audio_done(source, dest, link):
-            written["already present"] += 1
-        else:
-            place_audio(source, dest, link)
-            written["converted to 16 kHz mono PCM16" if source.convert else "linked" if link else "copied"] += 1
-    log.info("audio in %s: %s", audio_dir, ", ".join(f"{n} {how}" for how, n in sorted(written.items())))
+    link_or_copy(source.path, dest, link)
 
 
 def summary(table: pd.DataFrame, label_map: dict) -> str:
@@ -513,7 +493,7 @@ def import_emobox(emobox_dir, wav_root, out_dir, link: bool = False, overwrite: 
     csv_text = table.to_csv(index=False)
     csv_path = out_dir / CSV_NAME
     reuse = existing_audio_reusable(csv_path, csv_text, overwrite)
-    write_audio(sources, out_dir / "audio", link, reuse)
+    write_audio(sources, out_dir / "audio", link, reuse, place=place_audio, done=audio_done)
     write_if_changed(out_dir / LABEL_MAP, label_text)
     # The csv goes last: its presence means the audio folder is complete.
     if write_if_changed(csv_path, csv_text):

@@ -34,6 +34,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from corpus import audio_paths  # noqa: E402
 from utils.audio import AudioError, read_audio  # noqa: E402
+from utils.cli import number, some  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 from utils.files import atomic_path, atomic_write_text  # noqa: E402
 from utils.text import NON_SPEECH_TAG  # noqa: E402
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 DEFAULT_ASR = "openai/whisper-small"
 COLUMN = "transcript"
 REFERENCE_COLUMN = "Sentences"
-MAX_NAMES_SHOWN = 10
 LOAD_HINT = ("pass a local folder written by save_pretrained, or a hub name (e.g. openai/whisper-small) "
              "with network access (offline: set HF_HUB_OFFLINE=1 to use the local cache)")
 # The heads the automatic-speech-recognition pipeline can run: CTC, transducer, encoder-decoder.
@@ -90,7 +90,7 @@ def read_table(csv) -> pd.DataFrame:
                               "Every corpus table names its utterances in FileName (docs/CORPUS.md)")
     repeated = table["FileName"][table["FileName"].duplicated()].unique().tolist()
     if repeated:
-        raise TranscribeError(f"{csv}: FileName repeated, each utterance needs its own: {_some(repeated)}")
+        raise TranscribeError(f"{csv}: FileName repeated, each utterance needs its own: {some(repeated)}")
     return table
 
 
@@ -118,7 +118,7 @@ def audio_durations(paths, csv) -> list[float]:
         durations.append(info.frames / info.samplerate)
     if problems:
         raise TranscribeError(
-            f"{csv}: {len(problems)} audio file(s) missing or unusable: {_some(problems)}. "
+            f"{csv}: {len(problems)} audio file(s) missing or unusable: {some(problems)}. "
             "Fix --audio_dir (default: audio/ beside the table, else its folder) or the table's path / FileName"
         )
     return durations
@@ -257,12 +257,12 @@ def read_sidecar(path: Path, stamp: dict, overwrite: bool) -> dict[str, str]:
             f"beams {stamp['num_beams']}); pass --overwrite to redo them all, or rerun with those settings"
         )
     done = {}
-    for number, line in enumerate(lines[1:], start=2):
+    for line_number, line in enumerate(lines[1:], start=2):
         try:
             entry = json.loads(line)
             done[entry["FileName"]] = entry[COLUMN]
         except (json.JSONDecodeError, KeyError, TypeError):
-            log.warning("%s: line %d unreadable (cut short by a kill?), redoing that utterance", path, number)
+            log.warning("%s: line %d unreadable (cut short by a kill?), redoing that utterance", path, line_number)
     return done
 
 
@@ -367,16 +367,8 @@ def summary_line(summary: dict) -> str:
             f"with {summary['model']}; WER vs {REFERENCE_COLUMN}: {wer}")
 
 
-def _some(names) -> str:
-    shown = ", ".join(map(str, names[:MAX_NAMES_SHOWN]))
-    return shown + (f" ... ({len(names) - MAX_NAMES_SHOWN} more)" if len(names) > MAX_NAMES_SHOWN else "")
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return number
 
 
 def main(argv=None) -> None:
@@ -388,8 +380,8 @@ def main(argv=None) -> None:
     parser.add_argument("--audio_dir", type=Path, default=None,
                         help="folder the audio paths are relative to (default: audio/ beside the table, "
                              "else the table's folder)")
-    parser.add_argument("--batch_size", type=_positive_int, default=8, help="utterances per forward pass")
-    parser.add_argument("--num_beams", type=_positive_int, default=1,
+    parser.add_argument("--batch_size", type=number(int, 1), default=8, help="utterances per forward pass")
+    parser.add_argument("--num_beams", type=number(int, 1), default=1,
                         help="beam search width of generating models (1: greedy, the cheapest)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--overwrite", action="store_true", help="redo every transcript, discarding earlier ones")

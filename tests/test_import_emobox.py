@@ -287,7 +287,7 @@ def test_segments_are_cut_as_emodataset_cuts_them_and_keys_made_safe(broken, tmp
 
 def test_identical_rerun_skips_work(corpus, imported, caplog):
     before = {p: p.stat().st_mtime_ns for p in imported.rglob("*")}
-    with caplog.at_level("INFO", logger="data_prep.import_emobox"):
+    with caplog.at_level("INFO"):
         import_emobox(corpus["emobox_dir"], corpus["wav_root"], imported)
     assert {p: p.stat().st_mtime_ns for p in imported.rglob("*")} == before
     assert f"{len(before) - 3} already present" in caplog.text  # all but corpus.csv, label_map.json, audio/
@@ -298,7 +298,7 @@ def test_link_symlinks_only_files_already_16k_mono_pcm16_and_reruns_keep_them(tm
     paths = make_emobox_corpus(tmp_path / "root", CORPUS, per_class=1, speakers=2, folds=2, sample_rate=16000)
     table = read_table(import_emobox(paths["emobox_dir"], paths["wav_root"], tmp_path / "out", link=True))
     before = {p: p.lstat().st_mtime_ns for p in (tmp_path / "out" / "audio").iterdir()}
-    with caplog.at_level("INFO", logger="data_prep.import_emobox"):
+    with caplog.at_level("INFO"):
         import_emobox(paths["emobox_dir"], paths["wav_root"], tmp_path / "out", link=True)
     assert {p: p.lstat().st_mtime_ns for p in (tmp_path / "out" / "audio").iterdir()} == before
     assert f"{len(table)} already present" in caplog.text

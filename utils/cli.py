@@ -51,3 +51,10 @@ def add_number(group, flag: str, kind, low=None, high=None, low_open=False, high
     parse = number(kind, low, high, low_open, high_open)
     text = f"{help} (range {parse.range})" if help else f"range {parse.range}"
     return group.add_argument(flag, type=parse, help=text, **kwargs)
+
+
+def some(names, most: int = 10) -> str:
+    """The first `most` names for a message, and how many more there are."""
+    names = [str(n) for n in names]
+    more = f" ... ({len(names) - most} more)" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
