@@ -308,8 +308,10 @@ def existing_audio_reusable(csv_path: Path, csv_text: str, overwrite: bool) -> b
     return False
 
 
-def audio_done(source: Source, dest: Path, link: bool) -> bool:
-    """Whether dest already holds what this run would write (same mode, same size)."""
+def audio_done(source, dest: Path, link: bool) -> bool:
+    """Whether dest already holds what this run would write: the same link, a copy of the same
+    size, or a 16 kHz mono conversion of the source's duration (a cut segment's `seconds`
+    where the source has them, as the EmoBox importer's do)."""
     if link and not source.convert:
         return dest.is_symlink() and os.readlink(dest) == str(source.path.absolute())
     if dest.is_symlink() or not dest.is_file():
@@ -317,11 +319,11 @@ def audio_done(source: Source, dest: Path, link: bool) -> bool:
     if not source.convert:
         return dest.stat().st_size == source.path.stat().st_size
     try:
-        written, original = sf.info(str(dest)), sf.info(str(source.path))
+        written = sf.info(str(dest))
+        seconds = source.seconds if hasattr(source, "seconds") else sf.info(str(source.path)).duration
     except (sf.LibsndfileError, RuntimeError):
         return False
-    same_length = abs(written.duration - original.duration) < 1e-3
-    return (written.samplerate, written.channels) == (TARGET_SR, 1) and same_length
+    return (written.samplerate, written.channels) == (TARGET_SR, 1) and abs(written.duration - seconds) < 1e-3
 
 
 def place_audio(source: Source, dest: Path, link: bool) -> None:

@@ -37,7 +37,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -428,21 +427,6 @@ def existing_audio_reusable(csv_path: Path, csv_text: str, overwrite: bool) -> b
     return False
 
 
-def audio_done(source: Source, dest: Path, link: bool) -> bool:
-    """Whether dest already holds what this run would write."""
-    if link and not source.convert:
-        return dest.is_symlink() and os.readlink(dest) == str(source.path.absolute())
-    if dest.is_symlink() or not dest.is_file():
-        return False
-    if not source.convert:
-        return dest.stat().st_size == source.path.stat().st_size
-    try:
-        written = sf.info(str(dest))
-    except (sf.LibsndfileError, RuntimeError):
-        return False
-    return (written.samplerate, written.channels) == (TARGET_SR, 1) and abs(written.duration - source.seconds) < 1e-3
-
-
 def read_segment(source: Source) -> np.ndarray:
     """Frames int(start * sr) to int(end * sr) of the recording, as EmoDataset cuts them, at 16 kHz mono.
     (utils.audio.read_audio reads whole files only; hours-long recordings are not read whole here.)"""
@@ -493,7 +477,7 @@ def import_emobox(emobox_dir, wav_root, out_dir, link: bool = False, overwrite: 
     csv_text = table.to_csv(index=False)
     csv_path = out_dir / CSV_NAME
     reuse = existing_audio_reusable(csv_path, csv_text, overwrite)
-    write_audio(sources, out_dir / "audio", link, reuse, place=place_audio, done=audio_done)
+    write_audio(sources, out_dir / "audio", link, reuse, place=place_audio)
     write_if_changed(out_dir / LABEL_MAP, label_text)
     # The csv goes last: its presence means the audio folder is complete.
     if write_if_changed(csv_path, csv_text):
