@@ -247,3 +247,16 @@ def test_seeds_recorded_with_different_settings_are_different_configurations(tmp
     assert sorted(table["configuration"]) == ["mmer α=0.1 --precision bf16", "mmer α=0.1 --precision fp32"]
     assert list(table["seeds"]) == ["0 1", "0 1"]
     assert "settings" not in pd.read_csv(tmp_path / "out" / "comparison.csv").columns
+
+
+def test_the_tables_name_the_folds_as_the_runs_do(tmp_path):
+    for name, unit in (("a", "speaker"), ("b", "speaker")):
+        run_dir = fake_results(tmp_path / name, "mmer", 0.1, {"1001": fold(0.5, 0.5, 0.5)})
+        results = json.loads((run_dir / "results.json").read_text())
+        (run_dir / "results.json").write_text(json.dumps({**results, "fold_unit": unit, "seed": 0}))
+    compare([tmp_path / "a", tmp_path / "b"], tmp_path / "out", seeds=True)
+    assert "| test speakers |" in (tmp_path / "out" / "comparison.md").read_text()
+    assert "(test speakers 1001)" in (tmp_path / "out" / "seeds.md").read_text()
+    iemocap = fake_results(tmp_path / "c", "mmer", 0.1, {1: fold(0.5, 0.5, 0.5)})
+    compare([iemocap, tmp_path / "a"], tmp_path / "mixed")
+    assert "| test folds |" in (tmp_path / "mixed" / "comparison.md").read_text()

@@ -340,6 +340,7 @@ def comparison_frame(result_files) -> pd.DataFrame:
         row = {"run": results.get("run", path.parent.name), "alpha": results.get("alpha"),
                "objectives": results.get("objectives"), "seed": results.get("seed"),
                "selection": selection_tag(results), "folds": len(results["folds"]),
+               "unit": results.get("fold_unit", "session"),
                "sessions": " ".join(sorted(results["folds"], key=_session_key)), "path": str(path.parent),
                "settings": recorded_settings(path.parent)}
         for key in METRIC_KEYS:
@@ -369,6 +370,12 @@ def unique_labels(frame: pd.DataFrame) -> list:
             for label, short, path in zip(base, labels, frame["path"])]
 
 
+def test_units(frame: pd.DataFrame) -> str:
+    """'sessions' (IEMOCAP), 'speakers', 'splits', ... as the runs' folds are named; 'folds' when they differ."""
+    units = set(frame["unit"]) if "unit" in frame else {"session"}
+    return f"{units.pop()}s" if len(units) == 1 else "folds"
+
+
 def optimistic(frame: pd.DataFrame) -> pd.Series:
     return frame["selection"].str.contains("OPTIMISTIC")
 
@@ -378,7 +385,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
     epoch was not chosen on the test session."""
     fair = frame[~optimistic(frame)]
     best = {k: fair[k].max() for k in METRIC_KEYS}
-    header = ("| run | WA (%) | UA (%) | macro-F1 (%) | best epoch on | test sessions |\n"
+    header = (f"| run | WA (%) | UA (%) | macro-F1 (%) | best epoch on | test {test_units(frame)} |\n"
               "|---|---:|---:|---:|---|---|\n")
     lines = []
     for r in frame.itertuples():
@@ -437,7 +444,8 @@ def over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for name, group in grouped:
         row = {"configuration": name, "seeds": " ".join(str(s) for s in group["seed"]), "runs": len(group),
-               "sessions": " ".join(sorted(set(group["sessions"]))), "selection": " / ".join(sorted(set(group["selection"])))}
+               "sessions": " ".join(sorted(set(group["sessions"]))), "selection": " / ".join(sorted(set(group["selection"]))),
+               "unit": group["unit"].iloc[0] if group["unit"].nunique() == 1 else "fold"}
         for key in METRIC_KEYS:
             row[key], row[f"{key}_std"] = group[key].mean(), group[key].std(ddof=0)
         rows.append(row)
@@ -452,7 +460,7 @@ def seeds_markdown(table: pd.DataFrame) -> str:
         cells = [f"**{c}**" if getattr(r, k) == best[k] and len(table) > 1 else c for c, k in zip(cells, METRIC_KEYS)]
         lines.append(f"| {r.configuration} | {r.seeds} | {' | '.join(cells)} |")
     return "\n".join(lines + ["", "Mean ± population std over the seeds of each run's mean over its folds "
-                              f"(test sessions {' ; '.join(sorted(set(table['sessions'])))}). WA = overall accuracy, "
+                              f"(test {test_units(table)} {' ; '.join(sorted(set(table['sessions'])))}). WA = overall accuracy, "
                               "UA = mean of the per-class recalls."]) + "\n"
 
 
