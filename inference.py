@@ -416,7 +416,7 @@ class EmotionRecognizer:
 
     def predict_windows(self, audio, transcript=None, sample_rate=None, name=None) -> Prediction:
         """A recording of any length, scored in windows (Windows) read one batch at a time, so
-        memory and time per second stay those of short clips: -> the summary Prediction, with
+        memory and time per second do not grow with its length: -> the summary Prediction, with
         `.windows` the timeline."""
         name = name or (str(audio) if isinstance(audio, (str, Path)) else "array")
         if transcript:
