@@ -21,11 +21,9 @@ default; the deprecated TorchScript exporter is not used.
 import argparse
 import json
 import logging
-import platform
 import shutil
 import sys
 import warnings
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -33,25 +31,25 @@ import torch
 from torch import nn
 
 from data_prep.extract_roberta import TextFeatureError, encoder_stamp, load_text_encoder, max_tokens
-from inference import PredictError, recorded_roberta
+from inference import ONNX_MANIFEST, ONNX_MANIFEST_VERSIONS, PredictError, recorded_roberta
 from models import MODELS
 from models.base import AudioFrames
 from models.encoders import audio_input_spec, min_samples_of, padding_is_exact
 from models.fusion import lengths_to_mask
 from utils.checkpoint import CheckpointError, find_checkpoints, restore_model
 from utils.cli import HelpFormatter, Parser, add_number
+from utils.audio import NORMALIZE_EPS
 from utils.files import atomic_write_text
-from utils.runinfo import git_commit
+from utils.runinfo import git_commit, package_versions
 from utils.text import VOCAB_FILE
 
 log = logging.getLogger("mmer.export")
 FORMATS = ("onnx",)
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST = ONNX_MANIFEST  # what inference.EmotionRecognizer.from_onnx reads
+MANIFEST_VERSION = ONNX_MANIFEST_VERSIONS[-1]
 TEXT_ENCODER = "text_encoder.onnx"
 TOKENIZER_DIR = "text_encoder_tokenizer"
 MIN_OPSET = 18  # the dynamo exporter's lowest
-NORMALISE_EPS = 1e-7  # utils.audio.normalize
 # Probabilities of a graph further than this from PyTorch's fail the export (measured: ~1e-7).
 CHECK_TOLERANCE = 1e-4
 EXPORT_VERSIONS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy")
@@ -368,7 +366,7 @@ def build_manifest(model, spec, folds: dict, text: dict | None, graphs: dict) ->
         "manifest_version": MANIFEST_VERSION, "format": "onnx", "run": model.config.run,
         "classes": list(model.config.label_set.classes), "labels": model.config.labels,
         "sample_rate": spec.sampling_rate,
-        "normalisation": {"where": "before the graph", "per_recording": bool(spec.do_normalize), "eps": NORMALISE_EPS,
+        "normalisation": {"where": "before the graph", "per_recording": bool(spec.do_normalize), "eps": NORMALIZE_EPS,
                           "formula": "x = (x - mean(x)) / sqrt(var(x) + eps), over each recording's own samples"},
         "audio": {"padding_value": spec.padding_value, "attention_mask": bool(spec.return_attention_mask),
                   "padding_exact": padding_is_exact(encoder_config, spec),
@@ -387,7 +385,7 @@ def build_manifest(model, spec, folds: dict, text: dict | None, graphs: dict) ->
                              "<pad> (the blank) and <s> </s> <unk>, '|' is a space; mmer embeds it in sentence case"}
                 if model.has_ctc else None),
         "how_to_run": how_to_run(model, spec),
-        "versions": versions(), "git_commit": git_commit(),
+        "versions": package_versions(EXPORT_VERSIONS), "git_commit": git_commit(),
     }
 
 
@@ -407,16 +405,6 @@ def how_to_run(model, spec) -> list[str]:
          "and audio_frames; decode ctc_logits (see ctc), embed that text, then <fold>_fusion.onnx on audio_frames, "
          "frame_lengths, text_features, text_lengths -> probabilities"),
     ]
-
-
-def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for name in EXPORT_VERSIONS:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
 
 
 # ---------------------------------------------------------------- command line

@@ -75,7 +75,10 @@ def write_wav(path, samples: np.ndarray, sr: int = TARGET_SR, subtype: str = "PC
         sf.write(str(tmp), samples, sr, subtype=subtype, format="WAV")
 
 
-def normalize(samples: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+NORMALIZE_EPS = 1e-7  # in the variance, as transformers' Wav2Vec2FeatureExtractor
+
+
+def normalize(samples: np.ndarray, eps: float = NORMALIZE_EPS) -> np.ndarray:
     """Zero-mean unit-variance per utterance, as Wav2Vec2FeatureExtractor(do_normalize=True)."""
     samples = samples.astype(np.float32)
     return (samples - samples.mean()) / np.sqrt(samples.var() + eps)

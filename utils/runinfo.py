@@ -231,9 +231,10 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def package_versions() -> dict:
+def package_versions(packages=PACKAGES) -> dict:
+    """Python's version and each package's (None where it is not installed)."""
     versions = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in packages:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
