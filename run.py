@@ -35,9 +35,9 @@ from models.base import CTC_REDUCTIONS
 from models.objectives import POOLING_METHODS
 from models.encoders import (audio_input_spec, conv_cache_changes_training, conv_cache_refusal, encoder_config,
                              min_samples, padding_is_exact)
-from training import (AUDIO_VIEWS, Corpus, Views, audio_view_settings, build_training, check_skipped, compile_regions, evaluate, fixed_lengths, log_epoch,
-                      make_loader, predict_split, report_long_targets, tensorboard_writer, train_epoch, use_conv_cache,
-                      uses_layerdrop, write_predictions)
+from training import (AUDIO_VIEWS, Corpus, Views, audio_view_settings, build_training, check_skipped, compile_regions,
+                      evaluate, fixed_lengths, log_epoch, make_loader, predict_split, report_long_targets,
+                      tensorboard_writer, train_epoch, use_conv_cache, uses_layerdrop, write_predictions)
 from utils import distributed, runinfo
 from utils.audio import AudioError
 from utils.checkpoint import (CheckpointError, checkpoint_path, find_checkpoints, load_checkpoint, restore_model,

@@ -3,6 +3,7 @@ bucketed training batches, padding-exact evaluation batches), one epoch with gra
 accumulation (DDP under torchrun), the optimizer step that skips non-finite gradients,
 evaluation and predictions, and the speed options (compiled blocks, the cached frozen
 feature encoder). run.py holds the command line and the fold loop around it."""
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -40,10 +41,13 @@ class Corpus:
     conv_cache: tuple | None = None   # (feature-encoder weights, their output per utterance)
     view_text: list | None = None      # text features of each utterance's augmented transcript (2023 views)
 
+    @functools.cached_property
+    def positions(self) -> dict:
+        """Utterance name -> its index in the dataset."""
+        return {name: i for i, name in enumerate(self.dataset.names)}
+
     def index_of(self, names) -> list[int]:
-        if not hasattr(self, "_index"):
-            self._index = {name: i for i, name in enumerate(self.dataset.names)}
-        return [self._index[name] for name in names]
+        return [self.positions[name] for name in names]
 
 
 AUDIO_VIEWS = ("speed", "tempo", "noise", "mask")

@@ -1,5 +1,6 @@
 """Devices, precision and seeds, all from flags (nothing assumes CUDA)."""
 import contextlib
+import functools
 import logging
 import random
 
@@ -42,6 +43,7 @@ def evaluation_precision(precision: str) -> str:
     return "bf16" if precision == "bf16" else "fp32"
 
 
+@functools.cache  # a property of the hardware, asked on every training micro-batch
 def native_bf16(device: torch.device) -> bool:
     """Whether the device multiplies bf16 in hardware: a CUDA GPU of compute capability 8.0 or
     later (Ampere on), or a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels; about 4.5x
