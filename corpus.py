@@ -27,7 +27,11 @@ TEXT_COLUMNS = ("Sentences", "transcript")   # reference transcript, then a spee
 SPLITS = ("train", "dev", "test")
 SPLIT_COLUMN = re.compile(r"^split_(\w+)$")
 UNKNOWN = -1  # label_index of a label the label set has no class for (a problem, reported with the others)
-STRING_COLUMNS = ("FileName", "Label", "Sentences", "transcript", "text", "speaker", "path", "split", "fold")
+STRING_COLUMNS = ("FileName", "Label", "Sentences", "transcript", "text", "speaker", "path", "split", "fold",
+                  "utterance_type")
+# IEMOCAP's dialogues are improvised or scripted; the scripted ones repeat the same lines in every
+# session, so a text branch can meet a test sentence in training. Other tables may give the column.
+UTTERANCE_TYPES = ("all", "impro", "script")
 
 
 # ---------------------------------------------------------------- the table
@@ -86,7 +90,33 @@ def add_iemocap_fields(table: pd.DataFrame) -> pd.DataFrame:
         table["speaker"] = [f["speaker"] for f in fields] if iemocap else None
     if "session" not in table.columns and iemocap and not grouping_columns(table):
         table["session"] = [f["session"] for f in fields]
+    if "utterance_type" not in table.columns and iemocap:
+        table["utterance_type"] = [iemocap_utterance_type(name) for name in table["FileName"]]
     return table
+
+
+def iemocap_utterance_type(name: str) -> str | None:
+    """impro or script, from the dialogue in an IEMOCAP id (Ses01F_impro01_F000, Ses01F_script01_1_F000)."""
+    dialogue = name.split("_")[1] if name.count("_") >= 2 else ""
+    return "impro" if dialogue.startswith("impro") else "script" if dialogue.startswith("script") else None
+
+
+def typed(table: pd.DataFrame) -> bool:
+    """Whether every row says whether it is improvised or scripted."""
+    return "utterance_type" in table.columns and table["utterance_type"].isin(UTTERANCE_TYPES[1:]).all()
+
+
+def select_utterance_types(table: pd.DataFrame, types: str) -> pd.DataFrame:
+    """--utterance_types impro|script: only those rows, for training and testing alike (the
+    literature's "improvised only" protocol on IEMOCAP)."""
+    if types == "all":
+        return table
+    if not typed(table):
+        raise DataError(f"--utterance_types {types}: the table does not say which utterances are improvised or "
+                        "scripted (IEMOCAP ids do; other tables need an utterance_type column of impro/script)")
+    log.info("--utterance_types %s: %d of %d utterances kept", types, int((table["utterance_type"] == types).sum()),
+             len(table))
+    return table[table["utterance_type"] == types].reset_index(drop=True)
 
 
 def audio_paths(table: pd.DataFrame, audio_dir) -> list[Path]:

@@ -277,9 +277,10 @@ class EmotionRecognizer:
 
     def __init__(self, models: dict, roberta: str = DEFAULT_ROBERTA, device="cpu", precision: str = "fp32",
                  batch_size: int | None = None, asr: str | None = None, language: str | None = None,
-                 text_encoder=None):
+                 text_encoder=None, embed_text: bool = True):
         """models: {path: torch model (load_models) or OnnxModel (load_onnx_models)}; text_encoder:
-        a callable texts -> [T, H] arrays (default, for mmer: `roberta` in torch)."""
+        a callable texts -> [T, H] arrays (default, for mmer: `roberta` in torch). embed_text=False:
+        no text encoder is loaded; mmer then reads only the text features passed to predict_many."""
         self.models = models
         self.device = torch.device(device)
         self.precision = precision
@@ -287,7 +288,7 @@ class EmotionRecognizer:
         self.first = next(iter(models.values()))
         self.spec, self.exact, self.min_samples = audio_settings(models)
         self.roberta = roberta
-        if text_encoder is None and self.first.uses_text:
+        if text_encoder is None and self.first.uses_text and embed_text:
             text_encoder = self._text_encoder()
         self.text_encoder = text_encoder
         self.asr = Recogniser(asr, language, self.device) if asr and self.first.uses_text else None
@@ -299,7 +300,7 @@ class EmotionRecognizer:
     @classmethod
     def from_run(cls, checkpoint_dir, session=None, ensemble: bool = False, run=None, wav2vec2=None, roberta=None,
                  device="auto", precision: str = "auto", batch_size: int | None = None, asr: str | None = None,
-                 language: str | None = None) -> "EmotionRecognizer":
+                 language: str | None = None, embed_text: bool = True) -> "EmotionRecognizer":
         """Load `<checkpoint_dir>/<session>_model.pt` (default: the first fold's), or all folds'
         with `ensemble`; settings not given come from the checkpoints and the run's config.json.
         asr: a transformers speech recogniser (e.g. openai/whisper-small) for mmer's missing
@@ -311,7 +312,7 @@ class EmotionRecognizer:
         check_precision(device, precision)
         models = load_models(checkpoint_dir, run, wav2vec2, session, ensemble, device)
         roberta = recorded_roberta(checkpoint_dir, roberta)
-        return cls(models, roberta, device, precision, batch_size, asr, language)
+        return cls(models, roberta, device, precision, batch_size, asr, language, embed_text=embed_text)
 
     @classmethod
     def from_onnx(cls, onnx_dir, session=None, ensemble: bool = False, roberta=None, batch_size: int | None = None,
@@ -392,24 +393,31 @@ class EmotionRecognizer:
         """One recording (a path, or an array with its sample rate)."""
         return self.predict_many([audio], [transcript], [sample_rate])[0]
 
-    def predict_many(self, audios, transcripts=None, sample_rates=None, progress: bool = False) -> list[Prediction]:
+    def predict_many(self, audios, transcripts=None, sample_rates=None, progress: bool = False,
+                     text_features=None) -> list[Prediction]:
         """Many recordings; transcripts and sample rates per recording (None where not given).
+        text_features: mmer's text features per recording ([T, H] arrays, e.g. the .npy files
+        run.py reads; None where not given), used instead of embedding a transcript.
         A recording longer than `windows.long_seconds` is scored in windows (see Windows): its
         Prediction is the duration-weighted summary and carries the per-window timeline."""
         n = len(audios)
         transcripts = list(transcripts) if transcripts is not None else [None] * n
+        text_features = list(text_features) if text_features is not None else [None] * n
         sample_rates = list(sample_rates) if sample_rates is not None else [None] * n
         names = [str(a) if isinstance(a, (str, Path)) else f"array {i}" for i, a in enumerate(audios)]
         long = [self.seconds(a, sr) > self.windows.long_seconds for a, sr in zip(audios, sample_rates)]
         results = [None] * n
         for i in (i for i in range(n) if long[i]):
+            if text_features[i] is not None:
+                log.warning("%s: text features of the whole recording cannot be split over its windows; each window "
+                            "is transcribed", names[i])
             results[i] = self.predict_windows(audios[i], transcripts[i], sample_rates[i], names[i])
         short = [i for i in range(n) if not long[i]]
         if short:
             samples = [read_audio(audios[i], self.sample_rate) if isinstance(audios[i], (str, Path))
                        else self.prepare(audios[i], sample_rates[i], names[i]) for i in short]
             scored = self._score([self.checked(s, names[i]) for s, i in zip(samples, short)],
-                                 [transcripts[i] for i in short], progress)
+                                 [transcripts[i] for i in short], progress, [text_features[i] for i in short])
             for i, result in zip(short, self._predictions(scored, [names[i] for i in short])):
                 results[i] = result
         return results
@@ -442,26 +450,33 @@ class EmotionRecognizer:
                            ctc_transcript=heard[i] if heard else "")
                 for i, (name, p) in enumerate(zip(names, probs))]
 
-    def _score(self, samples: list, transcripts: list, progress: bool):
+    def _score(self, samples: list, transcripts: list, progress: bool, text_features=None):
         """16 kHz recordings -> (probabilities [N, classes] averaged over the models, the texts
         mmer read, their sources, the first model's CTC transcripts)."""
         with self._turn:
-            return self._score_now(samples, transcripts, progress)
+            return self._score_now(samples, transcripts, progress, text_features or [None] * len(samples))
 
-    def _score_now(self, samples: list, transcripts: list, progress: bool):
+    def _score_now(self, samples: list, transcripts: list, progress: bool, text_features: list):
         samples = [s[: self.first.config.max_audio_samples] for s in samples]  # the 2023 cut, if the run had one
         waves = [normalize(s) for s in samples] if self.spec.do_normalize else samples
         given = [t if isinstance(t, str) and t.strip() else None for t in transcripts]
         if not self.first.uses_text and any(t is not None for t in given):
             log.warning("the %s model reads no text: the transcripts given are not used", self.run)
         texts, sources = list(given), ["given" if t is not None else "ctc" for t in given]
-        missing = [i for i, t in enumerate(given) if t is None]
+        for i, array in enumerate(text_features):
+            if array is not None:
+                texts[i], sources[i] = texts[i] or "", "features"
+        missing = [i for i, t in enumerate(texts) if t is None]
+        unembedded = sum(f is None for f in text_features)
+        if self.first.uses_text and self.text_encoder is None and unembedded:
+            raise PredictError(f"{unembedded} recording(s) have no text features, and no text encoder was loaded "
+                               "(embed_text=False); pass their features, or load the recognizer with a text encoder")
         if self.first.uses_text and missing and self.asr is not None:
             for i, text in zip(missing, self.asr([samples[i] for i in missing], self.sample_rate)):
                 texts[i], sources[i] = text, "asr"
         elif self.first.uses_text and missing:
             self._check_ctc_trained(len(missing))
-        features = [None] * len(waves)
+        features = [None if f is None else np.asarray(f, dtype=np.float32) for f in text_features]
         outputs = [self._run_model(model, waves, texts, features, progress) for model in self.models.values()]
         return np.mean([p for p, _ in outputs], axis=0), texts, sources, outputs[0][1]
 
@@ -488,7 +503,7 @@ class EmotionRecognizer:
             with autocast(self.device, evaluation_precision(self.precision)):
                 audio = model.encode_audio(batch.input_values, batch.sample_lengths, batch.attention_mask)
                 if heard is not None:
-                    for row, text in zip(rows, decode_ctc(model.ctc_head(audio.frames), audio.lengths)):
+                    for row, text in zip(rows, decode_ctc(model.ctc_head(audio), audio.lengths)):
                         heard[row] = text
                 text, lengths = self._text_features(rows, texts, features, heard) if model.uses_text else (None, None)
                 output = model.classify(audio, text, lengths)
@@ -624,8 +639,8 @@ class OnnxModel:
         frames = dict(zip(self.outputs, self.graph.run(self.outputs, feeds)))
         return OnnxAudio(frames, torch.from_numpy(frames["frame_lengths"]))
 
-    def ctc_head(self, frames: dict):
-        return torch.from_numpy(frames["ctc_logits"]) if self.has_ctc else None
+    def ctc_head(self, audio: OnnxAudio):
+        return torch.from_numpy(audio.frames["ctc_logits"]) if self.has_ctc else None
 
     def classify(self, audio: OnnxAudio, text=None, text_lengths=None) -> EmotionOutput:
         logits = audio.frames["logits"]
@@ -636,7 +651,7 @@ class OnnxModel:
                 "audio_frames": audio.frames["audio_frames"], "frame_lengths": audio.frames["frame_lengths"],
                 "text_features": text.numpy().astype(np.float32), "text_lengths": text_lengths.numpy()})[0]
         return EmotionOutput(logits=torch.from_numpy(logits), frame_lengths=audio.lengths,
-                             ctc_logits=self.ctc_head(audio.frames))
+                             ctc_logits=self.ctc_head(audio))
 
 
 class OnnxTextEncoder:

@@ -33,7 +33,7 @@ from models import MODELS
 from utils.audio import AudioError, audio_suffixes
 from utils.checkpoint import CheckpointError
 from utils.cli import HelpFormatter, Parser, add_number, some
-from utils.data import DataError
+from utils.data import DataError, read_text_feature
 from utils.files import atomic_path, atomic_write_text
 from utils.metrics import emotion_metrics
 
@@ -107,9 +107,21 @@ def predict_files(inputs: pd.DataFrame, recognizer: EmotionRecognizer, progress:
     return predictions_table(predict_recordings(inputs, recognizer, progress))
 
 
-def predict_recordings(inputs: pd.DataFrame, recognizer: EmotionRecognizer, progress: bool = False) -> list:
+def predict_recordings(inputs: pd.DataFrame, recognizer: EmotionRecognizer, progress: bool = False,
+                       features=None) -> list:
     transcripts = inputs["transcript"] if "transcript" in inputs else None
-    return recognizer.predict_many(list(inputs["path"]), transcripts, progress=progress)
+    return recognizer.predict_many(list(inputs["path"]), transcripts, progress=progress, text_features=features)
+
+
+def text_features(inputs: pd.DataFrame, folder) -> list:
+    """--data_path_roberta: each recording's `<stem>.npy` ([1, T, H] or [T, H]); all missing ones named at once."""
+    paths = [Path(folder) / f"{Path(path).stem}.npy" for path in inputs["path"]]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise PredictError(f"--data_path_roberta: no text features for {len(missing)} recording(s): "
+                           f"{some(missing, most=5)}; extract them with data_prep/extract_roberta.py, or drop the flag "
+                           "to embed the transcripts")
+    return [read_text_feature(p) for p in paths]
 
 
 def write_timelines(predictions, output: Path | None) -> None:
@@ -196,6 +208,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     which.add_argument("--session", help="use <session>_model.pt (default: the first found)")
     which.add_argument("--ensemble", action="store_true", help="average the probabilities of all checkpoints")
     p.add_argument("--transcript", help="mmer: the transcript of the one recording given")
+    p.add_argument("--data_path_roberta", help="mmer: a folder of precomputed text features, <name>.npy per recording "
+                                               "(<name>: the csv's FileName, else the file's stem), as run.py reads "
+                                               "them; used instead of embedding transcripts (no text encoder loaded)")
     p.add_argument("--audio_dir", help="folder the csv's paths are relative to (default: the csv's folder)")
     p.add_argument("--roberta", help="text encoder for mmer (default: the one recorded in <checkpoint_dir>/config.json, "
                                      "else roberta-base); refused when it contradicts the record")
@@ -254,7 +269,7 @@ def load_recognizer(args: argparse.Namespace) -> EmotionRecognizer:
                                            args.asr, args.language)
     return EmotionRecognizer.from_run(args.checkpoint_dir, args.session, args.ensemble, args.run, args.wav2vec2,
                                       args.roberta, args.device, args.precision, args.batch_size, args.asr,
-                                      args.language)
+                                      args.language, embed_text=not args.data_path_roberta)
 
 
 def run_prediction(args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
@@ -264,8 +279,10 @@ def run_prediction(args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
     inputs = collect_inputs(args.inputs, args.transcript, args.audio_dir)
     recognizer = load_recognizer(args)
     recognizer.windows = Windows(args.window_seconds, args.hop_seconds, args.long_seconds)
+    features = text_features(inputs, args.data_path_roberta) if args.data_path_roberta else None
     with logging_redirect_tqdm():
-        predictions = predict_recordings(inputs, recognizer, progress=len(inputs) > recognizer.batch_size)
+        predictions = predict_recordings(inputs, recognizer, progress=len(inputs) > recognizer.batch_size,
+                                         features=features)
     table = predictions_table(predictions)
     write_timelines(predictions, args.output)
     info = {"run": recognizer.run, "backend": args.backend, "checkpoints": [str(p) for p in recognizer.models],

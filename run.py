@@ -27,27 +27,29 @@ import transformers
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import corpus
-from corpus import DataError, FoldScheme
+from corpus import UTTERANCE_TYPES, DataError, FoldScheme
 from data_prep.extract_roberta import TextFeatureError, features_text_encoder, recorded_encoder, text_encoder_width
 from labels import LabelError, LabelSet, read_label_map
 from models import MODELS, ModelConfig
-from models.base import CTC_REDUCTIONS
-from models.objectives import POOLING_METHODS
+from models.base import AUDIO_DROPOUT, CTC_REDUCTIONS
+from models.objectives import CONTRASTIVE_FORMS, POOLING_METHODS, TEXT_POOLING_METHODS
 from models.encoders import (audio_input_spec, conv_cache_changes_training, conv_cache_refusal, encoder_config,
                              min_samples, padding_is_exact)
 from training import (AUDIO_VIEWS, Corpus, Views, audio_view_settings, build_training, check_skipped, compile_regions,
                       evaluate, fixed_lengths, log_epoch, make_loader, predict_split, report_long_targets,
-                      tensorboard_writer, train_epoch, use_conv_cache, uses_layerdrop, write_predictions)
+                      tensorboard_writer, train_epoch, use_conv_cache, uses_layerdrop, view_files, warn_ctc_scale,
+                      write_predictions)
 from utils import distributed, runinfo
 from utils.audio import AudioError
-from utils.checkpoint import (CheckpointError, checkpoint_path, find_checkpoints, load_checkpoint, restore_model,
-                              save_checkpoint)
+from utils.checkpoint import (CheckpointError, checkpoint_path, find_checkpoints, load_checkpoint, model_settings,
+                              restore_model, save_checkpoint)
 from utils.cli import HelpFormatter, Parser, add_number
 from utils.data import Collator, EmotionDataset, load_text_features, load_waves, text_feature_width
 from utils.device import check_precision, evaluation_precision, seed_everything, training_precision
 from utils.hub import check_model_name
 from utils.lock import LockedError, RunLock
-from utils.metrics import emotion_metrics
+from utils.metrics import emotion_metrics, metrics_by_group
+from utils.text import CTC_TEXT
 from utils.report import format_table, write_results
 from utils.validate import InputProblems, feature_problems, file_problems, raise_problems
 
@@ -92,7 +94,10 @@ class RunConfig:
     cross_corpus: bool = False
     preset: str | None = None
     audio_view: str = "speed,noise,mask"
+    data_path_audio_view: str | None = None
     data_path_roberta_view: str | None = None
+    ctc_text: str = "clean"
+    utterance_types: str = "all"
     resume: bool = False
     overwrite: bool = False
     max_skipped_fraction: float = 0.05
@@ -101,18 +106,27 @@ class RunConfig:
     log_every: int = 25
     tensorboard: bool = False
     world_size: int = 1   # processes training each fold (torchrun), not a flag; the global batch depends on it
+    precision_resolved: dict | None = None  # what --precision became on this device: {"training": ..., "evaluation": ...}
 
 
 # A paper's whole configuration (--preset); flags given beside it win.
 PRESETS = {
     "mmer2022": {},  # the defaults
     "mmer2023": {"run": "mmer", "alpha": 0.1, "supcon_weight": 0.1, "aug_weight": 0.1, "pooling": "max",
+                 "text_pooling": "max", "audio_dropout": "ctc", "contrastive": "upstream",
                  "learning_rate": 5e-5, "max_audio_samples": 210_000, "audio_view": "speed,noise,mask"},
 }
 
-# flags whose default, under --eval_only, is what the run being re-evaluated recorded
-RECORDED = {"run": "model", "wav2vec2": "model", "alpha": "model", "ctc_reduction": "model", "csv_path": "run",
-            "data_path_audio": "run", "data_path_roberta": "run", "roberta": "run"}
+# Model settings given by flags (defaults: ModelConfig's). Under --eval_only the checkpoints'
+# recorded values win (they hold that model); of a contradicting flag only these are honoured:
+MODEL_FLAGS = ("run", "wav2vec2", "alpha", "ctc_reduction", "dropout", "specaugment", "pooling", "text_pooling",
+               "audio_dropout", "supcon_weight", "aug_weight", "temperature", "contrastive", "max_audio_samples")
+EVAL_OVERRIDABLE = ("wav2vec2", "max_audio_samples")
+# what results.json names as a run's objectives (the 2023 settings)
+OBJECTIVES = ("pooling", "text_pooling", "audio_dropout", "supcon_weight", "aug_weight", "contrastive", "temperature",
+              "max_audio_samples")   # the encoder's files; the audio cut at evaluation
+# run settings whose default, under --eval_only, is what the run being re-evaluated recorded
+RECORDED_RUN = ("csv_path", "data_path_audio", "data_path_roberta", "roberta")
 
 
 def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
@@ -126,8 +140,17 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     data.add_argument("--data_path_audio", help="folder of the audio: <path> or <FileName>.wav "
                                                 f"(default {d.data_path_audio})")
     data.add_argument("--data_path_roberta", help=f"folder of <FileName>.npy, mmer (default {d.data_path_roberta})")
+    data.add_argument("--data_path_audio_view", help="2023 views: a folder of pre-made augmented audio, files named "
+                                                     "<anything><FileName>.wav (upstream's --data_path_audio_augmented, "
+                                                     "e.g. TTS re-syntheses), one picked per utterance and epoch; "
+                                                     "replaces --audio_view")
     data.add_argument("--data_path_roberta_view", help="2023 views: features of each utterance's augmented transcript "
                                                        "(extract_roberta.py --text_column AugmentedText)")
+    data.add_argument("--ctc_text", choices=list(CTC_TEXT), default=d.ctc_text,
+                      help="the CTC targets: clean (non-speech tags removed, punctuation a word boundary) or upstream "
+                           "(upstream's: characters outside the vocabulary deleted, so {LG} is spelled LG)")
+    data.add_argument("--utterance_types", choices=UTTERANCE_TYPES, default=d.utterance_types,
+                      help="IEMOCAP: train and test on improvised (impro) or scripted (script) dialogues only, or all")
     data.add_argument("--sessions", "--folds", nargs="+", default=None,
                       help="test folds to run, by name (IEMOCAP: its sessions 1-5; default: all the table's; with "
                            "--eval_only, those that have a checkpoint)")
@@ -152,25 +175,38 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
                help="weight of the CTC loss (mmer, cai_sota): loss = CE + alpha * (2 / B) * sum of the B utterances' "
                     f"CTC losses, upstream's CE + alpha * CTC_sum at its micro-batch of 2 (default {m.alpha})")
     model.add_argument("--ctc_reduction", choices=CTC_REDUCTIONS,
-                       help="sum: each utterance's CTC loss summed over its frames (upstream's scale); mean: divided "
-                            f"by its target length as well (F.ctc_loss's 'mean') (default {m.ctc_reduction})")
+                       help="sum: (2 / B) x the sum of the B utterances' CTC losses, each summed over its frames "
+                            "(upstream's value at its micro-batch of 2, at any B); batch_sum: the sum itself "
+                            "(upstream's at any B: grows with the batch); mean: each divided by its target length "
+                            f"(F.ctc_loss's 'mean') (default {m.ctc_reduction})")
     model.add_argument("--wav2vec2", help=f"speech encoder: hub name or local folder (default {m.wav2vec2})")
     model.add_argument("--roberta", help="text encoder the features came from (default: the one their encoder.json "
                                          "names, else roberta-base); recorded, refused when it contradicts encoder.json")
-    add_number(model, "--dropout", float, 0, 1, high_open=True, default=m.dropout,
-               help="on the encoder's last hidden state, the text embeddings and the fusion layers")
-    model.add_argument("--specaugment", action="store_true", help="turn the encoder's SpecAugment on")
+    add_number(model, "--dropout", float, 0, 1, high_open=True, default=None,
+               help=f"on the encoder's last hidden state, the text embeddings and the fusion layers (default {m.dropout})")
+    model.add_argument("--audio_dropout", choices=AUDIO_DROPOUT, default=None,
+                       help="where the dropout on the encoder's output goes: all (before fusion, pooling and the CTC "
+                            f"head, 2022) or ctc (the CTC head's input only, 2023) (default {m.audio_dropout})")
+    model.add_argument("--specaugment", action="store_true", default=None, help="turn the encoder's SpecAugment on")
     objectives = p.add_argument_group("the 2023 objectives (run.py --preset mmer2023 sets them all)")
     objectives.add_argument("--preset", choices=list(PRESETS), help="a paper's whole configuration; flags given "
                                                                     "beside it win")
-    add_number(objectives, "--supcon_weight", float, 0, default=m.supcon_weight,
-               help="weight of the supervised contrastive loss over each batch (2023: 0.1)")
-    add_number(objectives, "--aug_weight", float, 0, default=m.aug_weight,
-               help="weight of the contrastive loss between each utterance and its augmented view (2023: 0.1)")
-    add_number(objectives, "--temperature", float, 0, low_open=True, default=m.temperature,
-               help="of both contrastive losses")
-    objectives.add_argument("--pooling", choices=POOLING_METHODS, default=m.pooling,
-                            help="of the audio frames (2023: max)")
+    add_number(objectives, "--supcon_weight", float, 0, default=None,
+               help=f"weight of the self-contrastive loss over each batch's labels (default {m.supcon_weight}; 2023: 0.1)")
+    add_number(objectives, "--aug_weight", float, 0, default=None,
+               help="weight of the contrastive loss between each utterance and its augmented view "
+                    f"(default {m.aug_weight}; 2023: 0.1)")
+    add_number(objectives, "--temperature", float, 0, low_open=True, default=None,
+               help=f"of both contrastive losses (default {m.temperature})")
+    objectives.add_argument("--contrastive", choices=CONTRASTIVE_FORMS, default=None,
+                            help="the form of both: upstream (upstream's 2023 code: raw dot products, the self-"
+                                 "contrastive log-softmax divided by the temperature afterwards, self pairs included) "
+                                 "or normalised (ours: SupCon of Khosla et al. and InfoNCE on L2-normalised "
+                                 f"projections) (default {m.contrastive})")
+    objectives.add_argument("--pooling", choices=POOLING_METHODS, default=None,
+                            help=f"of the audio frames (default {m.pooling}; 2023: max)")
+    objectives.add_argument("--text_pooling", choices=TEXT_POOLING_METHODS, default=None,
+                            help=f"of mmer's fused text stream (default {m.text_pooling}; 2023: max)")
     add_number(objectives, "--max_audio_samples", int, 400, default=None,
                help="cut the audio to this many samples at 16 kHz (2023: 210000, about 13 s)")
     objectives.add_argument("--audio_view", default=d.audio_view,
@@ -229,26 +265,25 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     add_number(ctl, "--log_every", int, 1, default=d.log_every, help="micro-batches between progress-bar updates")
     ctl.add_argument("--tensorboard", action="store_true",
                      help="also write TensorBoard scalars to <save_path>/<run>/tensorboard/ (pip install tensorboard)")
-    preset = p.parse_known_args(argv)[0].preset
-    if preset:
-        p.set_defaults(**PRESETS[preset])
+    preset = PRESETS.get(p.parse_known_args(argv)[0].preset, {})
+    p.set_defaults(**{key: value for key, value in preset.items() if key not in MODEL_FLAGS})
     args = p.parse_args(argv)
     try:
-        return resolve_configs(args, p)
+        return resolve_configs(args, p, {key: value for key, value in preset.items() if key in MODEL_FLAGS})
     except (CheckpointError, DataError, TextFeatureError, LabelError, OSError) as err:
         p.error(str(err))
 
 
-def resolve_configs(args, p) -> tuple[ModelConfig, RunConfig]:
-    d, m = RunConfig(), ModelConfig()
+def resolve_configs(args, p, preset_model: dict) -> tuple[ModelConfig, RunConfig]:
+    """The two configurations from the flags, the preset's model settings and, under
+    --eval_only, what the re-evaluated run recorded."""
+    d = RunConfig()
     if args.eval_only and not args.checkpoint_dir:
         p.error("--eval_only needs --checkpoint_dir DIR holding <session>_model.pt files")
-    if args.eval_only:
-        fill_recorded(args, recorded_settings(args.checkpoint_dir))
-    builtin = {**asdict(m), **asdict(d)}
-    for key in RECORDED:
+    recorded_model, recorded_run = recorded_settings(args.checkpoint_dir) if args.eval_only else ({}, {})
+    for key in RECORDED_RUN:
         if getattr(args, key) is None:
-            setattr(args, key, builtin[key])
+            setattr(args, key, recorded_run.get(key, getattr(d, key)))
     if args.sessions is not None and len(set(args.sessions)) < len(args.sessions):
         p.error(f"--sessions {' '.join(map(str, args.sessions))}: a session is named twice; name each once")
     if args.kfold and args.fold_by:
@@ -259,22 +294,57 @@ def resolve_configs(args, p) -> tuple[ModelConfig, RunConfig]:
         p.error("--cross_corpus evaluates trained checkpoints on another corpus: give it with --eval_only")
     if args.select_on == "dev" and args.dev_fraction <= 0 and not args.eval_only:
         p.error("--select_on dev needs --dev_fraction > 0")
-    check_model_name(args.wav2vec2, "--wav2vec2")
-    model_cfg = ModelConfig(run=args.run, wav2vec2=local_path(args.wav2vec2), alpha=args.alpha,
-                            ctc_reduction=args.ctc_reduction, dropout=args.dropout, specaugment=args.specaugment,
-                            pooling=args.pooling, supcon_weight=args.supcon_weight, aug_weight=args.aug_weight,
-                            temperature=args.temperature, max_audio_samples=args.max_audio_samples)
-    check_views(args, p)
+    model_cfg = model_config(args, preset_model, recorded_model)
+    check_model_name(model_cfg.wav2vec2, "--wav2vec2")
+    check_views(args, model_cfg, p)
     run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)})
     run_cfg.cache_conv_features = conv_cache_setting(run_cfg.cache_conv_features, model_cfg, run_cfg, p)
     if run_cfg.select_on == "test":
         run_cfg.dev_fraction = 0.0  # upstream trained on all four training sessions
     for key in ("csv_path", "data_path_audio", "data_path_roberta", "save_path", "checkpoint_dir",
-                "data_path_roberta_view"):
+                "data_path_audio_view", "data_path_roberta_view"):
         setattr(run_cfg, key, absolute(getattr(run_cfg, key)))
     if MODELS[model_cfg.run].uses_text:
         run_cfg.roberta = features_text_encoder(run_cfg.data_path_roberta, run_cfg.roberta)
     return model_cfg, run_cfg
+
+
+def model_config(args, preset: dict, recorded: dict) -> ModelConfig:
+    """Each model setting from, in this order: a flag given; the preset; ModelConfig's default.
+    Under --eval_only the checkpoints' recorded settings come first (they hold that model): a
+    flag that contradicts one is named, and only --wav2vec2 and --max_audio_samples win."""
+    defaults = ModelConfig()
+    values = {}
+    for key in MODEL_FLAGS:
+        given = getattr(args, key)
+        if key in recorded:
+            values[key] = recorded[key]
+            if given is not None and not same_setting(given, recorded[key]):
+                values[key] = contradicted(key, given, recorded[key], args.checkpoint_dir)
+        else:
+            values[key] = given if given is not None else preset.get(key, getattr(defaults, key))
+    values["wav2vec2"] = local_path(values["wav2vec2"])
+    values["specaugment"] = bool(values["specaugment"])
+    kept = {key: value for key, value in recorded.items()
+            if key in ModelConfig.__dataclass_fields__ and key not in MODEL_FLAGS}   # labels, text_dim, ...
+    return ModelConfig(**values, **kept)
+
+
+def same_setting(given, recorded) -> bool:
+    return str(given) == str(recorded) or local_path(str(given)) == str(recorded)
+
+
+def contradicted(key: str, given, recorded, checkpoint_dir):
+    """A flag beside --eval_only that contradicts what the checkpoints recorded -> the value used."""
+    if key == "run":
+        raise CheckpointError(f"{checkpoint_dir}: holds {recorded} models, but --run is {given}; "
+                              f"drop --run or pass --run {recorded}")
+    if key in EVAL_OVERRIDABLE:
+        log.warning("--%s %s given; the run in %s recorded %s", key, given, checkpoint_dir, recorded)
+        return given
+    log.warning("--%s %s ignored: the checkpoints in %s hold a model with %s %s", key, given, checkpoint_dir,
+                key, recorded)
+    return recorded
 
 
 def conv_cache_setting(asked: bool | None, model_cfg: ModelConfig, run_cfg, p) -> bool:
@@ -294,51 +364,45 @@ def conv_cache_setting(asked: bool | None, model_cfg: ModelConfig, run_cfg, p) -
     return asked
 
 
-def check_views(args, p) -> None:
-    """The augmentation loss needs views: augmented audio (--audio_view) or transcripts
-    (--data_path_roberta_view, mmer only)."""
+def check_views(args, model_cfg: ModelConfig, p) -> None:
+    """The augmentation loss needs views: augmented audio (--audio_view, or the pre-made files of
+    --data_path_audio_view) or transcripts (--data_path_roberta_view, mmer only)."""
     try:
         audio = audio_view_settings(args.audio_view)
     except ValueError as err:
         p.error(str(err))
-    if args.data_path_roberta_view and not MODELS[args.run].uses_text:
-        p.error(f"--data_path_roberta_view: {args.run} reads no text; augmented transcripts are for mmer")
-    if args.aug_weight and audio is None and not args.data_path_roberta_view:
-        p.error("--aug_weight needs augmented views, and none is asked for: give --audio_view (e.g. speed,noise,mask) "
-                "or, for mmer, --data_path_roberta_view (features of an augmented transcript column)")
+    if args.data_path_audio_view:
+        if not Path(args.data_path_audio_view).is_dir():
+            p.error(f"--data_path_audio_view {args.data_path_audio_view}: no such folder; give the folder of the "
+                    "pre-made augmented audio (<anything><FileName>.wav)")
+        args.audio_view = "none"   # the files are the audio views
+    if args.data_path_roberta_view and not MODELS[model_cfg.run].uses_text:
+        p.error(f"--data_path_roberta_view: {model_cfg.run} reads no text; augmented transcripts are for mmer")
+    if (model_cfg.aug_weight and not args.eval_only and audio is None and not args.data_path_audio_view
+            and not args.data_path_roberta_view):
+        p.error("--aug_weight needs augmented views, and none is asked for: give --audio_view (e.g. speed,noise,mask), "
+                "--data_path_audio_view (pre-made augmented audio) or, for mmer, --data_path_roberta_view (features "
+                "of an augmented transcript column)")
 
 
-def recorded_settings(checkpoint_dir) -> dict:
-    """What the run in checkpoint_dir recorded: its config.json (run.py's runs) and the model
-    settings in its first checkpoint ({} for the published checkpoints, which record nothing)."""
+def recorded_settings(checkpoint_dir) -> tuple[dict, dict]:
+    """What the run in checkpoint_dir recorded -> (model settings, run settings): the model
+    settings of its first checkpoint (ours: their ModelConfig; published: what their layout
+    says, utils.checkpoint.model_settings), and the data paths and text encoder of its
+    config.json (run.py's runs)."""
     folder = Path(checkpoint_dir)
-    recorded = {}
+    run_part = {}
     config = folder / "config.json"
     if config.is_file():
         try:
             saved = json.loads(config.read_text())
-            recorded = {key: saved[part].get(key) for key, part in RECORDED.items()}
+            run_part = {key: saved["run"].get(key) for key in RECORDED_RUN}
         except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as err:
             raise CheckpointError(f"{config}: not the config.json run.py writes ({err}); give the settings as flags "
                                   "or remove the file") from err
     checkpoint = next(iter(find_checkpoints(folder).values()))
-    saved_model = load_checkpoint(checkpoint).get("model_config") or {}
-    recorded.update({key: saved_model[key] for key in ("run", "wav2vec2", "alpha", "ctc_reduction") if key in saved_model})
-    return {key: value for key, value in recorded.items() if value is not None}
-
-
-def fill_recorded(args, recorded: dict) -> None:
-    """Flags not given take the recorded value; a given one wins, and a contradiction is named
-    (the variant must match: the checkpoints hold that model)."""
-    for key, value in recorded.items():
-        given = getattr(args, key)
-        if given is None:
-            setattr(args, key, value)
-        elif str(given) != str(value) and local_path(str(given)) != str(value):
-            if key == "run":
-                raise CheckpointError(f"{args.checkpoint_dir}: holds {value} models, but --run is {given}; "
-                                      f"drop --run or pass --run {value}")
-            log.warning("--%s %s given; the run in %s recorded %s", key, given, args.checkpoint_dir, value)
+    return model_settings(load_checkpoint(checkpoint)), {key: value for key, value in run_part.items()
+                                                           if value is not None}
 
 
 def absolute(path: str | None) -> str | None:
@@ -389,6 +453,7 @@ def read_corpus_table(model_cfg: ModelConfig, run_cfg: RunConfig) -> Table:
     label_map = read_label_map(run_cfg.label_map) if run_cfg.label_map else None
     trained = LabelSet.from_dict(model_cfg.labels) if run_cfg.eval_only else None
     frame, label_set = corpus.read_table(run_cfg.csv_path, label_map, trained)
+    frame = corpus.select_utterance_types(frame, run_cfg.utterance_types)
     scheme = corpus.fold_scheme(frame, run_cfg.fold_by, run_cfg.kfold)
     if run_cfg.limit_utterances:
         frame = limit(frame, scheme, run_cfg.limit_utterances)
@@ -442,6 +507,11 @@ def check_inputs(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> No
     if run_cfg.data_path_roberta_view and not run_cfg.eval_only:
         for kind, items in feature_problems(table.frame["FileName"], run_cfg.data_path_roberta_view).items():
             problems[f"augmented-transcript views: {kind}"] += items
+    if run_cfg.data_path_audio_view and not run_cfg.eval_only:
+        found = view_files(table.frame["FileName"], run_cfg.data_path_audio_view)
+        problems[f"utterances without a pre-made audio view in {run_cfg.data_path_audio_view} (a file named "
+                 "<anything><FileName>.wav)"] += [name for i, name in enumerate(table.frame["FileName"])
+                                                    if i not in found]
     if needs_ctc and corpus.text_source(table.frame) is None:
         problems["no transcripts for the CTC loss (the table has no text, Sentences or transcript column; add one "
                  "with data_prep/transcribe.py, or train with --alpha 0)"].append(run_cfg.csv_path)
@@ -475,7 +545,7 @@ def load_corpus(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> Cor
         text = load_text_features(frame["FileName"], run_cfg.data_path_roberta, show_progress=distributed.is_main())
     if uses_text and run_cfg.data_path_roberta_view and not run_cfg.eval_only:
         view_text = load_text_features(frame["FileName"], run_cfg.data_path_roberta_view, show_progress=False)
-    dataset = EmotionDataset(frame["FileName"], waves, frame["label_index"], frame["text"], text)
+    dataset = EmotionDataset(frame["FileName"], waves, frame["label_index"], frame["text"], text, run_cfg.ctc_text)
     return Corpus(frame, dataset, Collator(spec), padding_exact, table.scheme, table.label_set, view_text=view_text)
 
 
@@ -486,17 +556,21 @@ def fold_of(corpus_: Corpus, name: str, run_cfg: RunConfig) -> corpus.Fold:
 
 # ---------------------------------------------------------------- one fold
 def run_fold(session: str, corpus_: Corpus, model_cfg: ModelConfig, run_cfg: RunConfig,
-             device, run_dir: Path) -> dict:
+             device, run_dir: Path, said: set | None = None) -> dict:
     """Train on the fold's training part, keep the best epoch (on dev, or on test if asked),
     then score it on the test part. A `<fold>_last.pt` after each epoch makes it resumable.
-    Under torchrun every rank trains (DDP) and evaluates its share; rank 0 alone writes."""
+    Under torchrun every rank trains (DDP) and evaluates its share; rank 0 alone writes.
+    said: the run's warnings given once (shared by its folds)."""
+    said = set() if said is None else said
     seed_everything(run_cfg.seed)
     fold = fold_of(corpus_, session, run_cfg)
     log.info("fold %s: train %d, dev %d, test %d utterances", session, len(fold.train), len(fold.dev), len(fold.test))
     train_loader = make_loader(corpus_, fold.train, run_cfg, True, device)
-    if model_cfg.aug_weight:  # each training batch gains its utterances' augmented views
+    if model_cfg.aug_weight:  # each training batch gets a batch of its utterances' augmented views
+        files = (view_files(corpus_.dataset.names, run_cfg.data_path_audio_view) if run_cfg.data_path_audio_view
+                 else None)
         train_loader.views = Views(corpus_, audio_view_settings(run_cfg.audio_view), run_cfg.seed,
-                                   corpus_.collate.spec.do_normalize, model_cfg.max_audio_samples)
+                                   corpus_.collate.spec, model_cfg.max_audio_samples, files)
     dev_loader = make_loader(corpus_, fold.dev, run_cfg, False, device) if len(fold.dev) else None
     test_loader = make_loader(corpus_, fold.test, run_cfg, False, device)
     model, optimizer = build_training(model_cfg, run_cfg, device)
@@ -523,6 +597,8 @@ def run_fold(session: str, corpus_: Corpus, model_cfg: ModelConfig, run_cfg: Run
         train_loader.batch_sampler.set_epoch(epoch)
         record = {"epoch": epoch, **train_epoch(model, train_loader, optimizer, run_cfg, device, epoch, ddp)}
         check_skipped(record, run_cfg, session)
+        if epoch == 1 and rank0 and "ctc_scale" not in said and warn_ctc_scale(record, model_cfg, session):
+            said.add("ctc_scale")
         record["dev"] = evaluate(model, dev_loader, device, run_cfg.precision) if dev_loader is not None else None
         record["test"] = evaluate(model, test_loader, device, run_cfg.precision)
         record["selected_on"] = run_cfg.select_on
@@ -578,6 +654,9 @@ def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint
     if distributed.is_main():
         write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs, classes)
     metrics = emotion_metrics(y_true, y_pred, len(classes))
+    if corpus.typed(corpus_.table):  # IEMOCAP: improvised and scripted test utterances apart
+        types = corpus_.table.set_index("FileName").loc[names, "utterance_type"].to_numpy()
+        metrics["by_type"] = metrics_by_group(types, y_true, y_pred, len(classes))
     metrics["epoch"] = payload.get("epoch")
     metrics["selected_on"] = payload.get("selected_on")  # None: a checkpoint without our record (published)
     return metrics
@@ -606,6 +685,7 @@ def run_folds(model_cfg: ModelConfig, run_cfg: RunConfig, device) -> dict | None
     todo = folds_to_run(run_dir, run_cfg)
     if todo:  # a final `--resume` over finished folds only writes the results: no files to check or load
         check_inputs(table, model_cfg, run_cfg)
+    resolve_precision(run_dir, model_cfg, run_cfg, device)
     with contextlib.ExitStack() as held:
         if distributed.is_main():
             runinfo.claim_run_dir(run_dir, model_cfg, run_cfg, todo, held,
@@ -614,26 +694,43 @@ def run_folds(model_cfg: ModelConfig, run_cfg: RunConfig, device) -> dict | None
         todo = folds_to_run(run_dir, run_cfg)  # another process may have finished one meanwhile
         setup_logging(run_dir)
         check_precision(device, run_cfg.precision)
-        trains_in = training_precision(device, run_cfg.precision, encoder_config(model_cfg.wav2vec2).hidden_size)
         log.info("run %s on %s (precision %s: training %s, evaluation %s; %d process%s), folds %s (%s)",
-                 model_cfg.run, device, run_cfg.precision, trains_in, evaluation_precision(run_cfg.precision),
+                 model_cfg.run, device, run_cfg.precision, run_cfg.precision_resolved["training"],
+                 run_cfg.precision_resolved["evaluation"],
                  run_cfg.world_size, "es" if run_cfg.world_size > 1 else "", " ".join(todo),
                  table.scheme.describe())
         fold_metrics = {}
         if todo:
             loaded = load_corpus(table, model_cfg, run_cfg)
+            said = set()  # warnings given once per run, not once per fold
             with logging_redirect_tqdm():
                 for session in todo:
                     if run_cfg.eval_only:
                         fold_metrics[session] = evaluate_checkpoint(session, loaded, model_cfg, run_cfg, device,
                                                                     Path(run_cfg.checkpoint_dir), run_dir)
                     else:
-                        fold_metrics[session] = run_fold(session, loaded, model_cfg, run_cfg, device, run_dir)
+                        fold_metrics[session] = run_fold(session, loaded, model_cfg, run_cfg, device, run_dir, said)
         if not distributed.is_main():
             return None
         with RunLock(run_dir / ".run.lock", str(run_dir), wait=60):  # processes of other folds may report too
             finished = fold_metrics if run_cfg.eval_only else finished_folds(run_dir)
             return report(run_dir, finished, model_cfg, run_cfg, table)
+
+
+def resolve_precision(run_dir: Path, model_cfg: ModelConfig, run_cfg: RunConfig, device) -> None:
+    """What --precision means on this device (run_cfg.precision_resolved, recorded in config.json):
+    --precision auto trains in bf16 where the device computes it natively. A resumed run keeps
+    what its config.json recorded, so it does not change precision between machines (and says so)."""
+    hidden = encoder_config(model_cfg.wav2vec2).hidden_size
+    now = {"training": training_precision(device, run_cfg.precision, hidden),
+           "evaluation": evaluation_precision(run_cfg.precision)}
+    recorded = runinfo.recorded_setting(run_dir, "run", "precision_resolved") if run_cfg.resume else None
+    if recorded and recorded != now and run_cfg.precision == "auto":
+        log.warning("--precision auto: the run in %s trained in %s (its config.json); on %s it would resolve to %s, "
+                    "but the resumed run keeps %s (pass --overwrite to start afresh in %s)", run_dir,
+                    recorded["training"], device, now["training"], recorded["training"], now["training"])
+        now = recorded
+    run_cfg.precision_resolved = now
 
 
 def write_config(run_dir: Path, model_cfg: ModelConfig, run_cfg: RunConfig, frame: pd.DataFrame) -> None:
@@ -679,8 +776,8 @@ def selection_label(fold_metrics: dict, run_cfg: RunConfig) -> str:
 def report(run_dir: Path, fold_metrics: dict, model_cfg: ModelConfig, run_cfg: RunConfig, table: Table) -> dict:
     selection = selection_label(fold_metrics, run_cfg)
     info = {"run": model_cfg.run, "alpha": model_cfg.alpha, "seed": run_cfg.seed,
-            "objectives": {key: getattr(model_cfg, key) for key in ("pooling", "supcon_weight", "aug_weight",
-                                                                     "max_audio_samples")},
+            "objectives": {**{key: getattr(model_cfg, key) for key in OBJECTIVES},
+                           "utterance_types": run_cfg.utterance_types},
             "selection": selection, "eval_only": run_cfg.eval_only,
             "classes": list(table.label_set.classes), "folds_from": table.scheme.describe(),
             "fold_unit": table.scheme.column if table.scheme.kind == "group" else "fold",

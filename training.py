@@ -18,7 +18,7 @@ from models.encoders import conv_features, frame_lengths
 from models.fusion import AttentionLayer
 from utils import distributed, runinfo
 from utils.augment import AudioViewSettings, make_view, view_rng
-from utils.audio import normalize
+from utils.audio import normalize, read_audio
 from utils.data import BucketBatchSampler, Collator, EmotionDataset, ExactBatchSampler, RandomBatchSampler
 from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
 from utils.device import autocast, evaluation_precision, training_precision
@@ -73,32 +73,55 @@ def audio_view_settings(spec: str) -> AudioViewSettings | None:
 @dataclass
 class Views:
     """Augmented views of the training utterances (the 2023 augmentation loss), made in the
-    main process for each training batch, so no other utterance ever gets one: the audio
-    transformed by utils.augment with a generator per utterance and epoch (the same views
-    whatever the workers, batch order or a resume), and/or the text features of an augmented
-    transcript (IEMOCAP's back-translated AugmentedText); what is not augmented is the
-    utterance's own."""
+    main process for each training batch, so no other utterance ever gets one. Audio: one of
+    the utterance's files in a folder of pre-made views (upstream's --data_path_audio_augmented:
+    files whose names end with `<FileName>.wav`, one picked per epoch), or the utterance
+    transformed by utils.augment; text: the features of an augmented transcript (IEMOCAP's
+    back-translated AugmentedText). Every choice comes from a generator per utterance and epoch
+    (the same views whatever the workers, batch order or a resume); what is not augmented is
+    the utterance's own. The views form their own batch, run in their own pass (upstream's)."""
     corpus: Corpus
     audio: AudioViewSettings | None
     seed: int
-    normalise: bool
+    spec: object                       # the encoder's AudioInputSpec
     max_samples: int | None = None
+    audio_files: dict | None = None    # utterance index -> its pre-made view files (view_files)
 
-    def add_to(self, batch, epoch: int):
-        """The batch's utterances followed by their views, collated as one batch."""
+    def batch_of(self, batch, epoch: int):
+        """The views of a training batch's utterances, collated in the same order."""
         indices = self.corpus.index_of(batch.names)
-        items = [self.corpus.dataset[i] for i in indices]
-        return self.corpus.collate(items + [self.view(i, item, epoch) for i, item in zip(indices, items)])
+        return self.corpus.collate([self.view(i, self.corpus.dataset[i], epoch) for i in indices])
 
     def view(self, index: int, item: dict, epoch: int) -> dict:
         view = dict(item, name=f"{item['name']}#view")
-        if self.audio is not None:
-            wave = make_view(item["wave"], view_rng(self.seed, epoch, index), self.audio)
-            wave = normalize(wave) if self.normalise else wave
+        rng = view_rng(self.seed, epoch, index)
+        wave = None
+        if self.audio_files is not None:
+            files = self.audio_files[index]
+            wave = read_audio(files[int(rng.integers(len(files)))], self.spec.sampling_rate)
+        elif self.audio is not None:
+            wave = make_view(item["wave"], rng, self.audio)
+        if wave is not None:
+            wave = normalize(wave) if self.spec.do_normalize else wave
             view["wave"], view["conv_features"] = wave[: self.max_samples], None
         if self.corpus.view_text is not None:
             view["text"] = self.corpus.view_text[index]
         return view
+
+
+def view_files(names, folder) -> dict[int, list]:
+    """Pre-made views: for each utterance, the files in `folder` whose names end with
+    `<FileName>.wav` (upstream's naming: `<anything><FileName>.wav`), sorted. Utterances
+    without one are named (InputProblems) by the caller."""
+    wanted = {f"{name}.wav": i for i, name in enumerate(names)}
+    found: dict[int, list] = {}
+    for path in sorted(Path(folder).iterdir()):
+        for start in range(len(path.name)):
+            i = wanted.get(path.name[start:])
+            if i is not None:
+                found.setdefault(i, []).append(path)
+                break
+    return found
 
 
 def use_conv_cache(model, corpus: Corpus, run_cfg, device) -> None:
@@ -176,7 +199,7 @@ def train_epoch(model, loader, optimizer, run_cfg, device, epoch: int, ddp=None)
     only every `log_every` micro-batches, so the loop does not wait on the GPU each step.
     Under torchrun `ddp` wraps `model`, each rank runs its shard of every global batch, and
     the epoch's sums are added over the ranks at the end. With the 2023 augmentation loss the
-    loader carries `views` (Views), which adds each utterance's augmented view to its batch."""
+    loader carries `views` (Views), which makes each batch's batch of augmented views."""
     (ddp or model).train()
     params = [p for p in model.parameters() if p.requires_grad]
     n = len(LOSSES)
@@ -193,10 +216,10 @@ def train_epoch(model, loader, optimizer, run_cfg, device, epoch: int, ddp=None)
     for micro, (batch, scale) in enumerate(zip(bar, scales), start=1):
         audio_seconds += int(batch.sample_lengths.sum()) / 16000 if scale else 0.0
         sync = micro % run_cfg.accum_grad == 0 or micro == last
-        with_views = views.add_to(batch, epoch) if views is not None else None
+        view_batch = views.batch_of(batch, epoch) if views is not None else None
         with distributed.gradient_sync(ddp, sync):
             parts = forward_backward(model, ddp, batch.to(device, non_blocking=True), scale, run_cfg, device,
-                                     None if with_views is None else with_views.to(device, non_blocking=True))
+                                     None if view_batch is None else view_batch.to(device, non_blocking=True))
         weight = scale / distributed.world_size()  # this shard's share of the global micro-batch
         finite = torch.isfinite(parts).all()
         sums[:n] += torch.where(finite, parts * weight, 0.0)
@@ -234,28 +257,25 @@ def logged_loss(model, name: str) -> bool:
     return bool(getattr(model.config, f"{name}_weight", 0.0))
 
 
-def forward_backward(model, ddp, batch, scale: float, run_cfg, device, with_views=None) -> torch.Tensor:
+def forward_backward(model, ddp, batch, scale: float, run_cfg, device, view_batch=None) -> torch.Tensor:
     """One micro-batch (this rank's shard) forward and backward; its loss counts with
     `scale` (utils/distributed.DistributedBucketSampler, 1 in one process) / accum_grad.
-    with_views: the batch followed by its augmented views (one forward pass for both, so DDP
-    sees one forward per backward). -> the detached losses, in LOSSES order."""
-    with autocast(device, training_precision(device, run_cfg.precision, model.audio_dim)):
-        output = (ddp or model)(**(with_views or batch).model_inputs())
-    view = None
-    if with_views is not None:
-        output, view = split_rows(output, len(batch.names))
-    losses = model.loss(output, batch.labels, batch.ctc_targets, batch.ctc_target_lengths, view=view)
+    view_batch: the batch's augmented views, which the model runs in their own pass of the
+    same forward call (so DDP sees one forward per backward). -> the detached losses, in
+    LOSSES order."""
+    views = None if view_batch is None else view_batch.model_inputs()
+    with autocast(device, trains_in(run_cfg, device, model.audio_dim)):
+        output = (ddp or model)(**batch.model_inputs(), views=views)
+    losses = model.loss(output, batch.labels, batch.ctc_targets, batch.ctc_target_lengths, rows_count=scale > 0)
     (losses["total"] * scale / run_cfg.accum_grad).backward()
     zero = losses["ce"].detach() * 0
     return torch.stack([losses.get(k, zero) for k in LOSSES]).detach()
 
 
-def split_rows(output, rows: int):
-    """An output of a batch followed by its views -> (the batch's output, the views')."""
-    def part(start, stop):
-        return type(output)(**{name: None if value is None else value[start:stop]
-                               for name, value in vars(output).items()})
-    return part(0, rows), part(rows, None)
+def trains_in(run_cfg, device, hidden_size: int) -> str:
+    """The precision training runs in: as resolved and recorded for the run (run.py), else from --precision."""
+    resolved = getattr(run_cfg, "precision_resolved", None)
+    return resolved["training"] if resolved else training_precision(device, run_cfg.precision, hidden_size)
 
 
 def mean_losses(weighted: list, weight: float) -> list[float]:
@@ -381,6 +401,23 @@ def report_long_targets(model, corpus: Corpus, indices) -> None:
         log.warning("%d utterance(s) have transcripts longer than their audio allows for CTC; their CTC loss "
                     "is zeroed (zero_infinity): %s%s", len(too_long), ", ".join(too_long[:10]),
                     " ..." if len(too_long) > 10 else "")
+
+
+CTC_WARNING_RATIO = 10.0  # weighted CTC term over CE in the first epoch
+
+
+def warn_ctc_scale(record: dict, model_cfg, session) -> bool:
+    """Say when the weighted CTC term dwarfs the cross-entropy in the first epoch (-> said).
+    Tiny or random encoders with long transcripts then predict one class (README, "When the CTC
+    term dominates")."""
+    weighted = model_cfg.alpha * record.get("ctc_loss", 0.0)
+    if not model_cfg.alpha or weighted <= CTC_WARNING_RATIO * max(record["ce_loss"], 1e-12):
+        return False
+    log.warning("fold %s epoch 1: the weighted CTC term (alpha %g x CTC %.1f = %.2f) is %.0fx the cross-entropy "
+                "(%.3f). The CTC gradient may swamp the emotion loss: if UA stays at chance, lower --alpha "
+                "(e.g. 0.01; README, \"When the CTC term dominates\")", session, model_cfg.alpha,
+                record["ctc_loss"], weighted, weighted / max(record["ce_loss"], 1e-12), record["ce_loss"])
+    return True
 
 
 def check_skipped(record: dict, run_cfg, session: int) -> None:

@@ -1,17 +1,20 @@
 """What the three variants share: the model settings, the wav2vec2 audio path
-(encoder -> dropout -> valid frames), the CTC head and the CE + alpha * CTC loss.
+(encoder -> dropout -> valid frames), the CTC head, the 2023 projection heads and the loss.
 
 The loss of a micro-batch of B utterances (upstream's scale, see README "The loss"):
-    CE_mean + alpha * (2 / B) * sum_i CTC_i
-CTC_i is utterance i's CTC loss summed over its frames (not divided by its target length),
-so at upstream's micro-batch of 2 this is exactly upstream's CE + alpha * F.ctc_loss(sum),
-and the weight of the CTC task does not change with --batch_size, bucketing or DDP shards.
-ctc_reduction="mean" divides each CTC_i by its target length instead (F.ctc_loss's "mean").
+    CE_mean + alpha * CTC + supcon_weight * SelfCon + aug_weight * Aug
+with CTC = (2 / B) * sum_i CTC_i, CTC_i utterance i's CTC loss summed over its frames (not
+divided by its target length): at upstream's micro-batch of 2 exactly upstream's
+F.ctc_loss(reduction="sum"), and a weight that does not change with --batch_size, bucketing or
+DDP shards. ctc_reduction="batch_sum" is upstream's sum as it is at any batch size; "mean"
+divides each CTC_i by its target length (F.ctc_loss's "mean").
 
-The 2023 MMER's objectives (models/objectives.py) add, when their weights are not 0,
-    + supcon_weight * SupCon(projection(e), labels) + aug_weight * InfoNCE(projection(e), view_projection(e'))
-where e is the classifier's input of the utterance and e' that of its augmented view (a second
-forward pass in training only); the heads are kept in checkpoints but serve training only."""
+The 2023 terms (models/objectives.py) compare the projections of the classifier's input e: the
+self-contrastive term over the batch's labels (projection(e)), the augmentation term between
+each utterance and its augmented view (projection(e) against view_projection(e') of the view,
+which runs through the model in its own pass of the same forward call, as upstream's).
+With the three weights at 0.1 this is upstream's 2023 loss
+cls_loss + 0.1 * (cl_loss + cl_self_loss + ctc_loss) (src/run_iemocap.py:423)."""
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,8 +23,12 @@ from torch import nn
 
 from models.encoders import encode_conv_features, frame_lengths
 from models.fusion import lengths_to_mask
-from models.objectives import (TEMPERATURE, AudioPooling, ProjectionHead, augmentation_contrastive_loss,
-                               supervised_contrastive_loss)
+from models.objectives import (AUGMENTATION_CONTRASTIVE, SELF_CONTRASTIVE, TEMPERATURE, AudioPooling,
+                               ProjectionHead, gather_pool)
+
+UPSTREAM_MICRO_BATCH = 2  # upstream summed the CTC loss over micro-batches of 2 utterances
+CTC_REDUCTIONS = ("sum", "batch_sum", "mean")
+AUDIO_DROPOUT = ("all", "ctc")
 
 
 @dataclass
@@ -30,8 +37,8 @@ class ModelConfig:
     run: str = "mmer"
     wav2vec2: str = "facebook/wav2vec2-base"
     alpha: float = 0.1                # weight of the auxiliary CTC loss
-    ctc_reduction: str = "sum"        # sum: upstream's per-utterance sums; mean: divided by target length
-    dropout: float = 0.1              # on the encoder's last hidden state and the text embeddings
+    ctc_reduction: str = "sum"        # sum: (2 / B) x upstream's sum; batch_sum: upstream's sum; mean: / target length
+    dropout: float = 0.1              # on the encoder's last hidden state, the text embeddings and the fusion layers
     num_classes: int = 4
     labels: dict | None = None        # the label set (labels.LabelSet.to_dict); None: IEMOCAP's 4 classes
     vocab_size: int = 32              # CTC symbols, <pad>=0 is the blank
@@ -40,9 +47,12 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     # the 2023 configuration (run.py --preset mmer2023); these defaults are the 2022 one
     pooling: str = "mean"             # of the audio frames: mean, max, attention, statistics
-    supcon_weight: float = 0.0        # supervised contrastive loss over the batch
+    text_pooling: str = "mean"        # of mmer's fused text stream: mean, max (upstream 2023's fuse_type pools both)
+    audio_dropout: str = "all"        # all: dropout before fusion, pooling and CTC (2022); ctc: the CTC head's input only
+    supcon_weight: float = 0.0        # self-contrastive loss over the batch's labels
     aug_weight: float = 0.0           # contrastive loss between each utterance and its augmented view
     temperature: float = TEMPERATURE  # of both contrastive losses
+    contrastive: str = "upstream"     # upstream: upstream's losses as they are; normalised: SupCon / InfoNCE (ours)
     max_audio_samples: int | None = None  # audio cut to this many samples (2023: 210,000, about 13 s)
 
     def to_dict(self) -> dict:
@@ -58,9 +68,14 @@ class ModelConfig:
 @dataclass
 class AudioFrames:
     """The encoded audio every variant starts from."""
-    frames: torch.Tensor       # [B, T_audio, D_audio] dropout(last hidden state)
+    frames: torch.Tensor       # [B, T_audio, D_audio] what fusion and pooling read (audio_dropout="all": dropped out)
     valid: torch.Tensor        # [B, T_audio] bool, True on valid frames
     lengths: torch.Tensor      # [B] valid frame counts
+    ctc_frames: torch.Tensor | None = None  # [B, T_audio, D_audio] the CTC head's input: dropout(last hidden state)
+
+    def __post_init__(self):
+        if self.ctc_frames is None:
+            self.ctc_frames = self.frames
 
 
 @dataclass
@@ -69,6 +84,8 @@ class EmotionOutput:
     frame_lengths: torch.Tensor               # [B] valid audio frames
     ctc_logits: torch.Tensor | None = None    # [B, T_audio, vocab]
     embedding: torch.Tensor | None = None     # [B, classifier input]: what the contrastive heads read
+    projection: torch.Tensor | None = None    # [B, D] the 2023 head's projection of the embedding
+    view: "EmotionOutput | None" = None       # the augmented views' output (training with aug_weight)
 
 
 class SpeechEmotionModel(nn.Module):
@@ -78,6 +95,7 @@ class SpeechEmotionModel(nn.Module):
 
     def __init__(self, config: ModelConfig, encoder: nn.Module):
         super().__init__()
+        check_choices(config)
         self.config = config
         self.wav2vec2 = encoder
         self.audio_dim = encoder.config.hidden_size
@@ -89,27 +107,42 @@ class SpeechEmotionModel(nn.Module):
 
     def add_objective_heads(self, embedding_dim: int) -> None:
         """The 2023 projection heads, after every other layer (the 2022 layers draw the same
-        initial weights with or without them): `projection` for the utterance (SupCon and the
-        anchor side of the augmentation loss), `view_projection` for its view."""
+        initial weights with or without them): `projection` for the utterance (both terms;
+        upstream's orgin_linear_change), `view_projection` for its view (augment_linear_change)."""
         if self.config.supcon_weight or self.config.aug_weight:
             self.projection = ProjectionHead(embedding_dim, self.audio_dim, self.audio_dim)
         if self.config.aug_weight:
             self.view_projection = ProjectionHead(embedding_dim, self.audio_dim, self.audio_dim)
 
     def forward(self, input_values=None, sample_lengths=None, attention_mask=None, text=None, text_lengths=None,
-                conv_features=None) -> EmotionOutput:
+                conv_features=None, views: dict | None = None) -> EmotionOutput:
         """Audio [B, samples] (or its cached conv features) and, for mmer, text features
-        [B, T_text, D_text] -> logits, and CTC logits for the variants with a CTC head."""
-        return self.classify(self.encode_audio(input_values, sample_lengths, attention_mask, conv_features),
-                             text, text_lengths)
+        [B, T_text, D_text] -> logits, CTC logits for the variants with a CTC head, and the
+        projection of the classifier's input where a 2023 head exists. views: the model inputs
+        of the utterances' augmented views, run in their own pass (upstream's second
+        forward_encoder call, so their padding never meets the originals'); their output is
+        `.view`, projected by view_projection. One call for both, as DDP needs."""
+        output = self.classify(self.encode_audio(input_values, sample_lengths, attention_mask, conv_features),
+                               text, text_lengths)
+        if hasattr(self, "projection"):
+            output.projection = self.projection(output.embedding)
+        if views is not None:
+            view = self.classify(self.encode_audio(views["input_values"], views["sample_lengths"],
+                                                   views.get("attention_mask"), views.get("conv_features")),
+                                 views.get("text"), views.get("text_lengths"))
+            if hasattr(self, "view_projection"):
+                view.projection = self.view_projection(view.embedding)
+            output.view = view
+        return output
 
     def classify(self, audio: "AudioFrames", text=None, text_lengths=None) -> EmotionOutput:
         raise NotImplementedError
 
     def encode_audio(self, input_values, sample_lengths, attention_mask=None, conv_features=None) -> AudioFrames:
-        """-> dropout(last hidden state) [B, T_audio, D_audio], valid-frame mask [B, T_audio], lengths [B].
-        conv_features: the frozen feature encoder's cached output [B, T_audio, C], used instead of
-        running it on input_values (see models.encoders.conv_cache_refusal)."""
+        """-> the frames fusion and pooling read, the CTC head's input (dropout(last hidden state)),
+        the valid-frame mask [B, T_audio] and lengths [B]. conv_features: the frozen feature
+        encoder's cached output [B, T_audio, C], used instead of running it on input_values
+        (see models.encoders.conv_cache_refusal)."""
         lengths = frame_lengths(self.wav2vec2, sample_lengths)
         if conv_features is None:
             hidden = self.wav2vec2(input_values, attention_mask=attention_mask).last_hidden_state
@@ -117,62 +150,73 @@ class SpeechEmotionModel(nn.Module):
         else:
             valid = lengths_to_mask(lengths, conv_features.shape[1])
             hidden = encode_conv_features(self.wav2vec2, conv_features, valid)
-        return AudioFrames(self.dropout(hidden), valid, lengths)
+        dropped = self.dropout(hidden)
+        return AudioFrames(hidden if self.config.audio_dropout == "ctc" else dropped, valid, lengths, dropped)
 
     def pooled_audio(self, audio_frames, frame_valid):
         return self.audio_pooling(audio_frames, frame_valid)  # [B, D_audio], statistics [B, 2 D_audio]
 
-    def ctc_head(self, audio_frames):
-        return self.ctc_linear(audio_frames) if self.has_ctc else None
+    def ctc_head(self, audio: AudioFrames):
+        return self.ctc_linear(audio.ctc_frames) if self.has_ctc else None
 
     def loss(self, output: EmotionOutput, labels, ctc_targets=None, ctc_target_lengths=None,
-             view: EmotionOutput | None = None) -> dict:
-        """CE + alpha * CTC, CTC on upstream's scale (module docstring), + the 2023 contrastive
-        terms where their weights are set (`view`: the output of the utterances' augmented views).
-        With alpha = 0 the CTC term is computed for the log only, detached, so the CTC head
-        receives no gradient."""
+             rows_count: bool = True) -> dict:
+        """CE + alpha * CTC (upstream's scale, module docstring) + the 2023 contrastive terms
+        whose weights are set. With alpha = 0 the CTC term is computed for the log only,
+        detached, so the CTC head receives no gradient. rows_count: False for a stand-in shard
+        (utils/distributed.py, loss scale 0), which still takes part in gathering the batch."""
         ce = F.cross_entropy(output.logits.float(), labels)
         losses = {"ce": ce, "total": ce}
-        losses.update(self.contrastive_losses(output, labels, view))
-        for name, weight in (("supcon", self.config.supcon_weight), ("aug", self.config.aug_weight)):
-            if name in losses:
-                losses["total"] = losses["total"] + weight * losses[name]
         if self.has_ctc and ctc_targets is not None:
             ctc_logits = output.ctc_logits if self.config.alpha else output.ctc_logits.detach()
             per_utterance = ctc_loss(ctc_logits, output.frame_lengths, ctc_targets, ctc_target_lengths,
                                      self.config.ctc_reduction)
-            ctc = per_utterance.mean() * (UPSTREAM_MICRO_BATCH if self.config.ctc_reduction == "sum" else 1)
-            losses["ctc"] = ctc
+            losses["ctc"] = batch_ctc(per_utterance, self.config.ctc_reduction)
             if self.config.alpha:
-                losses["total"] = ce + self.config.alpha * ctc
+                losses["total"] = losses["total"] + self.config.alpha * losses["ctc"]
+        for name, value in self.contrastive_losses(output, labels, rows_count).items():
+            losses[name] = value
+            losses["total"] = losses["total"] + getattr(self.config, f"{name}_weight") * value
         return losses
 
-
-    def contrastive_losses(self, output: EmotionOutput, labels, view: EmotionOutput | None) -> dict:
-        """The 2023 terms whose weight is set: SupCon of the batch's projections, and the
-        augmentation InfoNCE between each utterance and its view (needs `view`)."""
+    def contrastive_losses(self, output: EmotionOutput, labels, rows_count: bool = True) -> dict:
+        """The 2023 terms whose weight is set, in the form config.contrastive names: the
+        self-contrastive term of the batch's projections, and the augmentation term between
+        each utterance and its view (needs output.view). Under torchrun they span every
+        process's shard (models.objectives.gather_pool)."""
         losses = {}
         if not (self.config.supcon_weight or self.config.aug_weight):
             return losses
-        anchors = self.projection(output.embedding)
+        anchors = output.projection
         if self.config.supcon_weight:
-            losses["supcon"] = supervised_contrastive_loss(anchors, labels, self.config.temperature)
+            pool = gather_pool(anchors, labels, rows_count)
+            losses["supcon"] = SELF_CONTRASTIVE[self.config.contrastive](anchors, labels, self.config.temperature,
+                                                                          pool=pool)
         if self.config.aug_weight:
-            if view is None:
-                raise ValueError("aug_weight > 0 needs the augmented views' output (view=...)")
-            losses["aug"] = augmentation_contrastive_loss(anchors, self.view_projection(view.embedding),
-                                                          self.config.temperature)
+            if output.view is None:
+                raise ValueError("aug_weight > 0 needs the augmented views' output (forward(..., views=...))")
+            pool = gather_pool(output.view.projection, labels, rows_count)
+            losses["aug"] = AUGMENTATION_CONTRASTIVE[self.config.contrastive](anchors, output.view.projection,
+                                                                               self.config.temperature, pool=pool)
+        if not rows_count:  # a stand-in shard: in step with the others, adding nothing
+            losses = {name: anchors.sum() * 0.0 for name in losses}
         return losses
 
 
-UPSTREAM_MICRO_BATCH = 2  # upstream summed the CTC loss over micro-batches of 2 utterances
-CTC_REDUCTIONS = ("sum", "mean")
+def check_choices(config: ModelConfig) -> None:
+    """Settings outside their choices are refused by name (checkpoints and flags alike)."""
+    from models.objectives import CONTRASTIVE_FORMS, TEXT_POOLING_METHODS
+    for name, choices in (("ctc_reduction", CTC_REDUCTIONS), ("audio_dropout", AUDIO_DROPOUT),
+                          ("text_pooling", TEXT_POOLING_METHODS), ("contrastive", CONTRASTIVE_FORMS)):
+        if getattr(config, name) not in choices:
+            raise ValueError(f"{name} {getattr(config, name)!r}: choose one of {', '.join(choices)}")
 
 
 def ctc_loss(ctc_logits, frame_lengths, targets, target_lengths, reduction: str = "sum"):
     """CTC loss (blank = 0) of each utterance over its true frame count, in fp32 -> [B]:
-    summed over the frames ("sum", upstream's), or divided by the target length ("mean").
-    zero_infinity, so an utterance whose transcript is longer than its audio cannot poison the step."""
+    summed over the frames ("sum", "batch_sum": upstream's), or divided by the target length
+    ("mean"). zero_infinity, so an utterance whose transcript is longer than its audio cannot
+    poison the step."""
     if reduction not in CTC_REDUCTIONS:
         raise ValueError(f"ctc_reduction {reduction!r}: choose one of {', '.join(CTC_REDUCTIONS)}")
     log_probs = F.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # [T_audio, B, vocab]
@@ -181,3 +225,11 @@ def ctc_loss(ctc_logits, frame_lengths, targets, target_lengths, reduction: str 
     if reduction == "mean":
         per_utterance = per_utterance / target_lengths.clamp(min=1).to(per_utterance.dtype)
     return per_utterance
+
+
+def batch_ctc(per_utterance: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The micro-batch's CTC term from its utterances' losses: sum, (2 / B) x the sum (upstream's
+    value at its micro-batch of 2, whatever B), or the mean of the length-normalised losses."""
+    if reduction == "batch_sum":
+        return per_utterance.sum()
+    return per_utterance.mean() * (UPSTREAM_MICRO_BATCH if reduction == "sum" else 1)

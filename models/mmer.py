@@ -4,12 +4,18 @@ attention (SPEC section 3, steps 1-7), plus the CTC head. Loss: CE + alpha * CTC
 Checkpoint names -> plain words: self_attention_v2 = text self-attention,
 vismap2text / vismap2text_v2 = audio-to-text projections, txt2img_attention = text attends
 to audio, img2txt_attention = audio attends to text, txt2txt_attention = text attends to
-the text-aware audio, gate = how much of the audio-aware text to let through."""
+the text-aware audio, gate = how much of the audio-aware text to let through.
+
+The 2023 version (upstream's fuse_type 'max') pools both streams with the same method:
+config.pooling for the audio frames, config.text_pooling for the fused text stream."""
 import torch
 from torch import nn
 
 from models.base import AudioFrames, EmotionOutput, SpeechEmotionModel
 from models.fusion import AttentionBlock, bert_layer_config, lengths_to_mask, masked_mean
+from models.objectives import masked_max
+
+TEXT_POOLING = {"mean": masked_mean, "max": masked_max}
 
 
 class MMER(SpeechEmotionModel):
@@ -50,10 +56,10 @@ class MMER(SpeechEmotionModel):
         gate = torch.sigmoid(self.gate(torch.cat([text_from_fused, text_from_audio], dim=-1)))
         fused = torch.cat([text_from_fused, gate * text_from_audio], dim=-1)
         # 6. pool both streams and classify -> [B, 4]
-        text_summary = self.downsample_final(masked_mean(fused, token_valid))   # [B, D_text]
+        text_summary = self.downsample_final(TEXT_POOLING[self.config.text_pooling](fused, token_valid))  # [B, D_text]
         audio_summary = self.pooled_audio(audio_frames, frame_valid)             # [B, D_audio]
         embedding = torch.cat([audio_summary, text_summary], dim=-1)          # [B, D_audio + D_text]
         logits = self.classifier(embedding)
         # 7. CTC head on the audio frames
-        return EmotionOutput(logits=logits, frame_lengths=lengths, ctc_logits=self.ctc_head(audio_frames),
+        return EmotionOutput(logits=logits, frame_lengths=lengths, ctc_logits=self.ctc_head(audio),
                              embedding=embedding)

@@ -13,5 +13,5 @@ class UnimodalBaseline(SpeechEmotionModel):
     def classify(self, audio: AudioFrames, text=None, text_lengths=None) -> EmotionOutput:
         pooled = self.pooled_audio(audio.frames, audio.valid)          # [B, D_audio]
         logits = self.classifier(pooled)                               # [B, classes]
-        return EmotionOutput(logits=logits, frame_lengths=audio.lengths, ctc_logits=self.ctc_head(audio.frames),
+        return EmotionOutput(logits=logits, frame_lengths=audio.lengths, ctc_logits=self.ctc_head(audio),
                              embedding=pooled)

@@ -1,5 +1,8 @@
 """One checkpoint format: a dict with `state_dict` (upstream's layout) plus our config,
-epoch and metrics, saved atomically and loaded without executing pickled code."""
+epoch and metrics, saved atomically and loaded without executing pickled code; and the
+published layouts it reads: upstream's 2022 checkpoints (MMI_Model, CAI_SOTA, UNI_BASELINE
+state dicts) and its 2023 ones ({'state_dict': FuseModel.state_dict()}: `model_mmi.*` plus the
+two projection heads)."""
 import pickle
 from pathlib import Path
 
@@ -15,6 +18,20 @@ _RENAMES = {
     "pos_conv_embed.conv.weight_v": "pos_conv_embed.conv.parametrizations.weight.original1",
 }
 _IGNORED_PREFIXES = ("self_attention.",)  # upstream mmer's unused block (self_attention_v2 is used)
+# upstream 2023 (src/run_iemocap.py FuseModel): MMI_Model under model_mmi., heads beside it
+UPSTREAM_2023_PREFIX = "model_mmi."
+_RENAMES_2023 = {"classifier.linear3.": "classifier.", "orgin_linear_change.": "projection.",
+                 "augment_linear_change.": "view_projection."}
+_IGNORED_2023 = ("weights",)   # MMI_Model.weights: 13 layer weights its forward never uses
+# What upstream's 2023 code is, as model settings: fuse_type 'max' pools both streams, dropout
+# only before the CTC head, lambda 0.1 on CTC and both contrastive terms, audio cut at 210,000
+# samples (src/mmi_module.py, src/run_iemocap.py, src/run_iemocap_infer.py).
+UPSTREAM_2022_SETTINGS = {"pooling": "mean", "text_pooling": "mean", "audio_dropout": "all"}
+# Settings added after checkpoints were first written: what a checkpoint without them was trained with.
+LEGACY_SETTINGS = {"text_pooling": "mean", "audio_dropout": "all", "contrastive": "normalised"}
+UPSTREAM_2023_SETTINGS = {"run": "mmer", "alpha": 0.1, "pooling": "max", "text_pooling": "max", "audio_dropout": "ctc",
+                          "supcon_weight": 0.1, "aug_weight": 0.1, "contrastive": "upstream",
+                          "max_audio_samples": 210_000}
 
 
 CHECKPOINT_SUFFIXES = (".pt", ".safetensors")  # <session>_model.pt (ours, upstream's) or .safetensors
@@ -82,10 +99,34 @@ def _looks_like_state_dict(obj) -> bool:
     return isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+def is_upstream_2023(state_dict: dict) -> bool:
+    """A checkpoint of upstream's 2023 training script (FuseModel: `model_mmi.*` keys)."""
+    return any(_strip_parallel(key).startswith(UPSTREAM_2023_PREFIX) for key in state_dict)
+
+
+def _strip_parallel(key: str) -> str:
+    """torch.nn.DataParallel / DDP wrote `module.` before every key (upstream's inference
+    script removes it too)."""
+    while key.startswith("module."):
+        key = key[len("module."):]
+    return key
+
+
 def upgrade_state_dict(state_dict: dict) -> dict:
-    """Map upstream names to ours: weight-norm tensors renamed, the unused block dropped."""
+    """Map upstream names to ours: `module.` prefixes stripped, the 2023 layout unwrapped
+    (`model_mmi.` removed, `classifier.linear3` -> `classifier`, the heads
+    orgin_linear_change / augment_linear_change -> projection / view_projection, the unused
+    `weights` dropped), transformers-4 weight-norm tensors renamed, the unused 2022 block dropped."""
     upgraded = {}
     for key, value in state_dict.items():
+        key = _strip_parallel(key)
+        if key.startswith(UPSTREAM_2023_PREFIX):
+            key = key[len(UPSTREAM_2023_PREFIX):]
+            if key in _IGNORED_2023:
+                continue
+        for old, new in _RENAMES_2023.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
         if key.startswith(_IGNORED_PREFIXES):
             continue
         for old, new in _RENAMES.items():
@@ -93,6 +134,19 @@ def upgrade_state_dict(state_dict: dict) -> dict:
                 key = key[: -len(old)] + new
         upgraded[key] = value
     return upgraded
+
+
+def model_settings(payload: dict) -> dict:
+    """The model settings a checkpoint records: ours carry their ModelConfig (settings it
+    predates: LEGACY_SETTINGS); a published 2023 checkpoint is upstream's 2023 model
+    (UPSTREAM_2023_SETTINGS); a published 2022 one upstream's 2022 architecture, its variant
+    not recorded (it comes from --run)."""
+    saved = payload.get("model_config")
+    if saved:
+        return {**LEGACY_SETTINGS, **saved}
+    if is_upstream_2023(payload["state_dict"]):
+        return dict(UPSTREAM_2023_SETTINGS)
+    return dict(UPSTREAM_2022_SETTINGS)
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
@@ -120,21 +174,23 @@ def restore_model(path, run: str | None = None, wav2vec2: str | None = None):
     from models import ModelConfig, build_model  # models import utils; keep the cycle out of import time
 
     payload = load_checkpoint(path)
-    saved = dict(payload.get("model_config") or {})
+    published = not payload.get("model_config")
+    saved = model_settings(payload)
     if run and saved.get("run", run) != run:
         raise CheckpointError(f"{path}: holds a {saved['run']} model but --run is {run}; pass --run {saved['run']}")
-    if not saved and not run:
+    if "run" not in saved and not run:
         raise CheckpointError(f"{path}: a checkpoint without our model_config; say which model it is with --run")
+    state_dict = upgrade_state_dict(payload["state_dict"])
     config = ModelConfig(**{k: v for k, v in saved.items() if k in ModelConfig.__dataclass_fields__})
     config.run = saved.get("run", run)
     if wav2vec2:
         config.wav2vec2 = wav2vec2
-    gate = payload["state_dict"].get("gate.weight")
+    gate = state_dict.get("gate.weight")
     if gate is not None:
         config.text_dim = int(gate.shape[0])
-    classifier = payload["state_dict"].get("classifier.weight")
-    if classifier is not None and not saved:
+    classifier = state_dict.get("classifier.weight")
+    if classifier is not None and published:
         config.num_classes = int(classifier.shape[0])  # published: IEMOCAP's 4
     model = build_model(config, pretrained=False)
-    load_weights(model, payload["state_dict"], source=str(path))
+    load_weights(model, state_dict, source=str(path))
     return model.eval(), payload

@@ -63,11 +63,12 @@ class EmotionDataset(torch.utils.data.Dataset):
     """Items of the in-memory corpus; text may be None for the audio-only variants. Without
     labels or transcripts (prediction) the items get label -1 and an empty CTC target."""
 
-    def __init__(self, names, waves, labels=None, transcripts=None, text_features=None):
+    def __init__(self, names, waves, labels=None, transcripts=None, text_features=None, ctc_text: str = "clean"):
         self.names = list(names)
         self.waves = waves
         self.labels = list(labels) if labels is not None else [-1] * len(self.names)
-        self.targets = [ctc_target_ids(t) for t in transcripts] if transcripts is not None else [[]] * len(self.names)
+        self.targets = ([ctc_target_ids(t, ctc_text) for t in transcripts] if transcripts is not None
+                        else [[]] * len(self.names))
         self.text_features = text_features
         # [frames, channels] per utterance when the frozen feature encoder's output is cached
         # (run.cache_conv_features); the items then carry it instead of the wave.

@@ -25,3 +25,24 @@ def summarize_folds(fold_metrics: dict) -> tuple[dict, dict]:
     values = {k: np.array([m[k] for m in fold_metrics.values()]) for k in keys}
     return ({k: float(v.mean()) for k, v in values.items()},
             {k: float(v.std()) for k, v in values.items()})
+
+
+def metrics_by_group(groups, y_true, y_pred, num_classes: int = 4) -> dict:
+    """emotion_metrics of each group's utterances ({group: metrics}, groups in sorted order),
+    e.g. IEMOCAP's improvised and scripted test utterances."""
+    groups, y_true, y_pred = np.asarray(groups), np.asarray(y_true), np.asarray(y_pred)
+    return {str(g): emotion_metrics(y_true[groups == g], y_pred[groups == g], num_classes)
+            for g in sorted(set(groups.tolist()))}
+
+
+def summarize_by_type(fold_metrics: dict) -> dict:
+    """{type: {"mean": ..., "std": ..., "n": ...}} over the folds whose metrics are broken down by
+    utterance type (IEMOCAP's impro / script); {} when none is."""
+    types = sorted({t for m in fold_metrics.values() for t in m.get("by_type", {})})
+    summary = {}
+    for kind in types:
+        folds = {f: m["by_type"][kind] for f, m in fold_metrics.items() if kind in m.get("by_type", {})}
+        mean, std = summarize_folds(folds)
+        summary[kind] = {"mean": mean, "std": std, "n": int(sum(m.get("n", 0) for m in folds.values())),
+                         "folds": len(folds)}
+    return summary

@@ -15,7 +15,7 @@ import pandas as pd
 
 from utils.files import atomic_path, atomic_write_text
 from labels import CLASS_NAMES
-from utils.metrics import summarize_folds
+from utils.metrics import summarize_by_type, summarize_folds
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -28,6 +28,7 @@ METRIC_NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1"}
 RUN_ORDER = ("unimodal_baseline", "cai_sota", "mmer")  # baselines first, as in the paper's tables
 NO_CTC_RUNS = {"unimodal_baseline"}  # alpha is recorded for these but weighs nothing
 LEGEND = "WA = overall accuracy, UA = mean of the per-class recalls; std = population std over the folds."
+TYPE_NAMES = {"impro": "improvised", "script": "scripted"}
 
 
 class ReportError(RuntimeError):
@@ -47,6 +48,12 @@ def run_label(run: str, alpha, objectives: dict | None = None) -> str:
             label += f" {name} {objectives[key]:g}"
     if objectives.get("pooling", "mean") != "mean":
         label += f" {objectives['pooling']}-pool"
+    if objectives.get("text_pooling", "mean") != "mean":
+        label += f" text-{objectives['text_pooling']}-pool"
+    if objectives.get("contrastive") == "normalised" and (objectives.get("supcon_weight") or objectives.get("aug_weight")):
+        label += " (normalised)"
+    if objectives.get("utterance_types", "all") != "all":
+        label += f" [{objectives['utterance_types']} only]"
     return label
 
 
@@ -67,11 +74,22 @@ def in_order(fold_metrics: dict) -> list:
 
 
 def results_frame(fold_metrics: dict, unit: str = "session") -> pd.DataFrame:
-    """Rows: one per fold, then mean and std; columns wa, ua, macro_f1 (fractions)."""
+    """Rows: one per fold, then mean and std; columns wa, ua, macro_f1 (fractions) and, where
+    the test utterances are typed (IEMOCAP), the same for each type (wa_impro, ..., n_impro)."""
     mean, std = summarize_folds(fold_metrics)
-    rows = {f"{unit} {s}": {k: m[k] for k in METRIC_KEYS} for s, m in in_order(fold_metrics)}
-    rows["mean"], rows["std"] = mean, std
-    return pd.DataFrame.from_dict(rows, orient="index")[list(METRIC_KEYS)]
+    by_type = summarize_by_type(fold_metrics)
+    rows = {}
+    for s, m in in_order(fold_metrics):
+        row = {k: m[k] for k in METRIC_KEYS}
+        for kind, typed in m.get("by_type", {}).items():
+            row.update({f"{k}_{kind}": typed[k] for k in METRIC_KEYS}, **{f"n_{kind}": typed.get("n")})
+        rows[f"{unit} {s}"] = row
+    rows["mean"], rows["std"] = dict(mean), dict(std)
+    for kind, summary in by_type.items():
+        rows["mean"].update({f"{k}_{kind}": summary["mean"][k] for k in METRIC_KEYS}, **{f"n_{kind}": summary["n"]})
+        rows["std"].update({f"{k}_{kind}": summary["std"][k] for k in METRIC_KEYS})
+    columns = list(METRIC_KEYS) + [f"{k}_{kind}" for kind in by_type for k in (*METRIC_KEYS, "n")]
+    return pd.DataFrame.from_dict(rows, orient="index")[columns]
 
 
 def write_results(run_dir, fold_metrics: dict, info: dict) -> dict:
@@ -83,6 +101,9 @@ def write_results(run_dir, fold_metrics: dict, info: dict) -> dict:
         "folds": {str(s): m for s, m in in_order(fold_metrics)},
         "mean": mean, "std": std, **info,
     }
+    by_type = summarize_by_type(fold_metrics)
+    if by_type:
+        results["by_type"] = by_type
     unit, classes = info.get("fold_unit", "session"), info.get("classes", CLASS_NAMES)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     frame = results_frame(fold_metrics, unit)
@@ -99,8 +120,13 @@ def write_results(run_dir, fold_metrics: dict, info: dict) -> dict:
 
 
 def format_table(fold_metrics: dict, title: str, unit: str = "session") -> str:
-    frame = results_frame(fold_metrics, unit) * 100
-    return f"{title}\n" + frame.to_string(float_format=lambda v: f"{v:6.2f}") + "\n(percent; WA = accuracy, UA = mean per-class recall)"
+    frame = results_frame(fold_metrics, unit)[list(METRIC_KEYS)] * 100
+    text = f"{title}\n" + frame.to_string(float_format=lambda v: f"{v:6.2f}")
+    for kind, summary in summarize_by_type(fold_metrics).items():
+        text += (f"\n{TYPE_NAMES.get(kind, kind)} test utterances ({summary['n']}): "
+                 + ", ".join(f"{METRIC_NAMES[k]} {percent(summary['mean'][k])} ± {percent(summary['std'][k])}"
+                             for k in METRIC_KEYS))
+    return text + "\n(percent; WA = accuracy, UA = mean per-class recall)"
 
 
 def results_markdown(results: dict) -> str:
@@ -122,7 +148,27 @@ def results_markdown(results: dict) -> str:
     total = sum(m.get("n", 0) for m in folds.values())
     for row, values, n in (("mean", results["mean"], total or ""), ("std", results["std"], "")):
         lines.append(f"| {row} | {n} | " + " | ".join(percent(values[k]) for k in METRIC_KEYS) + " |")
-    return "\n".join(lines + ["", *transcript_lines(results.get("transcripts")), LEGEND]) + "\n"
+    return "\n".join(lines + ["", *type_lines(results), *transcript_lines(results.get("transcripts")), LEGEND]) + "\n"
+
+
+def type_lines(results: dict) -> list[str]:
+    """The fold table again for each utterance type (IEMOCAP: improvised, scripted)."""
+    by_type = results.get("by_type")
+    if not by_type:
+        return []
+    lines = ["Improvised and scripted test utterances apart (IEMOCAP's scripted dialogues repeat the same lines "
+             "in every session, so the text can be recognised from training):", "",
+             f"| test {results.get('fold_unit', 'session')} | type | utterances | WA (%) | UA (%) | macro-F1 (%) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for session, m in results["folds"].items():
+        for kind, typed in m.get("by_type", {}).items():
+            lines.append(f"| {session} | {kind} | {typed.get('n', '')} | "
+                         + " | ".join(percent(typed[k]) for k in METRIC_KEYS) + " |")
+    for kind, summary in by_type.items():
+        lines.append(f"| mean ± std | {kind} | {summary['n']} | "
+                     + " | ".join(f"{percent(summary['mean'][k])} ± {percent(summary['std'][k])}" for k in METRIC_KEYS)
+                     + " |")
+    return lines + [""]
 
 
 def transcript_lines(record: dict | None) -> list[str]:
@@ -346,6 +392,10 @@ def comparison_frame(result_files) -> pd.DataFrame:
         for key in METRIC_KEYS:
             row[key] = 100 * results["mean"][key]
             row[f"{key}_std"] = 100 * results["std"].get(key, math.nan)
+        for kind in TYPE_NAMES:
+            typed = results.get("by_type", {}).get(kind)
+            row[f"ua_{kind}"] = 100 * typed["mean"]["ua"] if typed else math.nan
+            row[f"wa_{kind}"] = 100 * typed["mean"]["wa"] if typed else math.nan
         rows.append(row)
     frame = pd.DataFrame(rows)
     order = frame["run"].map(lambda r: RUN_ORDER.index(r) if r in RUN_ORDER else len(RUN_ORDER))
@@ -385,8 +435,9 @@ def markdown_table(frame: pd.DataFrame) -> str:
     epoch was not chosen on the test session."""
     fair = frame[~optimistic(frame)]
     best = {k: fair[k].max() for k in METRIC_KEYS}
-    header = (f"| run | WA (%) | UA (%) | macro-F1 (%) | best epoch on | test {test_units(frame)} |\n"
-              "|---|---:|---:|---:|---|---|\n")
+    typed = typed_columns(frame)
+    header = (f"| run | WA (%) | UA (%) | macro-F1 (%) |{''.join(f' {name} (%) |' for _, name in typed)} "
+              f"best epoch on | test {test_units(frame)} |\n|---|---:|---:|---:|{'---:|' * len(typed)}---|---|\n")
     lines = []
     for r in frame.itertuples():
         cells = []
@@ -394,9 +445,13 @@ def markdown_table(frame: pd.DataFrame) -> str:
             text = f"{getattr(r, key):.2f} ± {getattr(r, key + '_std'):.2f}"
             is_best = getattr(r, key) == best[key] and len(frame) > 1 and "OPTIMISTIC" not in r.selection
             cells.append(f"**{text}**" if is_best else text)
+        cells += ["-" if math.isnan(getattr(r, column)) else f"{getattr(r, column):.2f}" for column, _ in typed]
         selection = f"**{r.selection}**" if "OPTIMISTIC" in r.selection else r.selection
         lines.append(f"| {r.label} | {' | '.join(cells)} | {selection} | {r.sessions} |")
     notes = ["", "Mean ± population std over the folds. WA = overall accuracy, UA = mean of the per-class recalls."]
+    if typed:
+        notes.append("UA impro / UA script: mean over the folds of the UA of the improvised and of the scripted test "
+                     "utterances (IEMOCAP's scripted lines recur in every session).")
     if frame["sessions"].nunique() > 1:
         notes.append("**Note: these runs were tested on different sessions; their means are not comparable.**")
     return header + "\n".join(lines + notes) + "\n"
@@ -448,20 +503,31 @@ def over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
                "unit": group["unit"].iloc[0] if group["unit"].nunique() == 1 else "fold"}
         for key in METRIC_KEYS:
             row[key], row[f"{key}_std"] = group[key].mean(), group[key].std(ddof=0)
+        for column, _ in typed_columns(frame):
+            row[column], row[f"{column}_std"] = group[column].mean(), group[column].std(ddof=0)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def seeds_markdown(table: pd.DataFrame) -> str:
     best = {k: table[k].max() for k in METRIC_KEYS}
-    lines = ["| configuration | seeds | WA (%) | UA (%) | macro-F1 (%) |", "|---|---|---:|---:|---:|"]
+    typed = typed_columns(table)
+    lines = [f"| configuration | seeds | WA (%) | UA (%) | macro-F1 (%) |{''.join(f' {name} (%) |' for _, name in typed)}",
+             f"|---|---|---:|---:|---:|{'---:|' * len(typed)}"]
     for r in table.itertuples():
         cells = [f"{getattr(r, k):.2f} ± {getattr(r, k + '_std'):.2f}" for k in METRIC_KEYS]
         cells = [f"**{c}**" if getattr(r, k) == best[k] and len(table) > 1 else c for c, k in zip(cells, METRIC_KEYS)]
+        cells += [f"{getattr(r, c):.2f} ± {getattr(r, c + '_std'):.2f}" for c, _ in typed]
         lines.append(f"| {r.configuration} | {r.seeds} | {' | '.join(cells)} |")
     return "\n".join(lines + ["", "Mean ± population std over the seeds of each run's mean over its folds "
                               f"(test {test_units(table)} {' ; '.join(sorted(set(table['sessions'])))}). WA = overall accuracy, "
                               "UA = mean of the per-class recalls."]) + "\n"
+
+
+def typed_columns(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """The per-type UA columns some run of the frame has: [(column, header), ...]."""
+    return [(f"ua_{kind}", f"UA {kind}") for kind in TYPE_NAMES
+            if f"ua_{kind}" in frame and frame[f"ua_{kind}"].notna().any()]
 
 
 def tick_label(label: str, width: int = 22) -> str:

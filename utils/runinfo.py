@@ -36,23 +36,38 @@ NOT_IDENTITY = {"sessions", "num_workers", "overwrite", "resume", "log_every", "
                 "checkpoint_dir", "tensorboard", "text_dim", "num_classes", "threads", "preset"}
 
 
+# Recorded as resolved on the machine (e.g. --precision auto): compared only where the record has it.
+RECORDED_ONLY = {"precision_resolved"}
+
+
+def recorded_setting(run_dir: Path, part: str, key: str):
+    """A setting of the run recorded in run_dir/config.json (None where there is none)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        return json.loads(path.read_text()).get(part, {}).get(key) if path.is_file() else None
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
 def existing_results(run_dir: Path) -> list[Path]:
     return sorted(p for pattern in RESULT_PATTERNS for p in run_dir.glob(pattern))
 
 
 def config_differences(run_dir: Path, model_cfg, run_cfg) -> list[str]:
-    """Settings in which this run differs from the one recorded in run_dir/config.json."""
+    """Settings in which this run differs from the one recorded in run_dir/config.json. A
+    setting the record predates counts as its default then (what that code did)."""
     path = run_dir / "config.json"
     if not path.is_file():
         return []
     saved = json.loads(path.read_text())
     now = {"model": asdict(model_cfg), "run": asdict(run_cfg)}
+    defaults = {"model": asdict(type(model_cfg)()), "run": asdict(type(run_cfg)())}
     diffs = []
     for part in ("model", "run"):
         for key in sorted(set(saved.get(part, {})) | set(now[part])):
-            if key in NOT_IDENTITY:
+            if key in NOT_IDENTITY or (key in RECORDED_ONLY and key not in saved.get(part, {})):
                 continue
-            old, new = saved.get(part, {}).get(key), now[part].get(key)
+            old, new = saved.get(part, {}).get(key, defaults[part].get(key)), now[part].get(key)
             if old != new:
                 name = "processes (torchrun --nproc_per_node x --nnodes)" if key == "world_size" else f"--{key}"
                 diffs.append(f"{name}: {old!r} then, {new!r} now")

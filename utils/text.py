@@ -30,9 +30,25 @@ def clean_transcript(text: str) -> str:
     return re.sub(r" +", " ", kept).strip()
 
 
-def ctc_target_ids(text: str) -> list[int]:
-    """Target ids for the CTC loss; spaces become the word delimiter `|`."""
-    return ctc_tokenizer()(clean_transcript(text)).input_ids
+def upstream_transcript(text: str) -> str:
+    """Upstream's CTC target text (src/utils.py prepare_example): whitespace collapsed, every
+    character outside the vocabulary deleted (case-sensitive: upstream's `text` column is upper
+    case), so tags are spelled ("{LG}" -> "LG") and "HUSBAND.[LAUGHTER]" -> "HUSBANDLAUGHTER"."""
+    vocab = "".join(t for t in ctc_tokenizer().get_vocab() if len(t) == 1)
+    text = " ".join(str(text).split())
+    kept = re.sub(f"[^\\s{re.escape(vocab)}]", "", text)
+    return re.sub(" +", " ", kept).strip()
+
+
+CTC_TEXT = {"clean": clean_transcript, "upstream": upstream_transcript}
+
+
+def ctc_target_ids(text: str, mode: str = "clean") -> list[int]:
+    """Target ids for the CTC loss; spaces become the word delimiter `|`. mode: "clean"
+    (clean_transcript, the default) or "upstream" (upstream_transcript, upstream's targets)."""
+    if mode not in CTC_TEXT:
+        raise ValueError(f"ctc text {mode!r}: choose one of {', '.join(CTC_TEXT)}")
+    return ctc_tokenizer()(CTC_TEXT[mode](text)).input_ids
 
 
 def sentence_case(text: str) -> str:
