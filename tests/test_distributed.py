@@ -113,6 +113,7 @@ def probe(record: dict, nan_at=None):
     class RecordingLoader:
         def __init__(self, loader):
             self.loader, self.batch_sampler = loader, loader.batch_sampler
+            self.views = getattr(loader, "views", None)  # the 2023 views the loader's batches get
 
         def __len__(self):
             return len(self.loader)
@@ -266,6 +267,32 @@ def test_two_processes_at_batch_b_match_one_process_at_batch_2b(two_vs_one):
         # sums near 100, so float32 rounding in a different summation order is ~1e-5 absolute
         np.testing.assert_allclose(merged[:4], single["epochs"][k]["losses"][:4], rtol=1e-6, atol=1e-6)
     assert [e["weights"] for e in ranks[0]["epochs"]] == [e["weights"] for e in ranks[1]["epochs"]]
+
+
+@pytest.fixture(scope="module")
+def two_vs_one_2023(demo, exact_encoder, tmp_path_factory):
+    """The 2023 terms (self-contrastive and augmentation, upstream's form) across processes:
+    2 processes at batch 2 and 1 process at batch 4, one fold, one epoch, no dropout."""
+    root = tmp_path_factory.mktemp("ddp2023")
+    flags = dict(run="mmer", epochs=1, sessions="1", accum_grad=2, dropout=0, wav2vec2=exact_encoder,
+                 supcon_weight=0.1, aug_weight=0.1, pooling="max", text_pooling="max")
+    ranks = torchrun(demo.flags(**flags, batch_size=2, save_path=root / "two"), root / "probe")
+    single = {}
+    with probe(single):
+        run.main(demo.flags(**flags, batch_size=4, save_path=root / "one"))
+    return ranks, single
+
+
+def test_contrastive_terms_span_the_processes_so_two_at_b_equal_one_at_2b(two_vs_one_2023):
+    """Each anchor meets the projections of the whole global batch (gathered with their
+    gradient), and each process's share makes DDP's average the whole batch's gradient."""
+    ranks, single = two_vs_one_2023
+    shards = [zip(rank["epochs"][0]["batches"], rank["epochs"][0]["losses"]) for rank in ranks]
+    merged = [sum(scale / 2 * loss for (_, scale), loss in step) for step in zip(*shards)]
+    np.testing.assert_allclose(merged[:2], single["epochs"][0]["losses"][:2], rtol=1e-6)  # before the first step
+    np.testing.assert_allclose(merged, single["epochs"][0]["losses"], rtol=1e-4)  # every step: the same training
+    assert ranks[0]["epochs"][0]["weights"] == ranks[1]["epochs"][0]["weights"]
+    assert ranks[0]["epochs"][0]["weights"] == pytest.approx(single["epochs"][0]["weights"], rel=1e-5)
 
 
 def test_only_rank_0_writes_and_it_writes_what_one_process_writes(two_vs_one):

@@ -15,6 +15,7 @@ from corpus import fold_scheme, make_fold, read_table
 from data_prep.extract_roberta import extract
 from models import MODELS, ModelConfig
 from models.encoders import prepare_encoder
+from utils.data import Batch
 from tests.test_models import TEXT_DIM, first_losses, PINNED_LOSSES, pad_batch, random_inputs
 from data_prep.make_tiny_models import tiny_speech_encoder
 
@@ -148,3 +149,59 @@ def test_text_views_come_from_the_augmented_transcript_features(demo, tmp_path):
                                   aug_weight=0.1, audio_view="none", data_path_roberta_view=tmp_path / "views"))
     stats = json.loads((tmp_path / "runs" / "mmer" / "1_stats.txt").read_text().splitlines()[0])
     assert stats["aug_loss"] > 0 and set(results["folds"]) == {"1"}
+
+
+# ---------------------------------------------------------------- the 2023 terms train (issue 20)
+def steps_of(weights: dict, steps: int = 3) -> dict:
+    """mmer with alpha 0.1 (the 2023 preset's) and the given contrastive weights, a few AdamW
+    steps of training.forward_backward on fixed inputs with views -> the parameters after them."""
+    model = model_2023(alpha=0.1, **weights).eval()  # no dropout: the runs differ by the term alone
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    inputs = pad_batch(*random_inputs([16000, 11000, 7000, 9000], [6, 4, 9, 5], seed=3))
+    views = pad_batch(*random_inputs([15000, 10000, 8000, 9000], [6, 4, 9, 5], seed=4))
+    batch = Batch(names=list("abcd"), labels=torch.tensor([0, 0, 1, 2]),
+                           ctc_targets=torch.arange(5, 21), ctc_target_lengths=torch.tensor([5, 4, 3, 4]),
+                           **{k: v for k, v in inputs.items() if k != "attention_mask"})
+    view_batch = Batch(names=list("abcd"), labels=batch.labels, ctc_targets=batch.ctc_targets,
+                                ctc_target_lengths=batch.ctc_target_lengths,
+                                **{k: v for k, v in views.items() if k != "attention_mask"})
+    settings = run.RunConfig(accum_grad=1, precision="fp32")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(steps):
+        training.forward_backward(model, None, batch, 1.0, settings, torch.device("cpu"),
+                                  view_batch if weights.get("aug_weight") else None)
+        optimizer.step()
+        optimizer.zero_grad()
+    return {name: p.detach() for name, p in model.named_parameters()}, initial
+
+
+@pytest.mark.parametrize("term", ["supcon_weight", "aug_weight"])
+def test_the_2023_terms_reach_the_gradient_with_the_ctc_term_on(term):
+    """With alpha 0.1 the total once replaced the contrastive terms: the heads never moved and
+    the rest trained as if their weight were 0."""
+    other = {"supcon_weight": 0.0, "aug_weight": 0.0}
+    with_term, initial = steps_of({**other, term: 0.1})
+    without, _ = steps_of({**other, term: 0.0, "supcon_weight": 0.1 if term == "aug_weight" else 0.0})
+    shared = [name for name in without if name in with_term and not name.startswith(("projection", "view_projection"))]
+    moved = [name for name in shared if not torch.equal(with_term[name], without[name])]
+    assert "classifier.weight" in moved and "wav2vec2.encoder.layers.0.attention.q_proj.weight" in moved
+    heads = ["projection.0.weight", "projection.2.weight"] + (["view_projection.0.weight"] if term == "aug_weight" else [])
+    assert all(not torch.equal(with_term[name], initial[name]) for name in heads)
+
+
+def test_views_run_in_their_own_pass_so_the_originals_losses_do_not_change():
+    """wav2vec2-base's group norm sees its batch's padding: views batched with the originals
+    (padded to the longest view) moved the originals' CE and CTC."""
+    model = model_2023(alpha=0.1, supcon_weight=0.1, aug_weight=0.1).eval()
+    waves, texts = random_inputs([9000, 8000], [6, 4], seed=3)
+    view_waves, view_texts = random_inputs([16000, 15000], [6, 4], seed=4)  # longer than the originals
+    inputs, views = pad_batch(waves, texts), pad_batch(view_waves, view_texts)
+    inputs["attention_mask"] = views["attention_mask"] = None
+    labels, targets, lengths = torch.tensor([0, 1]), torch.arange(5, 12), torch.tensor([4, 3])
+    with torch.no_grad():
+        model.config.aug_weight = 0.0
+        alone = model.loss(model(**inputs), labels, targets, lengths)
+        model.config.aug_weight = 0.1
+        with_views = model.loss(model(**inputs, views=views), labels, targets, lengths)
+    assert with_views["ce"].item() == alone["ce"].item() and with_views["ctc"].item() == alone["ctc"].item()
+    assert with_views["aug"].item() > 0
