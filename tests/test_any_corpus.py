@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
 import predict
 import run
@@ -52,8 +53,21 @@ def test_an_emobox_corpus_trains_every_variant_with_its_own_six_classes(demo, em
     for fold in ("1", "2"):
         predictions = pd.read_csv(run_dir / f"{fold}_predictions.csv")
         assert list(predictions.columns[3:]) == [f"prob_{c}" for c in CLASSES]
-        assert set(predictions["true_label"]) <= set(CLASSES)
-        assert np.array(results["folds"][fold]["confusion"]).shape == (6, 6)
+        table = pd.read_csv(emobox["csv"], keep_default_na=False)
+        test = table[table[f"split_{fold}"] == "test"]
+        assert sorted(predictions["FileName"]) == sorted(test["FileName"])        # the fold's test split, all of it
+        truth = dict(zip(test["FileName"], test["Label"].map(LABEL_MAP).fillna(test["Label"])))
+        assert list(predictions["true_label"]) == [truth[name] for name in predictions["FileName"]]
+        probs = predictions[[f"prob_{c}" for c in CLASSES]].to_numpy()
+        np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+        assert list(predictions["predicted_label"]) == [CLASSES[i] for i in probs.argmax(axis=1)]
+        y_true, y_pred = predictions["true_label"], predictions["predicted_label"]
+        metrics = results["folds"][fold]
+        assert metrics["wa"] == pytest.approx(accuracy_score(y_true, y_pred))
+        assert metrics["ua"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+        assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, labels=CLASSES, average="macro",
+                                                             zero_division=0))
+        assert metrics["confusion"] == confusion_matrix(y_true, y_pred, labels=CLASSES).tolist()
         assert (run_dir / f"confusion_matrix_fold{fold}.png").stat().st_size > 1000
     assert "6 classes" in (run_dir / "results.md").read_text()
     if variant != "unimodal_baseline":

@@ -121,20 +121,27 @@ def loss_and_grads(alpha):
     output = model(**pad_batch(waves, texts))
     losses = model.loss(output, torch.tensor([0, 3]), torch.tensor([5, 6, 7, 8, 9]), torch.tensor([3, 2]))
     losses["total"].backward()
-    return losses, model
+    return losses, model, output
 
 
 def test_alpha_zero_leaves_the_ctc_head_without_gradient():
-    losses, model = loss_and_grads(alpha=0.0)
+    losses, model, _ = loss_and_grads(alpha=0.0)
     assert model.ctc_linear.weight.grad is None
     assert torch.equal(losses["total"], losses["ce"])
     assert losses["ctc"] > 0  # still measured for the log
 
 
 def test_alpha_weights_the_ctc_loss_exactly():
-    losses, model = loss_and_grads(alpha=0.3)
+    """The total against torch's own losses on the model's logits: upstream's mean CE plus alpha x
+    F.ctc_loss(reduction="sum") (at B = 2 our (2 / B) x sum is upstream's sum), blank 0."""
+    losses, model, output = loss_and_grads(alpha=0.3)
     assert model.ctc_linear.weight.grad.abs().sum() > 0
-    torch.testing.assert_close(losses["total"], losses["ce"] + 0.3 * losses["ctc"])
+    logits, ctc_logits = output.logits.detach(), output.ctc_logits.detach()
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 3]))
+    ctc = torch.nn.functional.ctc_loss(ctc_logits.log_softmax(-1).transpose(0, 1), torch.tensor([[5, 6, 7], [8, 9, 0]]),
+                                       output.frame_lengths, torch.tensor([3, 2]), blank=0, reduction="sum")
+    torch.testing.assert_close(losses["total"].detach(), ce + 0.3 * ctc)
+    torch.testing.assert_close(losses["ctc"].detach(), ctc)
 
 
 def test_metrics_equal_scikit_learn():

@@ -91,6 +91,27 @@ def assert_same(answer: dict, expected, seconds=None):
         assert answer["duration_s"] == pytest.approx(seconds)
 
 
+UPSTREAM = Path(__file__).resolve().parent / "reference" / "upstream_fixture"
+
+
+@pytest.mark.parametrize("run_name", ["cai_sota", "unimodal_baseline"])
+def test_served_upstream_checkpoints_answer_upstreams_probabilities(run_name, tmp_path):
+    """Independent of the recognizer: each of upstream's fixture utterances posted to the service of
+    an upstream-format checkpoint gets the probabilities upstream's own code gave it alone."""
+    from tests.test_upstream_fixture import upstream_state_dict
+    run_dir = tmp_path / run_name
+    run_dir.mkdir()
+    torch.save({"state_dict": upstream_state_dict(run_name)}, run_dir / "2_model.pt")
+    recognizer = EmotionRecognizer.from_run(run_dir, run=run_name, wav2vec2=str(UPSTREAM / "wav2vec2"), device="cpu")
+    expected = json.loads((UPSTREAM / "expected.json").read_text())["variants"][run_name]["utterances"]
+    with TestClient(serve.create_app(recognizer, run_dir, LIMITS)) as client:
+        for name, numbers in expected.items():
+            answer = post(client, UPSTREAM / "audio" / f"{name}.wav")
+            assert answer.status_code == 200, answer.text
+            got = [answer.json()["probabilities"][label] for label in ("hap", "ang", "neu", "sad")]
+            np.testing.assert_allclose(got, numbers["probs"], atol=1e-4)
+
+
 # ---------------------------------------------------------------- /predict
 @pytest.mark.parametrize("name", ["calm.wav", "loud.flac", "stereo44k.wav"])
 def test_predict_answers_what_the_recognizer_gives_the_same_file(client, recognizer, clips, name):

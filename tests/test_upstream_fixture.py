@@ -3,6 +3,7 @@ upstream_fixture, see its README): six Session-2 utterances scored by upstream's
 CAI_SOTA and UNI_BASELINE with weights made from their names by a fixed rule."""
 import json
 import math
+import shutil
 import zlib
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 import run
 from models.base import EmotionOutput, ctc_loss
 from utils.checkpoint import restore_model
-from utils.data import Collator, EmotionDataset, load_waves, load_text_features
+from utils.data import Collator, EmotionDataset, ExactBatchSampler, load_waves, load_text_features
 from utils.text import clean_transcript, ctc_target_ids
 from models.encoders import audio_input_spec
 
@@ -74,10 +75,40 @@ def test_eval_only_with_default_flags_gives_upstreams_probabilities(checkpoints,
     np.testing.assert_allclose(probs, expected(run_name, table, "probs"), atol=1e-4)
 
 
-def test_probabilities_do_not_depend_on_the_evaluation_batch_size(checkpoints, table, tmp_path):
-    one = reevaluate(checkpoints, "mmer", tmp_path / "one", "--eval_batch_size", "1").filter(like="prob_")
-    six = reevaluate(checkpoints, "mmer", tmp_path / "six", "--eval_batch_size", "6").filter(like="prob_")
-    np.testing.assert_allclose(six.loc[one.index].to_numpy(), one.to_numpy(), atol=1e-6)
+@pytest.fixture(scope="module")
+def doubled(tmp_path_factory, table) -> Path:
+    """The fixture twice over: each utterance also as a copy under another speaker's id (same audio,
+    same features), so every utterance has a batch-mate of its length to share a batch with."""
+    root = tmp_path_factory.mktemp("doubled")
+    (root / "audio").mkdir(), (root / "roberta").mkdir()
+    copies = table.assign(FileName=table["FileName"].str[:-3] + "9" + table["FileName"].str[-2:])
+    for original, copy in zip(table["FileName"], copies["FileName"]):
+        for name in (original, copy):
+            shutil.copy(FIXTURE / "audio" / f"{original}.wav", root / "audio" / f"{name}.wav")
+            shutil.copy(FIXTURE / "roberta" / f"{original}.npy", root / "roberta" / f"{name}.npy")
+    pd.concat([table, copies]).to_csv(root / "fixture.csv", index=False)
+    return root
+
+
+@pytest.mark.parametrize("batch_size", ["1", "6"])
+def test_probabilities_do_not_depend_on_the_evaluation_batch_size(checkpoints, table, doubled, batch_size,
+                                                                 tmp_path, monkeypatch):
+    """Batches of equal-length utterances do form at 6 (recorded below), and every utterance, the
+    copies too, still gets upstream's batch-1 probabilities."""
+    sizes = []
+    batches = ExactBatchSampler.batches
+    monkeypatch.setattr(ExactBatchSampler, "batches", lambda self: sizes.append([len(b) for b in batches(self)])
+                        or batches(self))
+    run.main(["--run", "mmer", "--eval_only", "--checkpoint_dir", str(checkpoints / "mmer"),
+              "--wav2vec2", str(FIXTURE / "wav2vec2"), "--csv_path", str(doubled / "fixture.csv"),
+              "--data_path_audio", str(doubled / "audio"), "--data_path_roberta", str(doubled / "roberta"),
+              "--save_path", str(tmp_path), "--eval_batch_size", batch_size])
+    assert max(max(s) for s in sizes) == {"1": 1, "6": 2}[batch_size]   # alone, or the pairs of equal length
+    predictions = pd.read_csv(tmp_path / "mmer" / "2_predictions.csv").set_index("FileName")
+    want = expected("mmer", table, "probs")
+    for names in (table["FileName"], table["FileName"].str[:-3] + "9" + table["FileName"].str[-2:]):
+        probs = predictions.loc[names, ["prob_hap", "prob_ang", "prob_neu", "prob_sad"]].to_numpy()
+        np.testing.assert_allclose(probs, want, atol=1e-4)
 
 
 def test_published_checkpoints_are_labelled_as_selected_on_the_test_session(checkpoints, tmp_path):
