@@ -13,7 +13,6 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 import run
 import training
-from corpus import iemocap_utterance_type
 from utils.audio import read_audio
 
 
@@ -63,12 +62,17 @@ def test_precision_is_recorded_as_resolved_and_a_resume_elsewhere_keeps_it(demo,
 
 
 # ---------------------------------------------------------------- improvised and scripted
+def dialogue_kind(name: str) -> str:
+    """By hand, from IEMOCAP's naming: Ses01F_impro01_F000 is improvised, Ses01F_script01_1_F000 scripted."""
+    return {"impro": "impro", "scrip": "script"}[name.split("_")[1][:5]]
+
+
 def test_results_score_improvised_and_scripted_test_utterances_apart(demo, tmp_path):
     results = run.main(demo.flags(run="unimodal_baseline", sessions="1 2", epochs=1, save_path=tmp_path))
     run_dir = tmp_path / "unimodal_baseline"
     for session in ("1", "2"):
         predictions = pd.read_csv(run_dir / f"{session}_predictions.csv")
-        kinds = predictions["FileName"].map(iemocap_utterance_type)
+        kinds = predictions["FileName"].map(dialogue_kind)
         assert set(kinds) == {"impro", "script"}
         for kind in ("impro", "script"):
             part = predictions[kinds == kind]
@@ -96,20 +100,20 @@ def test_utterance_types_trains_and_tests_on_improvised_dialogues_only(demo, tmp
     monkeypatch.setattr(run, "train_epoch", recording)
     run.main(demo.flags(run="unimodal_baseline", sessions="1", epochs=1, save_path=tmp_path, utterance_types="impro"))
     tested = pd.read_csv(tmp_path / "unimodal_baseline" / "1_predictions.csv")["FileName"]
-    assert {iemocap_utterance_type(n) for n in [*seen, *tested]} == {"impro"} and len(seen) and len(tested)
+    assert {dialogue_kind(n) for n in [*seen, *tested]} == {"impro"} and len(seen) and len(tested)
     table = pd.read_csv(demo.csv)
-    impro = table[table["FileName"].map(iemocap_utterance_type) == "impro"]
+    impro = table[table["FileName"].map(dialogue_kind) == "impro"]
     assert len(tested) == int(impro["FileName"].str.startswith("Ses01").sum())
 
 
 # ---------------------------------------------------------------- a CTC term that dwarfs the CE
-@pytest.mark.parametrize("alpha", [1.0, 0.01])
+@pytest.mark.parametrize("alpha", [0.1, 0.005])
 def test_a_ctc_term_over_ten_times_the_cross_entropy_is_named_once(demo, tmp_path, caplog, alpha):
     with caplog.at_level(logging.WARNING, logger="mmer"):
         run.main(demo.flags(run="cai_sota", alpha=alpha, sessions="1 2", epochs=1, save_path=tmp_path))
     first = json.loads((tmp_path / "cai_sota" / "1_stats.txt").read_text().splitlines()[0])
     dwarfs = alpha * first["ctc_loss"] > 10 * first["ce_loss"]
-    assert dwarfs == (alpha == 1.0)  # the demo: CTC sums near 100, CE near 1.4
+    assert dwarfs == (alpha == 0.1)  # the demo: first-epoch CTC near 680, CE near 1.4: 0.1 -> 48x, 0.005 -> 2.4x
     warnings = [r.getMessage() for r in caplog.records if "weighted CTC term" in r.getMessage()]
     assert len(warnings) == (1 if dwarfs else 0)
     if dwarfs:
