@@ -32,14 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
 from data_prep.extract_roberta import TextFeatureError, agreed_text_encoder, embed_texts, load_text_encoder, tokenize
 from models import EmotionOutput, ModelConfig, model_class
 from models.encoders import AudioInputSpec, audio_input_spec, min_samples_of, padding_is_exact
-from utils.audio import AudioError, normalize, prepare_samples, read_audio
+from utils.audio import AudioError, audio_info, normalize, prepare_samples, read_audio, read_frames
 from utils.checkpoint import CheckpointError, find_checkpoints, restore_model
 from utils.data import Collator, EmotionDataset, ExactBatchSampler, pad_rows
 from utils.device import autocast, check_precision, evaluation_precision, resolve_device
@@ -129,7 +128,7 @@ class WindowSource:
 
     def __init__(self, path, sample_rate, rate: int):
         self.path, self.rate, self.array = str(path), rate, None
-        info = sf.info(self.path)
+        self.info = info = audio_info(self.path)
         self.source_rate = info.samplerate
         self.samples = int(np.ceil(info.frames * rate / info.samplerate))
 
@@ -144,7 +143,7 @@ class WindowSource:
             return self.array[span.start:span.end]
         first = int(np.floor(span.start * self.source_rate / self.rate))
         last = int(np.ceil(span.end * self.source_rate / self.rate))
-        frames, _ = sf.read(self.path, start=first, stop=last, dtype="float32", always_2d=True)
+        frames, _ = read_frames(self.path, first, last, self.info)
         samples = prepare_samples(frames, self.source_rate, self.rate, self.path)
         wanted = span.end - span.start
         return np.pad(samples[:wanted], (0, max(0, wanted - len(samples))))
@@ -382,10 +381,7 @@ class EmotionRecognizer:
     def seconds(self, audio, sample_rate: int | None = None) -> float:
         """A recording's duration, from its header (a path) or its length (an array)."""
         if isinstance(audio, (str, Path)):
-            try:
-                return sf.info(str(audio)).duration
-            except (sf.LibsndfileError, RuntimeError) as err:
-                raise AudioError(f"{audio}: unreadable audio ({err}); re-export it as wav or flac") from err
+            return audio_info(audio).duration
         return len(audio) / (sample_rate or self.sample_rate)
 
     # ------------------------------------------------------------ prediction

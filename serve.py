@@ -5,8 +5,8 @@ r"""Emotion recognition as an HTTP service, with a web page and a browser for th
 
 Loads the run once (inference.EmotionRecognizer) and answers:
 
-    POST /predict        multipart: the audio in `file` (any format, rate or channel count soundfile
-                         reads), optional `transcript` -> label, probabilities, transcript used and its
+    POST /predict        multipart: the audio in `file` (any format, rate or channel count
+                         utils.audio reads: libsndfile's and FFmpeg's containers), optional `transcript` -> label, probabilities, transcript used and its
                          source, duration; for recordings over 30 s the timeline of windows
     GET  /health         run, classes, sessions loaded, limits
     GET  /               the web page (upload or record a clip; the run browser in its second tab)
@@ -17,7 +17,7 @@ Loads the run once (inference.EmotionRecognizer) and answers:
 
 Uploads over --max_mb (the request body, refused from its Content-Length before it is read, or
 as soon as a streamed body passes it) or recordings over --max_seconds are refused with 413,
-anything soundfile cannot read with 415, an empty upload with 400; the message says what to do.
+anything utils.audio cannot read with 415, an empty upload with 400; the message says what to do.
 Requests may come at once: the recognizer takes them in turn.
 """
 import argparse
@@ -37,7 +37,6 @@ before_torch()  # OpenMP reads its waiting policy when torch loads it (utils/thr
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import soundfile as sf  # noqa: E402
 from fastapi import FastAPI, File, Form, Query, UploadFile  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import FileResponse, JSONResponse  # noqa: E402
@@ -45,7 +44,7 @@ from starlette.exceptions import HTTPException  # noqa: E402
 
 from corpus import audio_paths  # noqa: E402
 from inference import EmotionRecognizer, PredictError, timeline_table  # noqa: E402
-from utils.audio import AudioError, audio_suffixes  # noqa: E402
+from utils.audio import AudioError, audio_info, audio_suffixes, read_frames  # noqa: E402
 from utils.cli import HelpFormatter, Parser, add_number  # noqa: E402
 
 log = logging.getLogger("mmer.serve")
@@ -85,16 +84,14 @@ def decode_upload(upload, name: str, limits: Limits):
     upload.seek(0, 2)
     if upload.tell() == 0:
         raise ServiceError(400, f"{name}: the upload is empty (0 bytes); choose an audio file or record a clip")
-    upload.seek(0)
     try:
-        info = sf.info(upload)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        reason = getattr(err, "error_string", str(err)).rstrip(".")
+        info = audio_info(upload)
+        check_duration(info.duration, name, limits)
+        samples, rate = read_frames(upload, info=info)
+    except AudioError as err:
+        reason = str(err).split(": ", 1)[-1].split("; ")[0]
         raise ServiceError(415, f"{name}: not audio this service can read ({reason}); send one of "
                                f"{', '.join(audio_suffixes())} (the page converts its own recordings to .wav)") from err
-    check_duration(info.frames / info.samplerate, name, limits)
-    upload.seek(0)
-    samples, rate = sf.read(upload, dtype="float32", always_2d=True)
     if samples.size == 0:
         raise ServiceError(400, f"{name}: the audio holds no samples; record or choose a clip with sound in it")
     check_duration(len(samples) / rate, name, limits)  # headers of streamed formats may understate it

@@ -14,7 +14,8 @@ pavoque}/):
   does (frames int(start * sr) to int(end * sr)). Required here: key, wav, emo.
 - `wav` is relative to the EmoBox root and starts with `downloads/<corpus>/`, so `--wav_root` is the
   folder that holds `downloads/` (EmoBox README, "Prepare datasets"). Not all are wavs: PAVOQUE's
-  are flac (read by libsndfile), MELD's are mp4 (not: they are named as unreadable).
+  are flac (read by libsndfile); MELD's mp4, MER2023's and eNTERFACE's avi, EMNS's webm and MEAD's m4a
+  are read by FFmpeg (PyAV; utils.audio): the first audio stream, converted to 16 kHz mono wav.
 - `channel` is not a channel count (CREMA-D writes 1 for every file, MELD 1 or 3): channels are read
   from the files and averaged; sample_rate and num_frame are likewise taken from the file itself.
 - `label_map.json` maps emo code -> class name, and may map two codes to one name (IEMOCAP's
@@ -43,11 +44,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
-import soxr
 
 from data_prep.iemocap_prep import Problem, ReleaseError, link_or_copy, write_audio
-from utils.audio import TARGET_SR, AudioError, read_audio, write_wav
+from utils.audio import TARGET_SR, AudioError, audio_info, read_audio, write_wav
 from utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -59,6 +58,7 @@ SPLIT_OF_FILE = {"train": "train", "valid": "dev", "test": "test"}  # EmoBox's f
 REQUIRED = ("key", "wav", "emo")
 RESTORE = "restore it from EmoBox's data/ folder"
 LENGTH_TOLERANCE_S = 0.1   # jsonl length vs the file's: more is reported (another version of the corpus?)
+SHORT_STREAM_FRACTION = 0.05  # a file this much shorter than the jsonl's length is refused (truncated)
 SEGMENT_TOLERANCE_S = 0.01  # a segment may end this far past the end of its recording
 _FOLD_DIR = re.compile(r"^fold_(\d+)$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -285,6 +285,11 @@ def find_fold_files(emobox_dir: Path, problems: list[Problem]) -> dict[int, dict
                 seen = (f" (the folder holds {examples(strays)}: EmoBox's file names start with the corpus "
                         f"folder's name, {corpus!r})" if strays else "")
                 problems.append(Problem(path, f"missing: fold {k} needs a {word} file{seen}", RESTORE))
+    standard = {path for splits in files.values() for path in splits.values()}
+    others = sorted(p.relative_to(emobox_dir).as_posix() for p in emobox_dir.glob("fold_*/*.jsonl") if p not in standard)
+    if others:
+        log.warning("ignoring %d jsonl file(s) that are not EmoBox's fold files <corpus>_{train,valid,test}_fold_<k>"
+                    ".jsonl (never merged): %s", len(others), ", ".join(others))
     return {k: splits for k, splits in files.items() if {"train", "test"} <= set(splits)}
 
 
@@ -351,18 +356,22 @@ def probe_sources(entries: dict, wav_root: Path) -> tuple[dict, list[Problem]]:
             continue
         if path not in infos:
             try:
-                infos[path] = sf.info(str(path))
-            except (sf.LibsndfileError, RuntimeError) as err:
+                infos[path] = audio_info(path)
+            except AudioError as err:
                 infos[path] = err
         info = infos[path]
         if isinstance(info, Exception):
-            problems.append(Problem(path, f"unreadable audio ({info}), listed at {entry.where}",
-                                    "restore the file, or convert it to wav under the same name"))
+            problems.append(Problem(path, f"unreadable audio ({str(info).split(': ', 1)[-1].split('; ')[0]}), listed "
+                                    f"at {entry.where}", "restore the file, or convert it to wav under the same name"))
         elif info.frames == 0:
             problems.append(Problem(path, f"the file holds no samples, listed at {entry.where}", "restore the file"))
         else:
             source = make_source(key, entry, path, info, problems)
-            if source is not None:
+            if source is not None and entry.length and source.seconds < entry.length * (1 - SHORT_STREAM_FRACTION):
+                problems.append(Problem(path, f"{source.seconds:.2f} s of audio, over {SHORT_STREAM_FRACTION:.0%} "
+                                        f"shorter than the {entry.length:.2f} s {entry.where} gives for {key}",
+                                        "the file is truncated or another version: download it again"))
+            elif source is not None:
                 sources[key] = source
     return sources, problems
 
@@ -428,13 +437,9 @@ def existing_audio_reusable(csv_path: Path, csv_text: str, overwrite: bool) -> b
 
 
 def read_segment(source: Source) -> np.ndarray:
-    """Frames int(start * sr) to int(end * sr) of the recording, as EmoDataset cuts them, at 16 kHz mono.
-    (utils.audio.read_audio reads whole files only; hours-long recordings are not read whole here.)"""
-    rate = sf.info(str(source.path)).samplerate
-    samples, rate = sf.read(str(source.path), start=int(source.start * rate), stop=int(source.end * rate),
-                            dtype="float32", always_2d=True)
-    samples = samples.mean(axis=1)
-    return soxr.resample(samples, rate, TARGET_SR).astype(np.float32) if rate != TARGET_SR else samples
+    """Frames int(start * sr) to int(end * sr) of the recording, as EmoDataset cuts them, at 16 kHz
+    mono, read by seeking (hours-long recordings are not read whole)."""
+    return read_audio(source.path, TARGET_SR, start=source.start, end=source.end)
 
 
 def place_audio(source: Source, dest: Path, link: bool) -> None:
@@ -442,7 +447,7 @@ def place_audio(source: Source, dest: Path, link: bool) -> None:
     if source.convert:
         try:
             write_wav(dest, read_segment(source) if source.start is not None else read_audio(source.path))
-        except (AudioError, sf.LibsndfileError, RuntimeError) as err:
+        except AudioError as err:
             # Only a body corrupt past a valid header gets here: the scan read every header.
             what = f"could not be converted to 16 kHz mono ({err.__cause__ or err})"
             raise ReleaseError([Problem(source.path, what, "restore the file")]) from err

@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jiwer  # noqa: E402
 import pandas as pd  # noqa: E402
-import soundfile as sf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 from transformers import AutoConfig, GenerationConfig, pipeline  # noqa: E402
@@ -33,7 +32,7 @@ from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE  #
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from corpus import audio_paths  # noqa: E402
-from utils.audio import AudioError, read_audio  # noqa: E402
+from utils.audio import AudioError, audio_info, read_audio  # noqa: E402
 from utils.cli import number, some  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 from utils.files import atomic_path, atomic_write_text  # noqa: E402
@@ -109,9 +108,9 @@ def audio_durations(paths, csv) -> list[float]:
             problems.append(f"{path} (missing)")
             continue
         try:
-            info = sf.info(str(path))
-        except (sf.LibsndfileError, RuntimeError) as err:
-            problems.append(f"{path} (unreadable: {err})")
+            info = audio_info(path)
+        except AudioError as err:
+            problems.append(f"{path} (unreadable: {str(err).split(': ', 1)[-1]})")
             continue
         if info.frames == 0:
             problems.append(f"{path} (no samples)")

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from data_prep.import_emobox import import_emobox, parse_jsonl, safe_name
+from data_prep.import_emobox import ReleaseError, import_emobox, parse_jsonl, safe_name
 from data_prep.make_synthetic_emobox import LABEL_MAP, make_emobox_corpus
 from data_prep.make_synthetic_iemocap import CorpusError
 from labels import ALL_RELEASE_LABELS
@@ -463,3 +463,56 @@ def test_wrong_wav_root_gets_one_hint_instead_of_a_line_per_file(corpus, tmp_pat
     stderr = assert_refused(corpus["emobox_dir"], corpus["audio_dir"], tmp_path / "out",
                             [f"none of the {4 * 6 * 3} audio files is there", "downloads/<corpus>/ as --wav_root"])
     assert stderr.count("ERROR ") == 1
+
+
+# ---------------------------------------------------------------- corpora in audio-video containers
+def test_corpora_in_video_and_streaming_containers_import(broken, tmp_path, caplog):
+    """MELD's mp4 (with video), MER2023's avi, EMNS's webm and MEAD's m4a: each entry's file replaced
+    by that container holding the same audio; each imports as 16 kHz mono wav of its source (to the
+    codec's tolerance, tests/test_containers.py). Older jsonl files beside the fold files (EmoDB's,
+    MER2023's) are listed once as ignored and never merged."""
+    from tests.containers import KINDS, write_container
+    emobox_dir, wav_root = broken
+    keys = [entry["key"] for entry in read_jsonl(fold_file(emobox_dir, 1, "test"))][:4]
+    sources = {}
+    for key, suffix in zip(keys, (".mp4", ".avi", ".webm", ".m4a")):
+        entry = next(e for e in read_jsonl(fold_file(emobox_dir, 1, "test")) if e["key"] == key)
+        samples, rate = sf.read(str(wav_root / entry["wav"]), dtype="float32", always_2d=True)
+        samples = samples.mean(axis=1)
+        fmt, codec, kind_rate, channels, video = KINDS[suffix]
+        samples = soxr.resample(samples, rate, kind_rate).astype(np.float32)   # opus takes 48 kHz, not 22.05
+        wav = f"downloads/broken/{key}{suffix}"
+        write_container(wav_root / wav, samples, kind_rate, fmt, codec, channels, video)
+        edit_entries(emobox_dir, key, wav=wav)
+        sources[key] = soxr.resample(samples, kind_rate, 16000)
+    expected = fold_keys(emobox_dir)
+    extra = {**read_jsonl(fold_file(emobox_dir, 1, "test"))[-1], "key": f"{CORPUS}-extra"}
+    write_jsonl(emobox_dir / "fold_1" / f"{CORPUS}_train_fold1.jsonl", [{"audio": "x.wav", "label": "ANG"}])
+    write_jsonl(emobox_dir / "fold_1" / f"{CORPUS}_test2_fold_1.jsonl", [extra])
+    with caplog.at_level("WARNING"):
+        table = read_table(import_emobox(emobox_dir, wav_root, tmp_path / "out"))
+    ignored = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert len(ignored) == 1 and f"{CORPUS}_train_fold1.jsonl" in ignored[0] and f"{CORPUS}_test2_fold_1.jsonl" in ignored[0]
+    assert table_keys(table) == expected and f"{CORPUS}-extra" not in set(table["key"])   # nothing merged
+    for key, reference in sources.items():
+        row = table[table["key"] == key].iloc[0]
+        samples, written_rate = sf.read(str(tmp_path / "out" / "audio" / row["path"]), dtype="float32")
+        assert written_rate == 16000 and samples.ndim == 1
+        assert abs(len(samples) - len(reference)) <= 0.06 * 16000   # avi's mp3: encoder delay and padding
+        n = min(len(samples), len(reference))
+        lag = int(np.argmax([np.dot(reference[800:n - 800], samples[800 + d:n - 800 + d]) for d in range(-800, 801)])) - 800
+        aligned = samples[lag:] if lag > 0 else np.pad(samples, (-lag, 0))
+        m = min(len(aligned), len(reference))
+        error = reference[:m] - aligned[:m]
+        assert 10 * np.log10(np.sum(reference[:m] ** 2) / np.sum(error ** 2)) > 12, key
+
+
+def test_a_stream_much_shorter_than_its_jsonl_length_is_refused(broken, tmp_path):
+    emobox_dir, wav_root = broken
+    entry = read_jsonl(fold_file(emobox_dir, 1, "test"))[0]
+    seconds = sf.info(str(wav_root / entry["wav"])).duration
+    edit_entries(emobox_dir, entry["key"], length=seconds * 1.10)
+    with pytest.raises(ReleaseError) as err:
+        import_emobox(emobox_dir, wav_root, tmp_path / "out")
+    assert "shorter than" in str(err.value) and entry["key"] in str(err.value) and "download it again" in str(err.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.wav"))

@@ -1,8 +1,15 @@
-"""Audio I/O: read any wav as 16 kHz mono float32 (soundfile to read, soxr to
-resample), write wavs atomically, and normalise like the encoder's feature extractor."""
+"""Audio I/O: read any recording as 16 kHz mono float32, write wavs atomically, and normalise
+like the encoder's feature extractor. One reader for every caller: libsndfile (soundfile) where
+it reads the file (wav, flac, ogg, mp3, ...), FFmpeg through PyAV (its wheel bundles FFmpeg's
+libraries) for the containers it does not (mp4, mkv, avi, mov, webm, m4a/aac, opus, wma): the
+first audio stream, its channels averaged, resampled with soxr. A segment (start, end in seconds)
+is read by seeking, not by decoding the whole file."""
 import logging
 from pathlib import Path
 
+from dataclasses import dataclass
+
+import av
 import numpy as np
 import soundfile as sf
 import soxr
@@ -20,9 +27,19 @@ _SUFFIXES = {"WAV": (".wav",), "FLAC": (".flac",), "OGG": (".ogg", ".oga", ".opu
              "AIFF": (".aif", ".aiff"), "AU": (".au",), "CAF": (".caf",), "W64": (".w64",), "RF64": (".rf64",)}
 
 
+# ...and those FFmpeg (PyAV) reads: audio in video and streaming containers.
+FFMPEG_SUFFIXES = (".mp4", ".m4a", ".aac", ".mkv", ".mka", ".avi", ".mov", ".webm", ".opus", ".wma", ".mp3")
+TRUNCATION_TOLERANCE = 0.05  # a stream this much shorter than its header says is truncated
+# Containers where a seek's timestamp places a segment's samples exactly (tests/test_containers.py).
+# Elsewhere a segment is counted from the first sample, decoding from the start: matroska/webm and
+# asf stamp in milliseconds (off by up to 16 samples), avi's audio stamps are not sample positions.
+SEEK_EXACT = ("mp4", "mov", "ogg", "aac", "mp3")
+
+
 def audio_suffixes() -> tuple[str, ...]:
     formats = sf.available_formats()
-    return tuple(suffix for name, suffixes in _SUFFIXES.items() if name in formats for suffix in suffixes)
+    ours = tuple(suffix for name, suffixes in _SUFFIXES.items() if name in formats for suffix in suffixes)
+    return ours + tuple(s for s in FFMPEG_SUFFIXES if s not in ours)
 
 
 class AudioError(ValueError):
@@ -35,18 +52,172 @@ def _warn_once(kind: str, message: str) -> None:
         log.warning(message + " (said once; later files are converted silently)")
 
 
-def read_audio(path, target_sr: int = TARGET_SR) -> np.ndarray:
-    """Return the file's samples as float32 mono at target_sr (see prepare_samples)."""
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says: its audio's sample rate, channels and length."""
+    samplerate: int
+    channels: int
+    frames: int             # samples per channel
+    reader: str             # "soundfile" or "ffmpeg"
+    format: str = ""        # soundfile's format (WAV, FLAC, ...) or FFmpeg's container name
+    subtype: str = ""       # soundfile's subtype (PCM_16, ...) or FFmpeg's codec name
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.samplerate
+
+
+def _soundfile_info(path):
+    try:
+        return sf.info(_opened(path))
+    except (sf.LibsndfileError, RuntimeError):
+        return None
+
+
+def audio_info(path) -> AudioInfo:
+    """The header of any file read_audio reads, without decoding it (AudioError: the file and
+    the fix)."""
+    path = _existing(path)
+    info = _soundfile_info(path)
+    if info is not None:
+        return AudioInfo(info.samplerate, info.channels, info.frames, "soundfile", info.format, info.subtype)
+    with _open_container(path) as container:
+        stream = _audio_stream(container, path)
+        return AudioInfo(stream.sample_rate, stream.channels, _header_frames(container, stream), "ffmpeg",
+                         container.format.name, stream.codec_context.name)
+
+
+def read_audio(path, target_sr: int = TARGET_SR, start: float | None = None, end: float | None = None) -> np.ndarray:
+    """The file's samples as float32 mono at target_sr (see prepare_samples): all of them, or the
+    segment from `start` to `end` seconds, frames int(start * rate) to int(end * rate) as EmoBox's
+    EmoDataset cuts them (read by seeking). AudioError names the file and the fix: missing,
+    unreadable, corrupt or truncated, no audio stream, a codec this FFmpeg cannot decode."""
+    info = audio_info(path)
+    first = 0 if start is None else int(start * info.samplerate)
+    last = None if end is None else int(end * info.samplerate)
+    samples, rate = read_frames(path, first, last, info)
+    if samples.size == 0:
+        raise AudioError(f"{path}: the audio file holds no samples{' in that segment' if start or end else ''}; "
+                         "re-export it or drop the utterance")
+    return prepare_samples(samples, rate, target_sr, str(path))
+
+
+def read_frames(path, first: int = 0, last: int | None = None, info: AudioInfo | None = None
+                ) -> tuple[np.ndarray, int]:
+    """Frames first to last (default: the end) of the file at its own rate: ([n, channels] float32,
+    rate). A whole file that decodes over TRUNCATION_TOLERANCE short of its header is refused."""
+    path = _existing(path)
+    info = info or audio_info(path)
+    if info.reader == "ffmpeg":
+        return _ffmpeg_read(path, first, last)
+    try:
+        samples, rate = sf.read(_opened(path), start=first, stop=last, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(f"{path}: unreadable audio ({err}); re-export it as a 16 kHz PCM wav") from err
+    if first == 0 and last is None and len(samples) < info.frames * (1 - TRUNCATION_TOLERANCE):
+        raise _truncated(path, len(samples) / rate, info.duration)
+    return samples, rate
+
+
+def _existing(path):
+    """A path that exists, or a binary file object (an upload)."""
+    if hasattr(path, "read"):
+        return path
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found; check the audio folder or the csv's FileName")
+    return path
+
+
+def _truncated(path, got: float, header: float) -> AudioError:
+    return AudioError(f"{path}: truncated or corrupt audio: {got:.2f} s decode of the {header:.2f} s its header "
+                      "says; copy the file again from the corpus, or re-export it")
+
+
+def _opened(path):
+    """What soundfile and PyAV open: the path's string, or the file object rewound to its start."""
+    if hasattr(path, "read"):
+        path.seek(0)
+        return path
+    return str(path)
+
+
+def _open_container(path):
     try:
-        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(f"{path}: unreadable audio ({err}); re-export it as a 16 kHz PCM wav") from err
-    if samples.size == 0:
-        raise AudioError(f"{path}: the audio file holds no samples; re-export it or drop the utterance")
-    return prepare_samples(samples, sr, target_sr, str(path))
+        return av.open(_opened(path), mode="r", metadata_errors="ignore")
+    except av.FFmpegError as err:
+        raise AudioError(f"{path}: unreadable audio: neither libsndfile nor FFmpeg reads it "
+                         f"({getattr(err, 'strerror', None) or err}: truncated, corrupt or not audio); copy it again "
+                         "from the corpus, or re-export it as a 16 kHz PCM wav") from err
+
+
+def _audio_stream(container, path: Path):
+    if not container.streams.audio:
+        kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
+        raise AudioError(f"{path}: the file has no audio stream ({kinds}); extract the audio track, or drop "
+                         "the utterance")
+    stream = container.streams.audio[0]
+    if stream.codec_context is None:
+        raise AudioError(f"{path}: its audio codec cannot be decoded by this FFmpeg build (PyAV {av.__version__}); "
+                         "convert the file (e.g. to flac or a PCM wav)")
+    return stream
+
+
+def _header_frames(container, stream) -> int:
+    """Samples per channel the header announces (stream duration, else the container's)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return int(round(float(stream.duration * stream.time_base) * stream.sample_rate))
+    if container.duration is not None:
+        return int(round(container.duration / av.time_base * stream.sample_rate))
+    return 0
+
+
+def _ffmpeg_read(path: Path, first: int, last: int | None) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream into [samples, channels] float32: frames first to last, from
+    the keyframe before `first`. The first decoded frame's timestamp places the samples, the rest
+    follow it (a seek that lands past `first` falls back to decoding from the beginning, as do
+    containers outside SEEK_EXACT). mp4/mov audio ends where its header says (the encoder pads its
+    last frame); a whole stream that ends over TRUNCATION_TOLERANCE before its header is refused."""
+    with _open_container(path) as container:
+        stream = _audio_stream(container, path)
+        rate, header = stream.sample_rate, _header_frames(container, stream)
+        whole = first == 0 and last is None
+        if last is None and "mp4" in container.format.name.split(","):
+            last = header or None
+        try:
+            seekable = any(name in container.format.name.split(",") for name in SEEK_EXACT)
+            begin, samples = _decode(container, stream, first, last, seek=first > 0 and seekable)
+            if begin > first:
+                begin, samples = _decode(container, stream, first, last, seek=False)
+        except av.FFmpegError as err:
+            raise AudioError(f"{path}: corrupt audio ({getattr(err, 'strerror', None) or err}); copy the file "
+                             "again from the corpus, or re-export it") from err
+    if samples is None:
+        raise AudioError(f"{path}: the audio stream decodes to no samples; re-export it or drop the utterance")
+    if whole and header and begin + samples.shape[0] < header * (1 - TRUNCATION_TOLERANCE):
+        raise _truncated(path, samples.shape[0] / rate, header / rate)
+    return np.ascontiguousarray(samples[first - begin:None if last is None else last - begin]), rate
+
+
+def _decode(container, stream, first: int, last: int | None, seek: bool) -> tuple[int, np.ndarray | None]:
+    """(sample position of the first decoded sample, [samples, channels]) up to `last`."""
+    rate = stream.sample_rate
+    container.seek(int(first / rate / stream.time_base) if seek else 0, stream=stream, backward=True)
+    to_float = av.AudioResampler(format="fltp")
+    chunks, begin, position = [], None, 0
+    for frame in container.decode(stream):
+        if begin is None:
+            stamp = int(round(float(frame.pts * stream.time_base) * rate)) if frame.pts is not None else 0
+            begin = position = stamp if seek else min(stamp, 0)   # from the start: a priming offset only
+        for converted in to_float.resample(frame):
+            chunk = converted.to_ndarray()
+            chunks.append(chunk)
+            position += chunk.shape[1]
+        if last is not None and position >= last:
+            break
+    if not chunks:
+        return 0, None
+    return begin, np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False)
 
 
 def prepare_samples(samples: np.ndarray, sr: int, target_sr: int = TARGET_SR, name: str = "audio") -> np.ndarray:

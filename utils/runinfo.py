@@ -20,7 +20,7 @@ from utils.lock import RunLock, live_holders
 log = logging.getLogger(__name__)
 RESULT_PATTERNS = ("*_model.pt", "*_last.pt", "*_result.json", "*_stats.txt", "*_predictions.csv", "results.json", "results.csv",
                    "results.md", "confusion_matrix*.png", "learning_curves.png", "tensorboard/*/*", "config.json", "train.log")
-PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "pandas", "soundfile", "soxr")
+PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "pandas", "soundfile", "soxr", "av")
 
 
 class RunDirError(RuntimeError):

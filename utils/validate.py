@@ -5,7 +5,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
+
+from utils.audio import AudioError, audio_info
 
 
 SHOWN_PER_KIND = 10
@@ -35,9 +36,9 @@ def audio_problems(paths, min_samples: int = 1) -> dict:
     """Missing, unreadable or empty audio files, and files shorter than the encoder's receptive
     field (min_samples at 16 kHz), from their headers (nothing is decoded)."""
     problems = defaultdict(list)
-    kinds = ("missing audio files (check --data_path_audio)", "unreadable audio files (re-export as 16 kHz PCM wav)")
-    for path, info in readable_headers(paths, lambda p: sf.info(str(p)), (sf.LibsndfileError, RuntimeError), kinds,
-                                       problems):
+    kinds = ("missing audio files (check --data_path_audio)",
+             "unreadable audio files (no audio stream, corrupt, or a codec FFmpeg cannot decode: re-export as 16 kHz PCM wav)")
+    for path, info in readable_headers(paths, audio_info, (AudioError,), kinds, problems):
         if info.frames == 0:
             problems["empty audio files (re-export or drop the row)"].append(str(path))
         elif info.frames * 16000 / info.samplerate < min_samples:
