@@ -276,7 +276,7 @@ class EmotionRecognizer:
 
     def __init__(self, models: dict, roberta: str = DEFAULT_ROBERTA, device="cpu", precision: str = "fp32",
                  batch_size: int | None = None, asr: str | None = None, language: str | None = None,
-                 text_encoder=None, embed_text: bool = True):
+                 text_encoder=None, embed_text: bool = True, asr_backend: str = "auto"):
         """models: {path: torch model (load_models) or OnnxModel (load_onnx_models)}; text_encoder:
         a callable texts -> [T, H] arrays (default, for mmer: `roberta` in torch). embed_text=False:
         no text encoder is loaded; mmer then reads only the text features passed to predict_many."""
@@ -290,7 +290,7 @@ class EmotionRecognizer:
         if text_encoder is None and self.first.uses_text and embed_text:
             text_encoder = self._text_encoder()
         self.text_encoder = text_encoder
-        self.asr = Recogniser(asr, language, self.device) if asr and self.first.uses_text else None
+        self.asr = Recogniser(asr, language, self.device, asr_backend) if asr and self.first.uses_text else None
         self.windows = Windows()
         self._turn = threading.RLock()
         if asr and not self.first.uses_text:
@@ -299,7 +299,7 @@ class EmotionRecognizer:
     @classmethod
     def from_run(cls, checkpoint_dir, session=None, ensemble: bool = False, run=None, wav2vec2=None, roberta=None,
                  device="auto", precision: str = "auto", batch_size: int | None = None, asr: str | None = None,
-                 language: str | None = None, embed_text: bool = True) -> "EmotionRecognizer":
+                 language: str | None = None, embed_text: bool = True, asr_backend: str = "auto") -> "EmotionRecognizer":
         """Load `<checkpoint_dir>/<session>_model.pt` (default: the first fold's), or all folds'
         with `ensemble`; settings not given come from the checkpoints and the run's config.json.
         asr: a transformers speech recogniser (e.g. openai/whisper-small) for mmer's missing
@@ -311,7 +311,8 @@ class EmotionRecognizer:
         check_precision(device, precision)
         models = load_models(checkpoint_dir, run, wav2vec2, session, ensemble, device)
         roberta = recorded_roberta(checkpoint_dir, roberta)
-        return cls(models, roberta, device, precision, batch_size, asr, language, embed_text=embed_text)
+        return cls(models, roberta, device, precision, batch_size, asr, language, embed_text=embed_text,
+                   asr_backend=asr_backend)
 
     @classmethod
     def from_onnx(cls, onnx_dir, session=None, ensemble: bool = False, roberta=None, batch_size: int | None = None,
@@ -522,14 +523,14 @@ class EmotionRecognizer:
 
 
 class Recogniser:
-    """A transformers speech recogniser (data_prep/transcribe.py's loading and decoding) that
+    """A speech recogniser, transformers' or faster-whisper's (data_prep/transcribe.py's loading and decoding), that
     transcribes 16 kHz recordings for mmer, where no transcript is given."""
 
-    def __init__(self, asr: str, language: str | None, device):
+    def __init__(self, asr: str, language: str | None, device, backend: str = "auto"):
         from data_prep.transcribe import TranscribeError, generate_kwargs, load_recogniser, model_stamp
         try:
-            stamp = model_stamp(asr, language, num_beams=1)
-            self.pipeline = load_recogniser(asr, device)
+            stamp = model_stamp(asr, language, num_beams=1, backend=backend, device=device)
+            self.pipeline = load_recogniser(asr, device, stamp)
         except TranscribeError as err:
             raise PredictError(str(err)) from err
         self.settings = generate_kwargs(self.pipeline, stamp)

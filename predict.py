@@ -28,6 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers.utils import logging as hf_logging
 
 from data_prep.extract_roberta import TextFeatureError
+from data_prep.transcribe import ASR_BACKENDS
 from inference import EmotionRecognizer, PredictError, Windows, plot_timeline, predictions_table, timeline_table
 from models import MODELS
 from utils.audio import AudioError, audio_suffixes
@@ -216,8 +217,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      "else roberta-base); refused when it contradicts the record")
     p.add_argument("--wav2vec2", help="speech encoder architecture (default: the checkpoint's; needed for the "
                                       "published ones)")
-    p.add_argument("--asr", help="mmer: a transformers speech recogniser (e.g. openai/whisper-small) for recordings "
-                                 "without a transcript, instead of the model's own CTC head (better on real data)")
+    p.add_argument("--asr", help="mmer: a speech recogniser for recordings without a transcript, instead of the "
+                                 "model's own CTC head (better on real data): a transformers one (e.g. "
+                                 "openai/whisper-small) or a CTranslate2 Whisper folder (faster-whisper)")
+    p.add_argument("--asr_backend", choices=ASR_BACKENDS, default="auto",
+                   help="auto: faster-whisper for a folder with model.bin (CTranslate2), else transformers")
     p.add_argument("--language", help="--asr: the language for a multilingual Whisper (e.g. en, french)")
     p.add_argument("--output", type=Path, help="write the predictions to a .json or .csv file")
     add_number(p, "--batch_size", int, 1, default=None,
@@ -269,7 +273,7 @@ def load_recognizer(args: argparse.Namespace) -> EmotionRecognizer:
                                            args.asr, args.language)
     return EmotionRecognizer.from_run(args.checkpoint_dir, args.session, args.ensemble, args.run, args.wav2vec2,
                                       args.roberta, args.device, args.precision, args.batch_size, args.asr,
-                                      args.language, embed_text=not args.data_path_roberta)
+                                      args.language, embed_text=not args.data_path_roberta, asr_backend=args.asr_backend)
 
 
 def run_prediction(args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:

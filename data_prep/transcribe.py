@@ -1,6 +1,6 @@
 """Transcripts from a speech recogniser: fills the column `transcript` of a corpus table
-(docs/CORPUS.md) with any transformers speech-recognition model (Whisper, wav2vec2-CTC, ...),
-batched by length on CPU or GPU, and records the model, its cost and its WER in `<stem>.asr.json`.
+(docs/CORPUS.md) with any transformers speech-recognition model (Whisper, wav2vec2-CTC, ...) or a
+CTranslate2 Whisper through faster-whisper (int8 on a CPU), batched by length on CPU or GPU, and records the model, its cost and its WER in `<stem>.asr.json`.
 
 Resumable: each finished batch is appended to `<stem>.transcribe.jsonl` beside the table (a
 first line naming model, language and decoding, then one {"FileName", "transcript"} line per
@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jiwer  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
@@ -52,8 +53,22 @@ RECOGNISER_CLASSES = {
 }
 
 
+ASR_BACKENDS = ("auto", "transformers", "faster-whisper")
+CT2_MODEL = "model.bin"              # what makes a folder a CTranslate2 model (faster-whisper's format)
+WHISPER_MULTILINGUAL_VOCAB = 51865   # Whisper's vocabulary: 51864 tokens for the English-only `*.en` models
+
+
 class TranscribeError(ValueError):
     """Bad input to the transcription; the message names the file and the fix."""
+
+
+def asr_backend(asr, backend: str = "auto") -> str:
+    """transformers, or faster-whisper (CTranslate2) for a folder holding model.bin (auto)."""
+    if backend not in ASR_BACKENDS:
+        raise TranscribeError(f"--asr_backend {backend}: choose one of {', '.join(ASR_BACKENDS)}")
+    if backend != "auto":
+        return backend
+    return "faster-whisper" if (Path(str(asr)).expanduser() / CT2_MODEL).is_file() else "transformers"
 
 
 # ---- words: the normalisation behind the WER -------------------------------------------------
@@ -125,10 +140,13 @@ def audio_durations(paths, csv) -> list[float]:
 
 # ---- the recogniser --------------------------------------------------------------------------
 
-def model_stamp(asr, language, num_beams: int) -> dict:
+def model_stamp(asr, language, num_beams: int, backend: str = "auto", device=None) -> dict:
     """What identifies the transcripts: the model (a local folder by its absolute path, with a
-    digest of its config), the language (as Whisper's code) and the decoding. Read from the
-    config alone, so a model that is no speech recogniser is refused before its weights load."""
+    digest of its config), the language (as Whisper's code) and the decoding (and, for
+    faster-whisper, its backend and compute type). Read from the config alone, so a model that is
+    no speech recogniser is refused before its weights load."""
+    if asr_backend(asr, backend) == "faster-whisper":
+        return ct2_stamp(asr, language, num_beams, device)
     source = str(asr)
     local = Path(source).expanduser()
     looks_local = local.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
@@ -148,6 +166,31 @@ def model_stamp(asr, language, num_beams: int) -> dict:
     generates = bool(heads & set(MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.values()))  # CTC, transducers: no beams
     return {"model": str(local.resolve()) if looks_local else source, "config_sha256": digest,
             "language": language_code(language, source, config), "num_beams": num_beams if generates else None}
+
+
+def ct2_stamp(asr, language, num_beams: int, device=None) -> dict:
+    """model_stamp of a CTranslate2 Whisper folder (config.json, model.bin, vocabulary, tokenizer.json)."""
+    folder = Path(str(asr)).expanduser()
+    if not (folder / CT2_MODEL).is_file():
+        raise TranscribeError(f"{asr}: not a CTranslate2 Whisper folder (no {CT2_MODEL}); convert a Whisper model with "
+                              "ct2-transformers-converter --model openai/whisper-small --output_dir DIR --quantization "
+                              "int8, or pass --asr_backend transformers")
+    config = (folder / "config.json").read_bytes() if (folder / "config.json").is_file() else b""
+    digest = hashlib.sha256(config + str((folder / CT2_MODEL).stat().st_size).encode()).hexdigest()
+    vocabulary = next((folder / name for name in ("vocabulary.txt", "vocabulary.json") if (folder / name).is_file()), None)
+    words = len(vocabulary.read_text(encoding="utf-8").splitlines()) if vocabulary and vocabulary.suffix == ".txt" else \
+        len(json.loads(vocabulary.read_text(encoding="utf-8"))) if vocabulary else WHISPER_MULTILINGUAL_VOCAB
+    code = None
+    if language is not None and words < WHISPER_MULTILINGUAL_VOCAB:
+        log.warning("--language %s ignored: %s is an English-only Whisper", language, asr)
+    elif language is not None:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+        code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
+        if code not in _LANGUAGE_CODES:
+            raise TranscribeError(f"--language {language}: not a language of {asr}; it takes {sorted(_LANGUAGE_CODES)}")
+    cuda = device is not None and getattr(device, "type", str(device)).startswith("cuda")
+    return {"model": str(folder.resolve()), "config_sha256": digest, "language": code, "num_beams": num_beams,
+            "backend": "faster-whisper", "compute_type": "float16" if cuda else "int8"}
 
 
 def language_code(language, source: str, config) -> str | None:
@@ -179,8 +222,38 @@ def whisper_languages(source: str, config) -> set[str] | None:
     return {token.strip("<|>") for token in getattr(generation, "lang_to_id", {})}
 
 
-def load_recogniser(asr, device):
-    """transformers' speech-recognition pipeline over the model, its feature extractor and tokenizer."""
+class FasterWhisper:
+    """A CTranslate2 Whisper run by faster-whisper (int8 on a CPU, float16 on a GPU), decoding
+    each clip as transformers' pipeline does here: greedy or beam search, no voice-activity
+    filter, no conditioning on earlier text."""
+    type = "faster-whisper"
+
+    def __init__(self, folder, device, compute_type: str):
+        import torch
+        from faster_whisper import WhisperModel
+        cuda = device.type == "cuda"
+        self.model = WhisperModel(str(folder), device="cuda" if cuda else "cpu", device_index=device.index or 0,
+                                  compute_type=compute_type, cpu_threads=torch.get_num_threads())
+        self.sampling_rate = self.model.feature_extractor.sampling_rate
+
+    def __call__(self, waves, settings: dict) -> list[str]:
+        texts = []
+        for wave in waves:
+            segments, _ = self.model.transcribe(np.asarray(wave, dtype=np.float32), beam_size=settings.get("num_beams", 1),
+                                                language=settings.get("language"), task="transcribe",
+                                                condition_on_previous_text=False, vad_filter=False)
+            texts.append(" ".join(segment.text.strip() for segment in segments).strip())
+        return texts
+
+
+def load_recogniser(asr, device, stamp: dict | None = None):
+    """transformers' speech-recognition pipeline over the model, its feature extractor and
+    tokenizer; or faster-whisper where the stamp says so."""
+    if stamp is not None and stamp.get("backend") == "faster-whisper":
+        try:
+            return FasterWhisper(asr, device, stamp["compute_type"])
+        except (RuntimeError, ValueError, OSError) as err:
+            raise TranscribeError(f"cannot load the CTranslate2 Whisper {str(asr)!r} ({err}); {LOAD_HINT}") from err
     try:
         return pipeline("automatic-speech-recognition", model=str(asr), device=device)
     except (OSError, ValueError, KeyError) as err:
@@ -191,6 +264,8 @@ def generate_kwargs(recogniser, stamp: dict) -> dict:
     """Decoding settings for the models that generate: beams, and Whisper's language and task."""
     if stamp["num_beams"] is None:
         return {}
+    if stamp.get("backend") == "faster-whisper":
+        return {"num_beams": stamp["num_beams"], "language": stamp["language"]}
     settings = {"num_beams": stamp["num_beams"]}
     if recogniser.type == "seq2seq_whisper" and recogniser.model.generation_config.is_multilingual:
         settings["task"] = "transcribe"  # not translate
@@ -203,6 +278,8 @@ def recognise(recogniser, waves, sampling_rate: int, settings: dict, batch_size:
     """One transcript per wave. Whisper hears 30 s windows: a longer clip is decoded alone
     (batched pipelines pad features to one length), by Whisper's sequential long-form decoding,
     which needs the timestamp tokens."""
+    if isinstance(recogniser, FasterWhisper):
+        return recogniser(waves, settings)
     window = getattr(recogniser.feature_extractor, "n_samples", None) if recogniser.type == "seq2seq_whisper" else None
     if window and any(len(wave) > window for wave in waves):
         return [text for wave in waves
@@ -248,8 +325,8 @@ def read_sidecar(path: Path, stamp: dict, overwrite: bool) -> dict[str, str]:
         log.warning("%s: no readable first line, starting afresh", path)
         path.unlink()
         return {}
-    keys = ("model", "config_sha256", "language", "num_beams")
-    if {key: old.get(key) for key in keys} != {key: stamp[key] for key in keys}:
+    keys = ("model", "config_sha256", "language", "num_beams", "backend", "compute_type")
+    if {key: old.get(key) for key in keys} != {key: stamp.get(key) for key in keys}:
         raise TranscribeError(
             f"{path}: holds transcripts of {old.get('model')} (language {old.get('language')}, "
             f"beams {old.get('num_beams')}), not of {stamp['model']} (language {stamp['language']}, "
@@ -279,7 +356,7 @@ def append_sidecar(path: Path, stamp: dict, names, texts) -> None:
 # ---- the whole job ---------------------------------------------------------------------------
 
 def transcribe_table(csv, asr=DEFAULT_ASR, language=None, audio_dir=None, batch_size: int = 8,
-                     device="auto", overwrite: bool = False, num_beams: int = 1) -> dict:
+                     device="auto", overwrite: bool = False, num_beams: int = 1, backend: str = "auto") -> dict:
     """Fill `transcript` in the table at `csv` (every other column and the row order unchanged),
     write `<stem>.asr.json`, and return that summary."""
     csv = Path(csv)
@@ -291,7 +368,7 @@ def transcribe_table(csv, asr=DEFAULT_ASR, language=None, audio_dir=None, batch_
         device = resolve_device(str(device))
     except ValueError as err:
         raise TranscribeError(str(err)) from err
-    stamp = model_stamp(asr, language, num_beams)
+    stamp = model_stamp(asr, language, num_beams, backend, device)
     sidecar = sidecar_path(csv)
     done = read_sidecar(sidecar, stamp, overwrite)
     names = table["FileName"].tolist()
@@ -299,7 +376,7 @@ def transcribe_table(csv, asr=DEFAULT_ASR, language=None, audio_dir=None, batch_
     log.info("%d of %d utterances already transcribed in %s", len(names) - len(todo), len(names), sidecar)
     seconds = 0.0
     if todo:
-        recogniser = load_recogniser(asr, device)
+        recogniser = load_recogniser(asr, device, stamp)
         started = time.perf_counter()
         done.update(run_batches(recogniser, stamp, sidecar, paths, names, durations, todo, batch_size))
         seconds = time.perf_counter() - started
@@ -315,7 +392,8 @@ def transcribe_table(csv, asr=DEFAULT_ASR, language=None, audio_dir=None, batch_
 
 def run_batches(recogniser, stamp, sidecar, paths, names, durations, todo, batch_size) -> dict[str, str]:
     """Transcribe the rows `todo`, appending each batch to the sidecar as it finishes."""
-    sampling_rate = recogniser.feature_extractor.sampling_rate
+    sampling_rate = recogniser.sampling_rate if isinstance(recogniser, FasterWhisper) else \
+        recogniser.feature_extractor.sampling_rate
     settings = generate_kwargs(recogniser, stamp)
     transcripts = {}
     with logging_redirect_tqdm(), tqdm(total=len(todo), desc="ASR", unit="utt") as bar:
@@ -348,6 +426,7 @@ def summarise(table, stamp, durations, todo, seconds: float, device) -> dict:
     return {
         "model": stamp["model"], "language": stamp["language"], "num_beams": stamp["num_beams"],
         "config_sha256": stamp["config_sha256"], "device": str(device),
+        "backend": stamp.get("backend", "transformers"), "compute_type": stamp.get("compute_type"),
         "utterances": len(table), "audio_seconds": round(sum(durations), 3),
         "transcribed": len(todo), "transcribed_audio_seconds": round(transcribed_audio, 3),
         "seconds": round(seconds, 3),
@@ -373,7 +452,10 @@ def summary_line(summary: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--csv", required=True, type=Path, help="the corpus table (docs/CORPUS.md)")
-    parser.add_argument("--asr", default=DEFAULT_ASR, help="hub name or save_pretrained folder of the recogniser")
+    parser.add_argument("--asr", default=DEFAULT_ASR, help="hub name or save_pretrained folder of the recogniser, "
+                        "or a CTranslate2 Whisper folder (faster-whisper)")
+    parser.add_argument("--asr_backend", choices=ASR_BACKENDS, default="auto",
+                        help="auto: faster-whisper for a folder with model.bin (CTranslate2), else transformers")
     parser.add_argument("--language", default=None,
                         help="Whisper's language (en, french, ...); default: detected per utterance")
     parser.add_argument("--audio_dir", type=Path, default=None,
@@ -389,7 +471,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = transcribe_table(args.csv, args.asr, args.language, args.audio_dir, args.batch_size,
-                                   args.device, args.overwrite, args.num_beams)
+                                   args.device, args.overwrite, args.num_beams, args.asr_backend)
     except TranscribeError as err:
         parser.exit(2, f"error: {err}\n")
     print(summary_line(summary))
