@@ -6,7 +6,12 @@ Resumable: each finished batch is appended to `<stem>.transcribe.jsonl` beside t
 first line naming model, language and decoding, then one {"FileName", "transcript"} line per
 utterance), so a killed run goes on where it stopped. The file is kept as the record of what was
 transcribed: a rerun with the same settings only transcribes rows it lacks (new ones), one with
-another model or language is refused unless --overwrite, which redoes everything."""
+another model or language is refused unless --overwrite, which redoes everything.
+
+Sharded: `torchrun --nproc_per_node N data_prep/transcribe.py ...` deals the one-process batches out
+whole (batch k to process k mod N), each process appending to `<stem>.transcribe.rank<r>.jsonl`;
+when all have finished, rank 0 merges them into the one sidecar and writes the table: the same
+files as one process. A killed launch resumes from its shards with any number of processes."""
 import argparse
 import hashlib
 import json
@@ -35,7 +40,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from corpus import audio_paths  # noqa: E402
 from utils.audio import AudioError, audio_info, read_audio  # noqa: E402
 from utils.cli import number, some  # noqa: E402
-from utils.device import resolve_device  # noqa: E402
+from utils import distributed  # noqa: E402
 from utils.files import atomic_path, atomic_write_text  # noqa: E402
 from utils.text import NON_SPEECH_TAG  # noqa: E402
 
@@ -342,6 +347,26 @@ def read_sidecar(path: Path, stamp: dict, overwrite: bool) -> dict[str, str]:
     return done
 
 
+def shard_path(csv, rank: int) -> Path:
+    """One torchrun process's sidecar: merged into the table's when every process has finished."""
+    return Path(csv).with_name(f"{Path(csv).stem}.transcribe.rank{rank}.jsonl")
+
+
+def shard_paths(csv) -> list[Path]:
+    return sorted(Path(csv).parent.glob(f"{Path(csv).stem}.transcribe.rank*.jsonl"))
+
+
+def merge_sidecars(csv, stamp: dict, transcripts: dict) -> None:
+    """The table's sidecar rewritten with every transcript (in table order), then the shards removed."""
+    if not shard_paths(csv):
+        return
+    lines = [json.dumps(stamp)] + [json.dumps({"FileName": name, COLUMN: text}, ensure_ascii=False)
+                                   for name, text in transcripts.items()]
+    atomic_write_text(sidecar_path(csv), "\n".join(lines) + "\n")
+    for path in shard_paths(csv):
+        path.unlink()
+
+
 def append_sidecar(path: Path, stamp: dict, names, texts) -> None:
     """Append one batch; flushed, so a kill keeps every finished batch."""
     new = not path.is_file()
@@ -364,40 +389,60 @@ def transcribe_table(csv, asr=DEFAULT_ASR, language=None, audio_dir=None, batch_
     audio_dir = Path(audio_dir) if audio_dir is not None else default_audio_dir(csv)
     paths = audio_paths(table, audio_dir)
     durations = audio_durations(paths, csv)
-    try:  # before the slow load, so a bad --device fails at once
-        device = resolve_device(str(device))
+    try:  # before the slow load, so a bad --device fails at once; joins torchrun's processes
+        device = distributed.init_distributed(str(device))
     except ValueError as err:
         raise TranscribeError(str(err)) from err
     stamp = model_stamp(asr, language, num_beams, backend, device)
-    sidecar = sidecar_path(csv)
-    done = read_sidecar(sidecar, stamp, overwrite)
+    sidecar, world, rank = sidecar_path(csv), distributed.world_size(), distributed.rank()
+    if overwrite and rank == 0:
+        for path in [sidecar, *shard_paths(csv)]:
+            path.unlink(missing_ok=True)
+    distributed.barrier()
+    done = {}
+    for path in [sidecar, *shard_paths(csv)]:   # a killed run's shards too, whatever its process count
+        done.update(read_sidecar(path, stamp, overwrite=False))
     names = table["FileName"].tolist()
     todo = [i for i, name in enumerate(names) if name not in done]
     log.info("%d of %d utterances already transcribed in %s", len(names) - len(todo), len(names), sidecar)
+    # the single process's batches, dealt out whole: each utterance is decoded in the same batch
+    mine = [batch for k, batch in enumerate(length_batches(durations, todo, batch_size)) if k % world == rank]
     seconds = 0.0
-    if todo:
+    if mine:
         recogniser = load_recogniser(asr, device, stamp)
         started = time.perf_counter()
-        done.update(run_batches(recogniser, stamp, sidecar, paths, names, durations, todo, batch_size))
+        run_batches(recogniser, stamp, sidecar if world == 1 else shard_path(csv, rank), paths, names, mine,
+                    batch_size)
         seconds = time.perf_counter() - started
+    seconds = distributed.sum_floats([seconds], device)[0]
+    shares = distributed.gather_objects(sum(map(len, mine)))   # utterances each process transcribed
+    if rank != 0:
+        distributed.barrier()
+        return {}
+    for path in shard_paths(csv):
+        done.update(read_sidecar(path, stamp, overwrite=False))
+    done.update(read_sidecar(sidecar, stamp, overwrite=False))
+    merge_sidecars(csv, stamp, {name: done[name] for name in names if name in done})
+    distributed.barrier()
     transcripts = [done[name] for name in names]
     if COLUMN in table.columns and table[COLUMN].tolist() != transcripts:
         log.info("%s: replacing its %s column", csv, COLUMN)
     table[COLUMN] = transcripts
     write_table(table, csv)
-    summary = summarise(table, stamp, durations, todo, seconds, device)
+    summary = {**summarise(table, stamp, durations, todo, seconds, device), "transcribed_per_process": shares}
     atomic_write_text(record_path(csv), json.dumps(summary, indent=1) + "\n")
     return summary
 
 
-def run_batches(recogniser, stamp, sidecar, paths, names, durations, todo, batch_size) -> dict[str, str]:
-    """Transcribe the rows `todo`, appending each batch to the sidecar as it finishes."""
+def run_batches(recogniser, stamp, sidecar, paths, names, batches, batch_size) -> dict[str, str]:
+    """Transcribe the row batches, appending each to the sidecar as it finishes."""
     sampling_rate = recogniser.sampling_rate if isinstance(recogniser, FasterWhisper) else \
         recogniser.feature_extractor.sampling_rate
     settings = generate_kwargs(recogniser, stamp)
     transcripts = {}
-    with logging_redirect_tqdm(), tqdm(total=len(todo), desc="ASR", unit="utt") as bar:
-        for batch in length_batches(durations, todo, batch_size):
+    with logging_redirect_tqdm(), tqdm(total=sum(map(len, batches)), desc="ASR", unit="utt",
+                                       disable=not distributed.is_main()) as bar:
+        for batch in batches:
             try:
                 waves = [read_audio(paths[i], sampling_rate) for i in batch]
             except AudioError as err:
@@ -474,7 +519,10 @@ def main(argv=None) -> None:
                                    args.device, args.overwrite, args.num_beams, args.asr_backend)
     except TranscribeError as err:
         parser.exit(2, f"error: {err}\n")
-    print(summary_line(summary))
+    finally:
+        distributed.shutdown()
+    if summary:  # rank 0 of a torchrun launch, or the one process
+        print(summary_line(summary))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ transcripts of two models are never mixed, bad inputs are named; and the tiny Wh
 stands in for openai/whisper-small loads like it."""
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -285,3 +286,20 @@ def test_tiny_whisper_same_seed_gives_identical_weights_and_another_seed_differe
     other = load_file(save_tiny_whisper(tmp_path / "other", seed=1) / "model.safetensors")
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not all(torch.equal(first[key], other[key]) for key in first)
+
+
+def test_two_torchrun_processes_write_what_one_process_writes(tmp_path, models):
+    """Disjoint shards (the single process's batches, dealt out whole), one merged table and
+    sidecar, no shard left behind; the CTC model, whose padding matters, in batches of 2."""
+    one, two = make_corpus(tmp_path / "one", extra_seconds=(1.3,)), make_corpus(tmp_path / "two", extra_seconds=(1.3,))
+    transcribe_table(one, models["ctc"], batch_size=2, device="cpu")
+    launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "data_prep/transcribe.py", "--csv", str(two), "--asr", str(models["ctc"]),
+                             "--batch_size", "2", "--device", "cpu"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    assert read(two).equals(read(one)) and read(one)["transcript"].str.len().sum() > 0
+    assert sorted(map(json.dumps, sidecar_lines(two)[1:])) == sorted(map(json.dumps, sidecar_lines(one)[1:]))
+    assert not list(two.parent.glob("*.rank*.jsonl")) and launch.stdout.count("utterances (") == 1
+    shares = json.loads((two.parent / "corpus.asr.json").read_text())["transcribed_per_process"]
+    assert sum(shares) == 5 and min(shares) > 0

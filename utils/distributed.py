@@ -56,6 +56,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def gather_objects(value) -> list:
+    """Each rank's value, in rank order, on every rank (a barrier; [value] in one process)."""
+    if not dist.is_initialized():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def sum_floats(values: list[float], device: torch.device) -> list[float]:
     """Host numbers added over all ranks, in float64 (unchanged in one process)."""
     if not dist.is_initialized():
