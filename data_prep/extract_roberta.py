@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from utils.cli import number, some  # noqa: E402
+from utils import distributed  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 from utils.files import atomic_path, atomic_write_text  # noqa: E402
 from utils.hub import check_model_name  # noqa: E402
@@ -143,18 +144,28 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 def extract(csv, out_dir, roberta="roberta-base", batch_size: int = 32, device="auto", overwrite: bool = False,
             text_column: str = DEFAULT_TEXT_COLUMN):
     """Write `<out_dir>/<FileName>.npy` for every csv row not done yet (all with `overwrite`),
-    embedding its `text_column`. Returns the counts {"written": n, "skipped": m}."""
+    embedding its `text_column`. Returns the counts {"written": n, "skipped": m}. Under torchrun
+    (`torchrun --nproc_per_node N data_prep/extract_roberta.py ...`) process r embeds rows r, r+N,
+    ... of those left to do: padding is masked, so the files are the ones one process writes."""
     table = read_transcripts(csv, text_column)
     out_dir = Path(out_dir)
-    check_encoder_stamp(out_dir, roberta, overwrite, text_column)
+    try:
+        device = distributed.init_distributed(str(device))
+    except ValueError as err:
+        raise TextFeatureError(str(err)) from err
+    if distributed.is_main():
+        check_encoder_stamp(out_dir, roberta, overwrite, text_column)
+    distributed.barrier()
     targets = [out_dir / f"{name}.npy" for name in table["FileName"]]
     todo = [i for i, path in enumerate(targets) if overwrite or not path.exists()]
+    distributed.barrier()   # every process has its list before any writes
     skipped = len(targets) - len(todo)
+    todo = todo[distributed.rank()::distributed.world_size()]
     if skipped:
         log.info("%d of %d feature files already in %s, skipped (--overwrite redoes them)",
                  skipped, len(targets), out_dir)
     if not todo:
-        return {"written": 0, "skipped": skipped}
+        return {"written": sum(distributed.gather_objects(0)), "skipped": skipped}
     tokenizer, model = load_text_encoder(roberta, device)
     names = [table["FileName"].iloc[i] for i in todo]
     token_ids = tokenize([table[text_column].iloc[i] for i in todo], tokenizer, model, names)
@@ -163,7 +174,7 @@ def extract(csv, out_dir, roberta="roberta-base", batch_size: int = 32, device="
         for j, array in embed_batches(token_ids, tokenizer, model, batch_size, progress=True):
             save_npy(targets[todo[j]], array[None])  # [1, T, H], the upstream layout
     log.info("wrote %d feature files to %s", len(todo), out_dir)
-    return {"written": len(todo), "skipped": skipped}
+    return {"written": sum(distributed.gather_objects(len(todo))), "skipped": skipped}
 
 
 def encoder_stamp(roberta) -> dict:
@@ -270,6 +281,8 @@ def main(argv=None) -> None:
         extract(args.csv, args.out_dir, args.roberta, args.batch_size, args.device, args.overwrite, args.text_column)
     except TextFeatureError as err:
         raise SystemExit(f"error: {err}") from err
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Text-feature extraction: one [1, T, H] float32 .npy per csv row, identical whatever the
 batching, resumable, never truncated on disk, with clear errors for bad inputs."""
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,23 @@ def tiny_dirs_for_stamp(tmp_path, roberta):
     RobertaModel(tiny_roberta_config(hidden_size=32, intermediate_size=64)).save_pretrained(other)
     AutoTokenizer.from_pretrained(roberta).save_pretrained(other)
     return roberta, other
+
+
+def test_two_torchrun_processes_write_the_files_of_one_each_utterance_alone(tmp_path, roberta, encoder):
+    """Rows dealt out r, r+2, ...: every file equals the model run on that utterance alone, the
+    encoder stamp is written once, and a rerun under torchrun writes nothing."""
+    csv = write_csv(tmp_path / "t.csv", TRANSCRIPTS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "data_prep/extract_roberta.py", "--csv", str(csv), "--out_dir", str(tmp_path / "feats"),
+               "--roberta", str(roberta), "--device", "cpu", "--batch_size", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    alone = run_one_at_a_time(list(TRANSCRIPTS.values()), *encoder)
+    for name, expected in zip(TRANSCRIPTS, alone):
+        np.testing.assert_allclose(np.load(tmp_path / "feats" / f"{name}.npy")[0], expected, atol=1e-5)
+    written = [line for line in launch.stderr.splitlines() if "wrote" in line]
+    assert sorted(int(line.split("wrote ")[1].split()[0]) for line in written) == [2, 3]   # disjoint shares
+    before = mtimes(tmp_path / "feats")
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and mtimes(tmp_path / "feats") == before
