@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -376,3 +377,32 @@ def test_a_killed_two_process_run_resumes_to_the_same_stats(demo, tmp_path):
 
 if __name__ == "__main__":
     probe_main(sys.argv[1:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_two_node_launch_on_one_host_writes_what_one_node_writes(demo, two_vs_one, tmp_path):
+    """The README's multi-node command, both nodes on localhost (one process each, gloo, c10d
+    rendezvous): the same files, stats and metrics as the two processes of one node."""
+    root, flags, _, _ = two_vs_one
+    port = free_port()
+    argv = [str(a) for a in demo.flags(**flags, batch_size=2, save_path=tmp_path / "nodes")]
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PROBE_DIR": str(tmp_path / "probe")}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(k),
+                               "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_id", "mmer-test",
+                               "--rdzv_endpoint", f"localhost:{port}", "--", __file__, *argv],
+                              cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    two_nodes, one_node = tmp_path / "nodes" / "mmer", root / "two" / "mmer"
+    assert sorted(p.name for p in two_nodes.iterdir()) == sorted(p.name for p in one_node.iterdir())
+    for session in (1, 2):
+        assert_same_stats(two_nodes, one_node, session)
+    assert fold_metrics(json.loads((two_nodes / "results.json").read_text())) == \
+        fold_metrics(json.loads((one_node / "results.json").read_text()))
+    assert json.loads((two_nodes / "config.json").read_text())["run"]["world_size"] == 2
