@@ -178,7 +178,7 @@ def test_matmul_peak_and_each_rows_fraction_of_it_are_printed_and_sane(tiny_benc
     assert len(rows) == len(record["measurements"]) == 2  # upstream and ours
     for achieved, peak, precision, fraction in rows:
         assert precision == "fp32" and float(achieved) > 0 and float(peak) > 0
-        assert 0 < float(fraction) < 1.5 and float(fraction) == pytest.approx(float(achieved) / float(peak), rel=0.01)
+        assert 0 < float(fraction) < 1.5 and float(fraction) == pytest.approx(float(achieved) / float(peak), rel=0.01, abs=5e-4)  # printed to 3 decimals
     assert record["matmul_peak"]["tflops"]["fp32"] > 0
     assert all(0 < m["fraction_of_matmul_peak"] < 1.5 for m in record["measurements"])
 
