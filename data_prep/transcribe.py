@@ -170,7 +170,8 @@ def model_stamp(asr, language, num_beams: int, backend: str = "auto", device=Non
     digest = hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest()
     generates = bool(heads & set(MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.values()))  # CTC, transducers: no beams
     return {"model": str(local.resolve()) if looks_local else source, "config_sha256": digest,
-            "language": language_code(language, source, config), "num_beams": num_beams if generates else None}
+            "language": language_code(language, source, whisper_languages(source, config), config.model_type),
+            "num_beams": num_beams if generates else None}
 
 
 def ct2_stamp(asr, language, num_beams: int, device=None) -> dict:
@@ -185,27 +186,25 @@ def ct2_stamp(asr, language, num_beams: int, device=None) -> dict:
     vocabulary = next((folder / name for name in ("vocabulary.txt", "vocabulary.json") if (folder / name).is_file()), None)
     words = len(vocabulary.read_text(encoding="utf-8").splitlines()) if vocabulary and vocabulary.suffix == ".txt" else \
         len(json.loads(vocabulary.read_text(encoding="utf-8"))) if vocabulary else WHISPER_MULTILINGUAL_VOCAB
-    code = None
-    if language is not None and words < WHISPER_MULTILINGUAL_VOCAB:
-        log.warning("--language %s ignored: %s is an English-only Whisper", language, asr)
-    elif language is not None:
+    if words < WHISPER_MULTILINGUAL_VOCAB:
+        codes = None
+    else:
         from faster_whisper.tokenizer import _LANGUAGE_CODES
-        code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
-        if code not in _LANGUAGE_CODES:
-            raise TranscribeError(f"--language {language}: not a language of {asr}; it takes {sorted(_LANGUAGE_CODES)}")
+        codes = set(_LANGUAGE_CODES)
+    code = language_code(language, str(asr), codes, "an English-only Whisper")
     cuda = device is not None and getattr(device, "type", str(device)).startswith("cuda")
     return {"model": str(folder.resolve()), "config_sha256": digest, "language": code, "num_beams": num_beams,
             "backend": "faster-whisper", "compute_type": "float16" if cuda else "int8"}
 
 
-def language_code(language, source: str, config) -> str | None:
-    """`language` ("en", "English", ...) as the code a multilingual Whisper takes; None, with a
-    warning, for models that take no language (CTC models, English-only Whisper `*.en`)."""
+def language_code(language, source: str, codes: set[str] | None, kind: str) -> str | None:
+    """`language` ("en", "English", ...) as one of the model's language `codes` (a multilingual
+    Whisper's); None, with a warning naming the model's `kind`, for models that take no language
+    (codes None: CTC models, English-only Whisper `*.en`)."""
     if language is None:
         return None
-    codes = whisper_languages(source, config)
     if codes is None:
-        log.warning("--language %s ignored: %s (%s) takes no language", language, source, config.model_type)
+        log.warning("--language %s ignored: %s (%s) takes no language", language, source, kind)
         return None
     code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
     if code not in codes:
