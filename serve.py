@@ -89,8 +89,7 @@ def decode_upload(upload, name: str, limits: Limits):
         check_duration(info.duration, name, limits)
         samples, rate = read_frames(upload, info=info)
     except AudioError as err:
-        reason = str(err).split(": ", 1)[-1].split("; ")[0]
-        raise ServiceError(415, f"{name}: not audio this service can read ({reason}); send one of "
+        raise ServiceError(415, f"{name}: not audio this service can read ({err.reason}); send one of "
                                f"{', '.join(audio_suffixes())} (the page converts its own recordings to .wav)") from err
     if samples.size == 0:
         raise ServiceError(400, f"{name}: the audio holds no samples; record or choose a clip with sound in it")

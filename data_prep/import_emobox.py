@@ -361,8 +361,8 @@ def probe_sources(entries: dict, wav_root: Path) -> tuple[dict, list[Problem]]:
                 infos[path] = err
         info = infos[path]
         if isinstance(info, Exception):
-            problems.append(Problem(path, f"unreadable audio ({str(info).split(': ', 1)[-1].split('; ')[0]}), listed "
-                                    f"at {entry.where}", "restore the file, or convert it to wav under the same name"))
+            problems.append(Problem(path, f"unreadable audio ({info.reason}), listed at {entry.where}",
+                                    "restore the file, or convert it to wav under the same name"))
         elif info.frames == 0:
             problems.append(Problem(path, f"the file holds no samples, listed at {entry.where}", "restore the file"))
         else:

@@ -43,7 +43,16 @@ def audio_suffixes() -> tuple[str, ...]:
 
 
 class AudioError(ValueError):
-    """An audio file that cannot be used; the message names the file and the fix."""
+    """An audio file that cannot be used; the message names the file and the fix. `reason` is
+    the message's middle, what is wrong with the file, for callers that word the rest themselves."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def _problem(path, reason: str, fix: str) -> AudioError:
+    return AudioError(f"{path}: {reason}; {fix}", reason)
 
 
 def _warn_once(kind: str, message: str) -> None:
@@ -92,30 +101,39 @@ def read_audio(path, target_sr: int = TARGET_SR, start: float | None = None, end
     segment from `start` to `end` seconds, frames int(start * rate) to int(end * rate) as EmoBox's
     EmoDataset cuts them (read by seeking). AudioError names the file and the fix: missing,
     unreadable, corrupt or truncated, no audio stream, a codec this FFmpeg cannot decode."""
-    info = audio_info(path)
-    first = 0 if start is None else int(start * info.samplerate)
-    last = None if end is None else int(end * info.samplerate)
-    samples, rate = read_frames(path, first, last, info)
+    if start is None and end is None:
+        samples, rate = read_frames(path)     # one open: the rate comes with the samples
+    else:
+        info = audio_info(path)
+        first = 0 if start is None else int(start * info.samplerate)
+        last = None if end is None else int(end * info.samplerate)
+        samples, rate = read_frames(path, first, last, info)
     if samples.size == 0:
-        raise AudioError(f"{path}: the audio file holds no samples{' in that segment' if start or end else ''}; "
-                         "re-export it or drop the utterance")
+        raise _problem(path, f"the audio file holds no samples{' in that segment' if start or end else ''}",
+                       "re-export it or drop the utterance")
     return prepare_samples(samples, rate, target_sr, str(path))
 
 
 def read_frames(path, first: int = 0, last: int | None = None, info: AudioInfo | None = None
                 ) -> tuple[np.ndarray, int]:
     """Frames first to last (default: the end) of the file at its own rate: ([n, channels] float32,
-    rate). A whole file that decodes over TRUNCATION_TOLERANCE short of its header is refused."""
+    rate). A whole file that decodes over TRUNCATION_TOLERANCE short of its header is refused.
+    `info` (audio_info's) says which reader; without it, libsndfile is tried first."""
     path = _existing(path)
-    info = info or audio_info(path)
-    if info.reader == "ffmpeg":
+    if info is not None and info.reader == "ffmpeg":
         return _ffmpeg_read(path, first, last)
     try:
-        samples, rate = sf.read(_opened(path), start=first, stop=last, dtype="float32", always_2d=True)
+        with sf.SoundFile(_opened(path)) as handle:
+            if first:
+                handle.seek(first)
+            samples = handle.read(-1 if last is None else max(0, last - first), dtype="float32", always_2d=True)
+            rate, frames = handle.samplerate, handle.frames
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(f"{path}: unreadable audio ({err}); re-export it as a 16 kHz PCM wav") from err
-    if first == 0 and last is None and len(samples) < info.frames * (1 - TRUNCATION_TOLERANCE):
-        raise _truncated(path, len(samples) / rate, info.duration)
+        if info is None:             # not a file libsndfile reads: FFmpeg's
+            return _ffmpeg_read(path, first, last)
+        raise _problem(path, f"unreadable audio ({err})", "re-export it as a 16 kHz PCM wav") from err
+    if first == 0 and last is None and len(samples) < frames * (1 - TRUNCATION_TOLERANCE):
+        raise _truncated(path, len(samples) / rate, frames / rate)
     return samples, rate
 
 
@@ -125,13 +143,13 @@ def _existing(path):
         return path
     path = Path(path)
     if not path.is_file():
-        raise AudioError(f"{path}: audio file not found; check the audio folder or the csv's FileName")
+        raise _problem(path, "audio file not found", "check the audio folder or the csv's FileName")
     return path
 
 
 def _truncated(path, got: float, header: float) -> AudioError:
-    return AudioError(f"{path}: truncated or corrupt audio: {got:.2f} s decode of the {header:.2f} s its header "
-                      "says; copy the file again from the corpus, or re-export it")
+    return _problem(path, f"truncated or corrupt audio: {got:.2f} s decode of the {header:.2f} s its header says",
+                    "copy the file again from the corpus, or re-export it")
 
 
 def _opened(path):
@@ -146,20 +164,19 @@ def _open_container(path):
     try:
         return av.open(_opened(path), mode="r", metadata_errors="ignore")
     except av.FFmpegError as err:
-        raise AudioError(f"{path}: unreadable audio: neither libsndfile nor FFmpeg reads it "
-                         f"({getattr(err, 'strerror', None) or err}: truncated, corrupt or not audio); copy it again "
-                         "from the corpus, or re-export it as a 16 kHz PCM wav") from err
+        raise _problem(path, "unreadable audio: neither libsndfile nor FFmpeg reads it "
+                             f"({getattr(err, 'strerror', None) or err}: truncated, corrupt or not audio)",
+                       "copy it again from the corpus, or re-export it as a 16 kHz PCM wav") from err
 
 
 def _audio_stream(container, path: Path):
     if not container.streams.audio:
         kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
-        raise AudioError(f"{path}: the file has no audio stream ({kinds}); extract the audio track, or drop "
-                         "the utterance")
+        raise _problem(path, f"the file has no audio stream ({kinds})", "extract the audio track, or drop the utterance")
     stream = container.streams.audio[0]
     if stream.codec_context is None:
-        raise AudioError(f"{path}: its audio codec cannot be decoded by this FFmpeg build (PyAV {av.__version__}); "
-                         "convert the file (e.g. to flac or a PCM wav)")
+        raise _problem(path, f"its audio codec cannot be decoded by this FFmpeg build (PyAV {av.__version__})",
+                       "convert the file (e.g. to flac or a PCM wav)")
     return stream
 
 
@@ -181,19 +198,19 @@ def _ffmpeg_read(path: Path, first: int, last: int | None) -> tuple[np.ndarray, 
     with _open_container(path) as container:
         stream = _audio_stream(container, path)
         rate, header = stream.sample_rate, _header_frames(container, stream)
-        whole = first == 0 and last is None
-        if last is None and "mp4" in container.format.name.split(","):
+        whole, formats = first == 0 and last is None, container.format.name.split(",")
+        if last is None and "mp4" in formats:
             last = header or None
         try:
-            seekable = any(name in container.format.name.split(",") for name in SEEK_EXACT)
+            seekable = any(name in formats for name in SEEK_EXACT)
             begin, samples = _decode(container, stream, first, last, seek=first > 0 and seekable)
             if begin > first:
                 begin, samples = _decode(container, stream, first, last, seek=False)
         except av.FFmpegError as err:
-            raise AudioError(f"{path}: corrupt audio ({getattr(err, 'strerror', None) or err}); copy the file "
-                             "again from the corpus, or re-export it") from err
+            raise _problem(path, f"corrupt audio ({getattr(err, 'strerror', None) or err})",
+                           "copy the file again from the corpus, or re-export it") from err
     if samples is None:
-        raise AudioError(f"{path}: the audio stream decodes to no samples; re-export it or drop the utterance")
+        raise _problem(path, "the audio stream decodes to no samples", "re-export it or drop the utterance")
     if whole and header and begin + samples.shape[0] < header * (1 - TRUNCATION_TOLERANCE):
         raise _truncated(path, samples.shape[0] / rate, header / rate)
     return np.ascontiguousarray(samples[first - begin:None if last is None else last - begin]), rate
