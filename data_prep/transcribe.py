@@ -238,7 +238,7 @@ class FasterWhisper:
         cuda = device.type == "cuda"
         self.model = WhisperModel(str(folder), device="cuda" if cuda else "cpu", device_index=device.index or 0,
                                   compute_type=compute_type, cpu_threads=torch.get_num_threads())
-        self.sampling_rate = self.model.feature_extractor.sampling_rate
+        self.feature_extractor = self.model.feature_extractor   # its sampling_rate, as a pipeline's
 
     def __call__(self, waves, settings: dict) -> list[str]:
         texts = []
@@ -433,12 +433,10 @@ def transcribe_table(csv, asr=DEFAULT_ASR, language=None, audio_dir=None, batch_
     return summary
 
 
-def run_batches(recogniser, stamp, sidecar, paths, names, batches, batch_size) -> dict[str, str]:
+def run_batches(recogniser, stamp, sidecar, paths, names, batches, batch_size) -> None:
     """Transcribe the row batches, appending each to the sidecar as it finishes."""
-    sampling_rate = recogniser.sampling_rate if isinstance(recogniser, FasterWhisper) else \
-        recogniser.feature_extractor.sampling_rate
+    sampling_rate = recogniser.feature_extractor.sampling_rate
     settings = generate_kwargs(recogniser, stamp)
-    transcripts = {}
     with logging_redirect_tqdm(), tqdm(total=sum(map(len, batches)), desc="ASR", unit="utt",
                                        disable=not distributed.is_main()) as bar:
         for batch in batches:
@@ -448,9 +446,7 @@ def run_batches(recogniser, stamp, sidecar, paths, names, batches, batch_size) -
                 raise TranscribeError(str(err)) from err
             texts = recognise(recogniser, waves, sampling_rate, settings, batch_size)
             append_sidecar(sidecar, stamp, [names[i] for i in batch], texts)
-            transcripts.update(zip((names[i] for i in batch), texts))
             bar.update(len(batch))
-    return transcripts
 
 
 def write_table(table: pd.DataFrame, csv: Path) -> None:
