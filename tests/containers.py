@@ -73,3 +73,20 @@ def write_container(path, samples: np.ndarray, rate: int, fmt: str, codec: str, 
             for packet in picture.encode(None):
                 container.mux(packet)
     return path
+
+
+def delay(reference: np.ndarray, got: np.ndarray, span: int) -> int:
+    """The lag (samples) at which `got` best matches `reference`, by cross-correlation."""
+    n = min(len(reference), len(got)) - 2 * span
+    scores = [np.dot(reference[span:span + n], got[span + lag:span + lag + n]) for lag in range(-span, span + 1)]
+    return int(np.argmax(scores)) - span
+
+
+def snr_db(reference: np.ndarray, got: np.ndarray) -> float:
+    n = min(len(reference), len(got))
+    return float(10 * np.log10(np.sum(reference[:n] ** 2) / np.sum((reference[:n] - got[:n]) ** 2)))
+
+
+def align(got: np.ndarray, lag: int) -> np.ndarray:
+    """`got` moved back by `lag` samples (forward, zero-padded, for a negative lag)."""
+    return got[lag:] if lag > 0 else np.pad(got, (-lag, 0))

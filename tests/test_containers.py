@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soxr
 
-from tests.containers import KINDS, speech_like, write_container
+from tests.containers import KINDS, align, delay, snr_db, speech_like, write_container
 from utils.audio import AudioError, audio_info, audio_suffixes, read_audio
 
 SECONDS = 2.0
@@ -28,18 +28,6 @@ def files(tmp_path_factory):
     return made
 
 
-def delay(reference: np.ndarray, got: np.ndarray, span: int = MAX_DELAY) -> int:
-    """The lag (samples) at which `got` best matches `reference`, by cross-correlation."""
-    n = min(len(reference), len(got)) - 2 * span
-    scores = [np.dot(reference[span:span + n], got[span + lag:span + lag + n]) for lag in range(-span, span + 1)]
-    return int(np.argmax(scores)) - span
-
-
-def snr_db(reference: np.ndarray, got: np.ndarray) -> float:
-    n = min(len(reference), len(got))
-    return float(10 * np.log10(np.sum(reference[:n] ** 2) / np.sum((reference[:n] - got[:n]) ** 2)))
-
-
 @pytest.mark.parametrize("suffix", list(KINDS))
 def test_every_container_decodes_to_its_source(files, suffix):
     """Mono 16 kHz; lossless codecs to 40 dB SNR, lossy ones to 12 dB (WMA at
@@ -49,10 +37,10 @@ def test_every_container_decodes_to_its_source(files, suffix):
     got = read_audio(path)
     assert got.dtype == np.float32 and got.ndim == 1
     assert abs(len(got) - len(reference)) <= (0.12 if suffix in DELAYED else 0.01) * 16000
-    lag = delay(reference, got)
+    lag = delay(reference, got, MAX_DELAY)
     if suffix in DELAYED:
         assert abs(lag) <= MAX_DELAY
-        got = got[lag:] if lag > 0 else np.pad(got, (-lag, 0))
+        got = align(got, lag)
     else:
         assert lag == 0
     assert snr_db(reference, got) > (40 if suffix in LOSSLESS else 12)

@@ -471,7 +471,7 @@ def test_corpora_in_video_and_streaming_containers_import(broken, tmp_path, capl
     by that container holding the same audio; each imports as 16 kHz mono wav of its source (to the
     codec's tolerance, tests/test_containers.py). Older jsonl files beside the fold files (EmoDB's,
     MER2023's) are listed once as ignored and never merged."""
-    from tests.containers import KINDS, write_container
+    from tests.containers import KINDS, align, delay, snr_db, write_container
     emobox_dir, wav_root = broken
     keys = [entry["key"] for entry in read_jsonl(fold_file(emobox_dir, 1, "test"))][:4]
     sources = {}
@@ -499,12 +499,7 @@ def test_corpora_in_video_and_streaming_containers_import(broken, tmp_path, capl
         samples, written_rate = sf.read(str(tmp_path / "out" / "audio" / row["path"]), dtype="float32")
         assert written_rate == 16000 and samples.ndim == 1
         assert abs(len(samples) - len(reference)) <= 0.06 * 16000   # avi's mp3: encoder delay and padding
-        n = min(len(samples), len(reference))
-        lag = int(np.argmax([np.dot(reference[800:n - 800], samples[800 + d:n - 800 + d]) for d in range(-800, 801)])) - 800
-        aligned = samples[lag:] if lag > 0 else np.pad(samples, (-lag, 0))
-        m = min(len(aligned), len(reference))
-        error = reference[:m] - aligned[:m]
-        assert 10 * np.log10(np.sum(reference[:m] ** 2) / np.sum(error ** 2)) > 12, key
+        assert snr_db(reference, align(samples, delay(reference, samples, 800))) > 12, key
 
 
 def test_a_stream_much_shorter_than_its_jsonl_length_is_refused(broken, tmp_path):
