@@ -155,7 +155,6 @@ def extract(csv, out_dir, roberta="roberta-base", batch_size: int = 32, device="
         raise TextFeatureError(str(err)) from err
     if distributed.is_main():
         check_encoder_stamp(out_dir, roberta, overwrite, text_column)
-    distributed.barrier()
     targets = [out_dir / f"{name}.npy" for name in table["FileName"]]
     todo = [i for i, path in enumerate(targets) if overwrite or not path.exists()]
     distributed.barrier()   # every process has its list before any writes

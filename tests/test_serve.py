@@ -19,6 +19,7 @@ import run
 import serve
 from inference import EmotionRecognizer, Windows, timeline_table
 from models import ModelConfig, build_model
+from tests.test_upstream_fixture import upstream_state_dict
 from utils.checkpoint import save_checkpoint
 
 TRANSCRIPT = "Oh no, not again!"
@@ -98,7 +99,6 @@ UPSTREAM = Path(__file__).resolve().parent / "reference" / "upstream_fixture"
 def test_served_upstream_checkpoints_answer_upstreams_probabilities(run_name, tmp_path):
     """Independent of the recognizer: each of upstream's fixture utterances posted to the service of
     an upstream-format checkpoint gets the probabilities upstream's own code gave it alone."""
-    from tests.test_upstream_fixture import upstream_state_dict
     run_dir = tmp_path / run_name
     run_dir.mkdir()
     torch.save({"state_dict": upstream_state_dict(run_name)}, run_dir / "2_model.pt")
