@@ -44,7 +44,7 @@ from utils.audio import AudioError
 from utils.checkpoint import (CheckpointError, checkpoint_path, find_checkpoints, load_checkpoint, model_settings,
                               restore_model, save_checkpoint)
 from utils.cli import HelpFormatter, Parser, add_number
-from utils.data import Collator, EmotionDataset, load_text_features, load_waves, text_feature_width
+from utils.data import Collator, EmotionDataset, stored_text_features, stored_waves, text_feature_width
 from utils.device import check_precision, evaluation_precision, seed_everything, training_precision
 from utils.hub import check_model_name
 from utils.lock import LockedError, RunLock
@@ -84,6 +84,7 @@ class RunConfig:
     precision: str = "auto"
     threads: int | None = None   # torch CPU threads; None: the CPUs this process may use
     num_workers: int = 0
+    cache_dir: str | None = None   # the decoded audio and gathered features; None: <save_path>/cache
     batching: str = "bucket"
     gradient_checkpointing: bool = False
     compile: bool = False
@@ -167,6 +168,10 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
                       help="utterance: every training speaker gives its share, stratified by label; speaker: whole "
                            "speakers, so the dev split shares no speaker with training")
     add_number(data, "--num_workers", int, 0, default=d.num_workers, help="DataLoader worker processes")
+    data.add_argument("--cache_dir", default=d.cache_dir,
+                      help="where the audio is decoded once (16 kHz int16 or float32) and the text features gathered, "
+                           "for every run on the same files (default: <save_path>/cache; delete it freely, it is "
+                           "rebuilt when needed)")
     add_number(data, "--limit_utterances", int, 1, default=None,
                help="debug: keep only the first N utterances of each fold's test group")
     model = p.add_argument_group("model")
@@ -531,20 +536,27 @@ def check_text_width(table: pd.DataFrame, run_cfg: RunConfig) -> int:
     return width
 
 
+def cache_dir(run_cfg: RunConfig) -> Path:
+    return Path(run_cfg.cache_dir or Path(run_cfg.save_path) / "cache")
+
+
 def load_corpus(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
-    """Decode the audio and read the text features into memory once for all folds and epochs."""
+    """The corpus's items, streamed from disk: the audio decoded once and the text features
+    gathered once into caches under --cache_dir (utils/store.py) for all folds, epochs and
+    runs; peak memory does not depend on the corpus's size."""
     uses_text = MODELS[model_cfg.run].uses_text
     spec = audio_input_spec(model_cfg.wav2vec2)
     padding_exact = padding_is_exact(encoder_config(model_cfg.wav2vec2), spec)
     frame = table.frame
     log.info("loading %d utterances (audio%s)", len(frame), " + text features" if uses_text else "")
-    waves = load_waves(corpus.audio_paths(frame, run_cfg.data_path_audio), spec, show_progress=distributed.is_main(),
-                       max_samples=model_cfg.max_audio_samples)
+    cache, shown, here = cache_dir(run_cfg), distributed.is_main(), distributed.is_local_main()
+    waves = stored_waves(corpus.audio_paths(frame, run_cfg.data_path_audio), spec, cache, model_cfg.max_audio_samples,
+                         show_progress=shown, build_here=here)
     text = view_text = None
     if uses_text:
-        text = load_text_features(frame["FileName"], run_cfg.data_path_roberta, show_progress=distributed.is_main())
+        text = stored_text_features(frame["FileName"], run_cfg.data_path_roberta, cache, shown, here)
     if uses_text and run_cfg.data_path_roberta_view and not run_cfg.eval_only:
-        view_text = load_text_features(frame["FileName"], run_cfg.data_path_roberta_view, show_progress=False)
+        view_text = stored_text_features(frame["FileName"], run_cfg.data_path_roberta_view, cache, False, here)
     dataset = EmotionDataset(frame["FileName"], waves, frame["label_index"], frame["text"], text, run_cfg.ctc_text)
     return Corpus(frame, dataset, Collator(spec), padding_exact, table.scheme, table.label_set, view_text=view_text)
 

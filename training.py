@@ -1,14 +1,16 @@
-"""The training loop and what it runs on: the corpus decoded into memory, its loaders (length-
+"""The training loop and what it runs on: the corpus (streamed from its caches), its loaders (length-
 bucketed training batches, padding-exact evaluation batches), one epoch with gradient
 accumulation (DDP under torchrun), the optimizer step that skips non-finite gradients,
 evaluation and predictions, and the speed options (compiled blocks, the cached frozen
 feature encoder). run.py holds the command line and the fold loop around it."""
 import functools
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -24,6 +26,7 @@ from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
 from utils.device import autocast, evaluation_precision, training_precision
 from utils.files import atomic_path
 from utils.metrics import emotion_metrics
+from utils.store import Arrays, Store, built, fingerprint, write_items
 
 log = logging.getLogger("mmer")
 PROGRESS_SECONDS = 60.0  # progress lines in a log file, where no bar is drawn
@@ -31,14 +34,15 @@ PROGRESS_SECONDS = 60.0  # progress lines in a log file, where no bar is drawn
 
 @dataclass
 class Corpus:
-    """A run's corpus in memory: the table, the decoded audio and text features, its folds."""
+    """A run's corpus: the table, its items (audio and text features streamed from their
+    caches, utils/data.py), its folds."""
     table: pd.DataFrame
     dataset: EmotionDataset
     collate: Collator
     padding_exact: bool                # padded evaluation batches are exact (models.encoders.padding_is_exact)
     scheme: object = None              # corpus.FoldScheme
     label_set: object = None           # labels.LabelSet
-    conv_cache: tuple | None = None   # (feature-encoder weights, their output per utterance)
+    conv_cache: tuple | None = None   # (what it was computed with, the feature encoder's output per utterance)
     view_text: list | None = None      # text features of each utterance's augmented transcript (2023 views)
 
     @functools.cached_property
@@ -100,7 +104,8 @@ class Views:
             files = self.audio_files[index]
             wave = read_audio(files[int(rng.integers(len(files)))], self.spec.sampling_rate)
         elif self.audio is not None:
-            wave = make_view(item["wave"], rng, self.audio)
+            own = item["wave"] if item["wave"] is not None else self.corpus.dataset.waves[index]  # conv cache on
+            wave = make_view(own, rng, self.audio)
         if wave is not None:
             wave = normalize(wave) if self.spec.do_normalize else wave
             view["wave"], view["conv_features"] = wave[: self.max_samples], None
@@ -128,34 +133,54 @@ def use_conv_cache(model, corpus: Corpus, run_cfg, device) -> None:
     """--cache_conv_features: the loaders hand the model the frozen feature encoder's output
     for every utterance instead of the audio (otherwise they hand it the audio). The output is
     computed on the device, each utterance as if alone (padding-exact batches: equal lengths
-    for group-norm encoders), once, and again only for a model whose feature-encoder weights
-    differ."""
+    for group-norm encoders), once for a corpus, encoder weights and device: on disk beside
+    the audio cache (utils/store.py), or in memory for a corpus held in memory."""
     corpus.dataset.conv_features = None
     if not run_cfg.cache_conv_features:
         return
-    weights = [p.detach().cpu() for p in model.wav2vec2.feature_extractor.parameters()]
-    if corpus.conv_cache is None or not all(map(torch.equal, weights, corpus.conv_cache[0])):
-        corpus.conv_cache = ([w.clone() for w in weights], conv_features_of(model, corpus, run_cfg, device))
+    weights = hashlib.sha256()
+    for p in model.wav2vec2.feature_extractor.parameters():
+        weights.update(p.detach().cpu().float().numpy().tobytes())
+    samples = corpus.dataset.waves.samples
+    key = (weights.hexdigest(), getattr(samples, "folder", None), corpus.dataset.waves.max_samples, device.type,
+           str(next(model.wav2vec2.parameters()).dtype), run_cfg.eval_batch_size, corpus.padding_exact)
+    if corpus.conv_cache is None or corpus.conv_cache[0] != key:
+        if isinstance(samples, Store):
+            folder = samples.folder.parent.parent / "conv" / fingerprint([], key=key)
+            store = built(folder, lambda tmp: write_conv_features(tmp, model, corpus, run_cfg, device),
+                          "feature-encoder output", distributed.is_local_main())
+        else:
+            store = Arrays([None] * len(corpus.dataset))
+            for i, features in conv_features_of(model, corpus, run_cfg, device):
+                store[i] = features
+        corpus.conv_cache = (key, store)
     corpus.dataset.conv_features = corpus.conv_cache[1]
 
 
-def conv_features_of(model, corpus: Corpus, run_cfg, device) -> list[torch.Tensor]:
-    """[frames, channels] per utterance of the corpus, on the CPU."""
+def conv_features_of(model, corpus: Corpus, run_cfg, device):
+    """(utterance index, its [frames, channels] float32 array) for every utterance of the
+    corpus, computed on the device in padding-exact batches, in length order."""
     lengths = corpus.dataset.lengths()
-    cached = [None] * len(lengths)
-    start = time.perf_counter()
     # no DataLoader: creating its iterator draws from the global RNG, and training's dropout
     # masks must not depend on whether the cache was built
     for indices in tqdm(ExactBatchSampler(lengths, run_cfg.eval_batch_size, corpus.padding_exact).batches(),
                         desc="conv features", leave=False, disable=None if distributed.is_main() else True):
         batch = corpus.collate([corpus.dataset[i] for i in indices])
-        features = conv_features(model.wav2vec2, batch.input_values.to(device)).float().cpu()
+        features = conv_features(model.wav2vec2, batch.input_values.to(device)).float().cpu().numpy()
         frames = frame_lengths(model.wav2vec2, batch.sample_lengths).tolist()
         for row, (i, n) in enumerate(zip(indices, frames)):
-            cached[i] = features[row, :n].clone()
-    log.info("cached the feature encoder's output of %d utterances (%.2f GB) in %.1f s", len(cached),
-             sum(c.nbytes for c in cached) / 1e9, time.perf_counter() - start)
-    return cached
+            yield i, features[row, :n].copy()
+
+
+def write_conv_features(folder: Path, model, corpus: Corpus, run_cfg, device) -> None:
+    order = []
+
+    def arrays():
+        for i, features in conv_features_of(model, corpus, run_cfg, device):
+            order.append(i)
+            yield features
+    width = model.wav2vec2.config.conv_dim[-1]
+    write_items(folder, arrays(), np.float32, tail=(width,), order=order)
 
 
 def make_loader(corpus: Corpus, indices, run_cfg, train: bool, device):
@@ -393,7 +418,7 @@ def report_long_targets(model, corpus: Corpus, indices) -> None:
     frames = frame_lengths(model.wav2vec2, samples).tolist()
     too_long = []
     for i, n_frames in zip(indices, frames):
-        target = corpus.dataset.targets[i]
+        target = corpus.dataset.target(i)
         needed = len(target) + sum(a == b for a, b in zip(target, target[1:]))
         if needed > n_frames:
             too_long.append(f"{corpus.dataset.names[i]} ({needed} > {n_frames} frames)")

@@ -138,7 +138,7 @@ def test_a_run_with_cached_conv_features_trains_exactly_like_one_without(demo, t
         with caplog.at_level(logging.INFO, logger="mmer"):
             run.main(demo.flags(run="mmer", wav2vec2=encoder, sessions="1", save_path=save)
                      + ["--cache_conv_features" if cache else "--no-cache_conv_features"])
-        assert ("cached the feature encoder's output" in caplog.text) == cache  # the cache was really used
+        assert ("built the feature-encoder output cache" in caplog.text) == cache  # the cache was really used
         records.append([json.loads(line) for line in (save / "mmer" / "1_stats.txt").read_text().splitlines()])
     for plain, cached in zip(*records):
         for key in ("loss", "ce_loss", "ctc_loss"):
@@ -203,7 +203,7 @@ def test_compile_pads_to_fixed_lengths_only_where_that_changes_no_result(demo, t
     """With an attention mask the extra padding is masked; wav2vec2-base has none, and extra
     zeros would enter its group norm, so its batches keep their own length."""
     encoder = layer_norm_encoder(tmp_path) if layer_norm else demo.wav2vec2_model
-    model_cfg, run_cfg = run.parse_args(demo.flags(run="cai_sota", wav2vec2=encoder, compile=True))
+    model_cfg, run_cfg = run.parse_args(demo.flags(run="cai_sota", wav2vec2=encoder, compile=True, save_path=tmp_path))
     corpus = run.prepared_corpus(model_cfg, run_cfg)
     for batch in run.make_loader(corpus, np.arange(len(corpus.table)), run_cfg, False, torch.device("cpu")):
         longest = int(batch.sample_lengths.max())

@@ -116,13 +116,14 @@ def test_ctc_targets_upstreams_and_ours(table):
 
 
 # ---------------------------------------------------------------- the training loss
-def training_setup(*flags):
+def training_setup(cache_dir, *flags):
     """The fixture as run.py loads it for training, with the views of audio_view/ and
     roberta_view/, and the fixture's weights in the model the flags build."""
     model_cfg, run_cfg = run.parse_args(data_flags("--preset", "mmer2023", "--precision", "fp32", "--device", "cpu",
                                                    "--data_path_audio_view", str(FIXTURE / "audio_view"),
                                                    "--data_path_roberta_view", str(FIXTURE / "roberta_view"),
-                                                   "--save_path", "unused", *flags))
+                                                   "--save_path", "unused", "--cache_dir", str(cache_dir),
+                                                   *flags))
     table = run.read_corpus_table(model_cfg, run_cfg)
     model_cfg.text_dim = 768
     corpus = run.load_corpus(table, model_cfg, run_cfg)
@@ -144,9 +145,14 @@ def fixture_losses(model, corpus, views, run_cfg, batch_index: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def upstream_exact():
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def upstream_exact(cache_dir):
     """Upstream's CTC targets (tags spelled) and CTC sum at any batch size: every term upstream's."""
-    return training_setup("--ctc_text", "upstream", "--ctc_reduction", "batch_sum")
+    return training_setup(cache_dir, "--ctc_text", "upstream", "--ctc_reduction", "batch_sum")
 
 
 @pytest.mark.parametrize("batch_index", [0, 1])
@@ -170,16 +176,16 @@ def test_the_backward_pass_gets_the_total_over_the_accumulation_steps(upstream_e
     assert run_cfg.accum_grad == 4
 
 
-def test_default_flags_give_upstreams_terms_but_for_the_documented_ctc_differences():
+def test_default_flags_give_upstreams_terms_but_for_the_documented_ctc_differences(cache_dir):
     """Default flags: the first batch (two utterances without tags) is upstream's in every term
     and the total; in the second, the cross-entropy and both contrastive terms are upstream's,
     the CTC term is (2 / B) x the sum (README "The loss"), of targets without the {LG} tag."""
-    setup = training_setup()
+    setup = training_setup(cache_dir)
     first, second = fixture_losses(*setup, 0), fixture_losses(*setup, 1)
     for ours, theirs in TERMS.items():
         assert first[ours] == pytest.approx(EXPECTED["batches"][0][theirs], rel=1e-4, abs=1e-6), ours
     for ours in ("ce", "supcon", "aug"):
         assert second[ours] == pytest.approx(EXPECTED["batches"][1][TERMS[ours]], rel=1e-4), ours
-    spelled = fixture_losses(*training_setup("--ctc_text", "upstream"), 1)  # upstream's targets, our scale
+    spelled = fixture_losses(*training_setup(cache_dir, "--ctc_text", "upstream"), 1)  # upstream's targets, our scale
     assert spelled["ctc"] == pytest.approx(EXPECTED["batches"][1]["loss_ctc"] * 2 / 4, rel=1e-4)
     assert second["ctc"] != pytest.approx(spelled["ctc"], rel=1e-3)  # {LG} is no target of ours

@@ -1,8 +1,12 @@
-"""The one batching path used by training, evaluation, prediction and the bench: in-memory
-audio and text features, length-bucketed training batches, padding-exact evaluation batches
-and padding with exact lengths."""
+"""The one batching path used by training, evaluation, prediction and the bench: audio and
+text features streamed from decode-once caches (utils/store.py) or held in memory,
+length-bucketed training batches, padding-exact evaluation batches and padding with exact
+lengths."""
+import functools
 import logging
 import math
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -13,7 +17,9 @@ from tqdm.auto import tqdm
 from models.encoders import AudioInputSpec
 from models.fusion import lengths_to_mask
 from utils.audio import normalize, read_audio
+from utils.store import Arrays, Store, built, fingerprint, write_items
 from utils.text import ctc_target_ids
+from utils.threads import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -23,23 +29,91 @@ class DataError(ValueError):
 
 
 # ---------------------------------------------------------------- features
-def load_waves(paths, spec: AudioInputSpec, show_progress=True, max_samples: int | None = None) -> list[np.ndarray]:
-    """Any audio files -> the encoder's input: resampled, mono, cut to max_samples (the 2023
-    configuration's 210,000), normalised as its extractor says."""
-    waves = []
-    for path in tqdm(paths, desc="audio", disable=None if show_progress else True, leave=False):
-        samples = read_audio(path, spec.sampling_rate)[:max_samples]
-        waves.append(normalize(samples) if spec.do_normalize else samples)
-    return waves
+class Waves:
+    """The encoder's input of each utterance from stored samples (a Store on disk, or Arrays in
+    memory): the first max_samples samples (the 2023 configuration's 210,000), normalised as
+    its extractor says, made when an item is read."""
+
+    def __init__(self, samples, spec: AudioInputSpec | None = None, max_samples: int | None = None):
+        self.samples, self.max_samples = samples, max_samples
+        self.do_normalize = spec is not None and spec.do_normalize
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def lengths(self) -> np.ndarray:
+        lengths = self.samples.lengths()
+        return lengths if self.max_samples is None else np.minimum(lengths, self.max_samples)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        samples = self.samples.read(i, self.max_samples)
+        return normalize(samples) if self.do_normalize else samples
 
 
-def load_text_features(names, roberta_dir, show_progress=True) -> list[np.ndarray]:
-    """One [T, H] float32 array per utterance from `<name>.npy` ([1, T, H] accepted)."""
+def load_waves(paths, spec: AudioInputSpec, show_progress=True, max_samples: int | None = None) -> Waves:
+    """Any audio files decoded into memory: resampled to the encoder's rate, mono (prediction
+    and small inputs; a run's corpus goes through stored_waves)."""
+    samples = Arrays(read_audio(path, spec.sampling_rate)
+                     for path in tqdm(paths, desc="audio", disable=None if show_progress else True, leave=False))
+    return Waves(samples, spec, max_samples)
+
+
+def stored_waves(paths, spec: AudioInputSpec, cache_dir, max_samples: int | None = None, show_progress=True,
+                 threads: int | None = None, build_here: bool = True) -> Waves:
+    """The same as load_waves, streamed from a decode-once cache in `<cache_dir>/audio/`: each
+    file decoded and resampled once (in `threads` threads), stored as int16 where that is exact
+    (16-bit PCM at the encoder's rate) and float32 otherwise. A changed file or table builds a
+    new cache."""
+    paths = [Path(p) for p in paths]
+    key = fingerprint(paths, kind="audio", sampling_rate=spec.sampling_rate, version=1)
+    build = functools.partial(write_audio, paths=paths, sampling_rate=spec.sampling_rate,
+                              show_progress=show_progress, threads=threads or available_cpus())
+    return Waves(built(Path(cache_dir) / "audio" / key, build, "audio", build_here), spec, max_samples)
+
+
+def write_audio(folder: Path, paths, sampling_rate: int, show_progress: bool, threads: int) -> None:
+    """Decode every file into a new store: int16 while every file so far is exactly int16
+    (checked per file), else the whole store again in float32."""
+    def decoded():
+        with ThreadPoolExecutor(threads) as pool:   # libsndfile, soxr and FFmpeg release the GIL
+            for start in range(0, len(paths), CHUNK):  # bounded: at most CHUNK decoded files held
+                yield from pool.map(lambda p: read_audio(p, sampling_rate), paths[start:start + CHUNK])
+
+    def bar():
+        return tqdm(decoded(), total=len(paths), desc="decoding audio once", leave=False,
+                    disable=None if show_progress else True)
+    try:
+        write_items(folder, bar(), np.int16, scale=1 / 32768, meta={"sampling_rate": sampling_rate})
+    except ValueError as err:
+        if "not exactly representable" not in str(err):
+            raise
+        log.info("the audio is not all 16-bit PCM at %d Hz: caching it as float32", sampling_rate)
+        shutil.rmtree(folder)
+        write_items(folder, bar(), np.float32, meta={"sampling_rate": sampling_rate})
+
+
+CHUNK = 64
+
+
+def stored_text_features(names, roberta_dir, cache_dir, show_progress=True, build_here: bool = True) -> Store:
+    """Every utterance's [T, H] text features from `<roberta_dir>/<name>.npy`, streamed from one
+    cache file in `<cache_dir>/text/` (150,000 small .npy files would be 150,000 opens)."""
+    paths = [Path(roberta_dir) / f"{name}.npy" for name in names]
+    key = fingerprint(paths, kind="text", version=1)
+    width = text_feature_width(paths[0])
+
+    def build(folder):
+        items = (read_text_feature(p) for p in tqdm(paths, desc="text features once", leave=False,
+                                                     disable=None if show_progress else True))
+        write_items(folder, items, np.float32, tail=(width,))
+    return built(Path(cache_dir) / "text" / key, build, "text features", build_here)
+
+
+def load_text_features(names, roberta_dir, show_progress=True) -> Arrays:
+    """One [T, H] float32 array per utterance from `<name>.npy` ([1, T, H] accepted), in memory."""
     roberta_dir = Path(roberta_dir)
-    features = []
-    for name in tqdm(names, desc="text features", disable=None if show_progress else True, leave=False):
-        features.append(read_text_feature(roberta_dir / f"{name}.npy"))
-    return features
+    return Arrays(read_text_feature(roberta_dir / f"{name}.npy")
+                  for name in tqdm(names, desc="text features", disable=None if show_progress else True, leave=False))
 
 
 def text_feature_width(path: Path) -> int:
@@ -60,31 +134,38 @@ def read_text_feature(path: Path) -> np.ndarray:
 
 # ---------------------------------------------------------------- dataset and batches
 class EmotionDataset(torch.utils.data.Dataset):
-    """Items of the in-memory corpus; text may be None for the audio-only variants. Without
-    labels or transcripts (prediction) the items get label -1 and an empty CTC target."""
+    """Items of a corpus, read when asked: the audio (Waves), the text features (a Store or
+    Arrays; None for the audio-only variants), the label and the CTC target. Without labels or
+    transcripts (prediction) the items get label -1 and an empty CTC target."""
 
     def __init__(self, names, waves, labels=None, transcripts=None, text_features=None, ctc_text: str = "clean"):
+        """waves: Waves, or a list of ready arrays."""
         self.names = list(names)
-        self.waves = waves
+        self.waves = waves if isinstance(waves, Waves) else Waves(Arrays(waves))
+        self.sample_lengths = self.waves.lengths()
         self.labels = list(labels) if labels is not None else [-1] * len(self.names)
-        self.targets = ([ctc_target_ids(t, ctc_text) for t in transcripts] if transcripts is not None
-                        else [[]] * len(self.names))
+        self.transcripts = list(transcripts) if transcripts is not None else None
+        self.ctc_text = ctc_text
         self.text_features = text_features
         # [frames, channels] per utterance when the frozen feature encoder's output is cached
-        # (run.cache_conv_features); the items then carry it instead of the wave.
+        # (training.use_conv_cache); the items then carry it instead of the wave.
         self.conv_features = None
 
     def __len__(self):
         return len(self.names)
 
     def lengths(self) -> np.ndarray:
-        return np.array([len(w) for w in self.waves])
+        return self.sample_lengths.copy()
+
+    def target(self, i: int) -> list[int]:
+        return [] if self.transcripts is None else ctc_target_ids(self.transcripts[i], self.ctc_text)
 
     def __getitem__(self, i):
-        return {"name": self.names[i], "wave": self.waves[i], "label": self.labels[i],
-                "target": self.targets[i],
+        conv = self.conv_features is not None
+        return {"name": self.names[i], "wave": None if conv else self.waves[i], "length": int(self.sample_lengths[i]),
+                "label": self.labels[i], "target": self.target(i),
                 "text": None if self.text_features is None else self.text_features[i],
-                "conv_features": None if self.conv_features is None else self.conv_features[i]}
+                "conv_features": self.conv_features[i] if conv else None}
 
 
 @dataclass
@@ -136,7 +217,7 @@ class Collator:
         self.fixed_lengths = fixed_lengths
 
     def __call__(self, items) -> Batch:
-        lengths = torch.tensor([len(it["wave"]) for it in items])
+        lengths = torch.tensor([it["length"] if it.get("wave") is None else len(it["wave"]) for it in items])
         batch = Batch(
             names=[it["name"] for it in items], input_values=None, sample_lengths=lengths,
             labels=torch.tensor([it["label"] for it in items]),
@@ -146,7 +227,7 @@ class Collator:
         if items[0].get("conv_features") is not None:
             frames = max(len(it["conv_features"]) for it in items)
             width = fixed_length(frames, shortest=50, frame=1) if self.fixed_lengths else None  # 50 frames = 1 s
-            batch.conv_features = pad_rows([it["conv_features"] for it in items], width=width)[0]
+            batch.conv_features = pad_rows([torch.as_tensor(it["conv_features"]) for it in items], width=width)[0]
         else:
             width = fixed_length(int(lengths.max())) if self.fixed_lengths else None
             batch.input_values = pad_rows([torch.from_numpy(it["wave"]) for it in items], self.spec.padding_value,

@@ -51,6 +51,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def is_local_main() -> bool:
+    """The first process on its machine (torchrun's LOCAL_RANK 0): it builds the machine's caches."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

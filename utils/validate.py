@@ -2,6 +2,7 @@
 their headers (the table's own checks are corpus.table_problems). All problems are reported
 at once, each by name."""
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from utils.audio import AudioError, audio_info
 
 
 SHOWN_PER_KIND = 10
+HEADER_THREADS = 8
 
 
 class InputProblems(ValueError):
@@ -18,18 +20,25 @@ class InputProblems(ValueError):
 
 def readable_headers(paths, read_header, errors, kinds: tuple, problems):
     """(path, header) for each path that exists and whose header read_header() can parse;
-    the others are filed under kinds = (missing, unreadable)."""
+    the others are filed under kinds = (missing, unreadable). Headers are read in threads
+    (file system latency and libsndfile/FFmpeg release the GIL), in order."""
     missing, unreadable = kinds
-    for path in paths:
+
+    def header(path):
         if not path.is_file():
-            problems[missing].append(str(path))
-            continue
+            return None, None
         try:
-            header = read_header(path)
+            return read_header(path), None
         except errors as err:
-            problems[unreadable].append(f"{path}: {err}")
-            continue
-        yield path, header
+            return None, err
+    with ThreadPoolExecutor(HEADER_THREADS) as pool:
+        for path, (found, err) in zip(paths, pool.map(header, paths, chunksize=256)):
+            if err is not None:
+                problems[unreadable].append(f"{path}: {err}")
+            elif found is None:
+                problems[missing].append(str(path))
+            else:
+                yield path, found
 
 
 def audio_problems(paths, min_samples: int = 1) -> dict:
