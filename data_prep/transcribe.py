@@ -241,13 +241,14 @@ class FasterWhisper:
         self.feature_extractor = self.model.feature_extractor   # its sampling_rate, as a pipeline's
 
     def __call__(self, waves, settings: dict) -> list[str]:
-        texts = []
-        for wave in waves:
-            segments, _ = self.model.transcribe(np.asarray(wave, dtype=np.float32), beam_size=settings.get("num_beams", 1),
-                                                language=settings.get("language"), task="transcribe",
-                                                condition_on_previous_text=False, vad_filter=False)
-            texts.append(" ".join(segment.text.strip() for segment in segments).strip())
-        return texts
+        return [" ".join(segment.text.strip() for segment in self.segments(wave, settings)).strip() for wave in waves]
+
+    def segments(self, wave, settings: dict) -> list:
+        """faster-whisper's segments of one clip (their text and the tokens decoded)."""
+        segments, _ = self.model.transcribe(np.asarray(wave, dtype=np.float32), beam_size=settings.get("num_beams", 1),
+                                            language=settings.get("language"), task="transcribe",
+                                            condition_on_previous_text=False, vad_filter=False)
+        return list(segments)
 
 
 def load_recogniser(asr, device, stamp: dict | None = None):
