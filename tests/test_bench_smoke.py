@@ -222,3 +222,21 @@ def test_gpu_check_dry_run_runs_every_step_and_prints_every_summary_field(tiny_b
     figures = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert figures["dry_run"] and figures["summary"]["speedup_vs_upstream_config"] > 0
     assert seconds < 90, f"the dry run took {seconds:.0f} s"
+
+
+def test_corpus_scale_bench_prints_every_figure_of_a_tiny_corpus(tmp_path):
+    """bench/corpus_scale.py end to end on 2 minutes of audio and a 300-row table: the debug run
+    under /usr/bin/time -v (cold and warm cache), the probe and the header check."""
+    done = subprocess.run([sys.executable, "bench/corpus_scale.py", "--hours", "0.03", "--rows", "300", "--steps", "2",
+                           "--probe_steps", "2", "--skip", "demo", "--bench_dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = re.search(r"table of (\d+) rows: read ([\d.]+) s, read and check every header ([\d.]+) s", done.stdout)
+    assert table and table.group(1) == "300"
+    row = re.search(r"^\| 0.03 \| (\d+) \| ([\d.]+) \| (\d+) \| (\d+) \|", done.stdout, re.M)
+    assert row, done.stdout
+    utterances, cache_gb, cold_rss, warm_rss = int(row.group(1)), float(row.group(2)), int(row.group(3)), int(row.group(4))
+    assert utterances >= 2 * 60 / 30 and 100 < cold_rss and 100 < warm_rss   # MB: a Python with torch loaded
+    audio = sorted((tmp_path / "run_0.03h" / "cache" / "audio").iterdir())
+    assert len(audio) == 1 and (audio[0] / "meta.json").is_file()           # built once, reused by the warm run
