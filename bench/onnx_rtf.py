@@ -33,9 +33,9 @@ import torch  # noqa: E402
 
 import export  # noqa: E402
 from bench.train_throughput import BENCH_DIR, base_roberta_dir, describe_machine, load, speech_encoder_dir  # noqa: E402
-from inference import EmotionRecognizer  # noqa: E402
+from inference.recognizer import EmotionRecognizer  # noqa: E402
 from models import MODELS, ModelConfig, build_model  # noqa: E402
-from utils.checkpoint import save_checkpoint  # noqa: E402
+from models.checkpoint import save_checkpoint  # noqa: E402
 
 SR = 16000
 OUT_DIR = BENCH_DIR / "onnx_rtf"
@@ -44,7 +44,7 @@ TRANSCRIPTS = ["I think we should talk about it tomorrow.", "Oh no, not again!",
 
 def encoders(size: str) -> tuple[Path, Path]:
     """The speech and text encoders of train_throughput's bench: tiny, or base-size with random weights."""
-    from data_prep.make_tiny_models import make_tiny_models
+    from synthetic.tiny_models import make_tiny_models
 
     models = BENCH_DIR / "models"
     paths = {"models": models, "tiny_wav2vec2": models / "tiny" / "wav2vec2",

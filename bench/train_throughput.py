@@ -42,13 +42,13 @@ from torch.utils.flop_counter import (FlopCounterMode, conv_flop_count, sdpa_bac
                                      sdpa_flop_count)
 
 import run  # noqa: E402
-import training  # noqa: E402
+from training import loop as training  # noqa: E402
 from bench.matmul_peak import describe as describe_matmul_peak  # noqa: E402
 from bench.matmul_peak import matmul_peak  # noqa: E402
 from models import MODELS, ModelConfig, build_model  # noqa: E402
 from models.encoders import audio_input_spec, conv_cache_refusal, encoder_config  # noqa: E402
-from utils.audio import normalize, read_audio  # noqa: E402
-from utils.data import BucketBatchSampler, RandomBatchSampler, fixed_length, read_text_feature  # noqa: E402
+from dataio.audio import normalize, read_audio  # noqa: E402
+from dataio.dataset import BucketBatchSampler, RandomBatchSampler, fixed_length, read_text_feature  # noqa: E402
 from utils.device import (autocast, evaluation_precision, native_bf16, resolve_device, seed_everything,  # noqa: E402
                           training_precision)
 
@@ -200,10 +200,10 @@ def synchronize(device) -> None:
 def prepare_bench_corpus(per_session: int, seed: int = 0, bench_dir: Path = BENCH_DIR) -> dict:
     """Synthetic IEMOCAP-format release with IEMOCAP's durations -> csv + audio -> tiny
     RoBERTa features, plus the tiny encoders; every step skips work already done."""
-    from data_prep.extract_roberta import extract
-    from data_prep.iemocap_prep import prepare
-    from data_prep.make_synthetic_iemocap import make_corpus
-    from data_prep.make_tiny_models import make_tiny_models
+    from dataio.text_features import extract
+    from dataio.iemocap import prepare
+    from synthetic.iemocap import make_corpus
+    from synthetic.tiny_models import make_tiny_models
 
     corpus_dir = Path(bench_dir) / f"iemocap-durations-{per_session}-seed{seed}"
     models_dir = Path(bench_dir) / "models"
@@ -235,7 +235,7 @@ def speech_encoder_dir(paths: dict, size: str, norm: str = "group") -> Path:
     --cache_conv_features may cache."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from data_prep.make_tiny_models import save_speech_encoder, tiny_speech_encoder
+    from synthetic.tiny_models import save_speech_encoder, tiny_speech_encoder
 
     if size == "tiny" and norm == "group":
         return paths["tiny_wav2vec2"]
@@ -254,7 +254,7 @@ def base_roberta_dir(paths: dict) -> Path:
     prediction path that embeds transcripts on the fly."""
     from transformers import AutoTokenizer, RobertaModel
 
-    from data_prep.make_tiny_models import tiny_roberta_config
+    from synthetic.tiny_models import tiny_roberta_config
 
     path = paths["models"] / "roberta-base-random"
     if not (path / "config.json").is_file():
@@ -575,7 +575,7 @@ def flop_report(run_name: str, models: tuple[FlopModel, FlopModel], pad_efficien
 
 def iemocap_durations(n: int = 5531, seed: int = 0) -> np.ndarray:
     """n utterance durations (s) drawn like the synthetic generator's IEMOCAP-like corpus."""
-    from data_prep.make_synthetic_iemocap import target_durations
+    from synthetic.iemocap import target_durations
 
     return target_durations(n, "iemocap", np.random.default_rng(seed))
 
@@ -602,7 +602,7 @@ def rtf_report(run_name: str, paths: dict, n_utterances: int, threads: int, repe
     inference.EmotionRecognizer.predict_many on the wav files and transcripts (decoding, tokenizing
     and embedding with RoBERTa-base included; loading RoBERTa-base is timed apart). The fastest
     of `repeats` passes after a warm-up, in fp32 and, where the CPU has native bf16, in bf16."""
-    from inference import EmotionRecognizer
+    from inference.recognizer import EmotionRecognizer
 
     device = torch.device("cpu")
     previous = torch.get_num_threads()

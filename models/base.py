@@ -61,7 +61,7 @@ class ModelConfig:
     @property
     def label_set(self):
         """The classes in logit order and the labels they came from (labels.LabelSet)."""
-        from labels import LabelSet  # models stay importable without the corpus modules
+        from dataio.labels import LabelSet  # models stay importable without the corpus modules
         return LabelSet.from_dict(self.labels)
 
 

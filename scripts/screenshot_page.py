@@ -18,8 +18,8 @@ import numpy as np  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 import serve  # noqa: E402
-from inference import EmotionRecognizer  # noqa: E402
-from utils.audio import read_audio, write_wav  # noqa: E402
+from inference.recognizer import EmotionRecognizer  # noqa: E402
+from dataio.audio import read_audio, write_wav  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

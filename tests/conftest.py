@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.extract_roberta import extract
-from data_prep.iemocap_prep import prepare
-from data_prep.make_synthetic_iemocap import make_corpus
-from data_prep.make_tiny_models import make_tiny_models
+from dataio.text_features import extract
+from dataio.iemocap import prepare
+from synthetic.iemocap import make_corpus
+from synthetic.tiny_models import make_tiny_models
 
 
 @dataclass

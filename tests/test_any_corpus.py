@@ -13,14 +13,14 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 
 import predict
 import run
-from corpus import fold_scheme, make_fold, read_table
-from data_prep.extract_roberta import extract
-from data_prep.import_emobox import import_emobox
-from data_prep.make_synthetic_emobox import LABEL_MAP, make_emobox_corpus
-from data_prep.transcribe import transcribe_table
-from labels import LabelSet, corpus_label_set, read_label_map
-from utils.data import DataError
-from utils.validate import InputProblems
+from dataio.corpus import fold_scheme, make_fold, read_table
+from dataio.text_features import extract
+from dataio.emobox import import_emobox
+from synthetic.emobox import LABEL_MAP, make_emobox_corpus
+from dataio.asr import transcribe_table
+from dataio.labels import LabelSet, corpus_label_set, read_label_map
+from dataio.dataset import DataError
+from dataio.validate import InputProblems
 
 CLASSES = list(dict.fromkeys(LABEL_MAP.values()))  # Anger, Disgust, Fear, Happiness, Neutral, Sadness
 

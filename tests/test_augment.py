@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from utils.augment import (AudioViewSettings, add_noise, frequency_mask, make_view, mask_spans, speed_perturb,
+from dataio.augment import (AudioViewSettings, add_noise, frequency_mask, make_view, mask_spans, speed_perturb,
                            tempo_perturb, time_mask, view_rng)
 
 SR = 16000

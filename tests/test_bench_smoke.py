@@ -17,12 +17,12 @@ import torch
 
 import run
 from bench import train_throughput as bench
-from data_prep.extract_roberta import extract
-from data_prep.iemocap_prep import prepare
-from data_prep.make_synthetic_iemocap import make_corpus
-from data_prep.make_tiny_models import make_tiny_models
+from dataio.text_features import extract
+from dataio.iemocap import prepare
+from synthetic.iemocap import make_corpus
+from synthetic.tiny_models import make_tiny_models
 from models import ModelConfig
-from utils.data import BucketBatchSampler, RandomBatchSampler, fixed_length
+from dataio.dataset import BucketBatchSampler, RandomBatchSampler, fixed_length
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import pytest
 import soxr
 
 from tests.containers import KINDS, align, delay, snr_db, speech_like, write_container
-from utils.audio import AudioError, audio_info, audio_suffixes, read_audio
+from dataio.audio import AudioError, audio_info, audio_suffixes, read_audio
 
 SECONDS = 2.0
 LOSSLESS = {".mkv", ".mov"}              # flac, alac

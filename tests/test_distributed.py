@@ -21,7 +21,7 @@ import torch
 import run
 from models.base import SpeechEmotionModel
 from utils import distributed
-from utils.data import BucketBatchSampler, RandomBatchSampler
+from dataio.dataset import BucketBatchSampler, RandomBatchSampler
 from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,14 +16,14 @@ import soundfile as sf
 import torch
 
 import export
-import inference
+from inference import recognizer as inference
 import predict
-from data_prep.extract_roberta import embed_texts, load_text_encoder
-from data_prep.make_tiny_models import make_tiny_models, save_speech_encoder, tiny_speech_encoder
-from labels import CLASS_NAMES, LabelSet
+from dataio.text_features import embed_texts, load_text_encoder
+from synthetic.tiny_models import make_tiny_models, save_speech_encoder, tiny_speech_encoder
+from dataio.labels import CLASS_NAMES, LabelSet
 from models import ModelConfig, build_model
-from utils.audio import normalize
-from utils.checkpoint import save_checkpoint
+from dataio.audio import normalize
+from models.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSCRIPTS = ["I think we should talk about it tomorrow.", "Oh no, not again!"]

@@ -11,15 +11,15 @@ import pandas as pd
 import pytest
 import torch
 
-from data_prep import extract_roberta
-from data_prep.extract_roberta import (
+from dataio import text_features as extract_roberta
+from dataio.text_features import (
     TextFeatureError,
     embed_texts,
     extract,
     load_text_encoder,
     resolve_device,
 )
-from data_prep.make_tiny_models import make_tiny_models
+from synthetic.tiny_models import make_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSCRIPTS = {
@@ -222,7 +222,7 @@ def test_resuming_with_another_encoder_is_refused(tmp_path, tiny_dirs_for_stamp)
 def tiny_dirs_for_stamp(tmp_path, roberta):
     from transformers import AutoTokenizer, RobertaModel
 
-    from data_prep.make_tiny_models import tiny_roberta_config
+    from synthetic.tiny_models import tiny_roberta_config
     other = tmp_path / "other_roberta"
     RobertaModel(tiny_roberta_config(hidden_size=32, intermediate_size=64)).save_pretrained(other)
     AutoTokenizer.from_pretrained(roberta).save_pretrained(other)

@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from data_prep.iemocap_prep import (COLUMNS, LabelRecord, ReleaseError, count_differences, join_dialog, main,
-                                    parse_emo_evaluation, parse_transcriptions, prepare, with_augmented_text)
+from data_prep.iemocap_prep import main
+from dataio.iemocap import (COLUMNS, LabelRecord, ReleaseError, count_differences, join_dialog, parse_emo_evaluation,
+                            parse_transcriptions, prepare, with_augmented_text)
 from tests.fake_release import UPSTREAM_CSV, FakeRelease, build_fake_release, write_noise_wav
 
 REPO = Path(__file__).resolve().parents[1]
-LOGGER = "data_prep.iemocap_prep"
+LOGGER = "dataio.iemocap"
 
 EMO_SNIPPET = """% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]
 

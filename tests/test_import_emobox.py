@@ -15,10 +15,10 @@ import pytest
 import soundfile as sf
 import soxr
 
-from data_prep.import_emobox import ReleaseError, import_emobox, parse_jsonl, safe_name
-from data_prep.make_synthetic_emobox import LABEL_MAP, make_emobox_corpus
-from data_prep.make_synthetic_iemocap import CorpusError
-from labels import ALL_RELEASE_LABELS
+from dataio.emobox import ReleaseError, import_emobox, parse_jsonl, safe_name
+from synthetic.emobox import LABEL_MAP, make_emobox_corpus
+from synthetic.iemocap import CorpusError
+from dataio.labels import ALL_RELEASE_LABELS
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = "synth6"

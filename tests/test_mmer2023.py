@@ -8,16 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
-import inference
+from inference import recognizer as inference
 import run
-import training
-from corpus import fold_scheme, make_fold, read_table
-from data_prep.extract_roberta import extract
+from training import loop as training
+from dataio.corpus import fold_scheme, make_fold, read_table
+from dataio.text_features import extract
 from models import MODELS, ModelConfig
 from models.encoders import prepare_encoder
-from utils.data import Batch
+from dataio.dataset import Batch
 from tests.test_models import TEXT_DIM, first_losses, PINNED_LOSSES, pad_batch, random_inputs
-from data_prep.make_tiny_models import tiny_speech_encoder
+from synthetic.tiny_models import tiny_speech_encoder
 
 
 def test_the_preset_sets_the_2023_configuration_and_given_flags_win(demo, tmp_path):

@@ -11,12 +11,12 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from data_prep.make_tiny_models import tiny_speech_encoder
+from synthetic.tiny_models import tiny_speech_encoder
 from models import MODELS, ModelConfig
 from models.encoders import frame_lengths, prepare_encoder
-from utils.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-import corpus
-from utils.metrics import emotion_metrics
+from models.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from dataio import corpus
+from training.metrics import emotion_metrics
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "published_checkpoint_keys.tsv"
 TEXT_DIM = 64

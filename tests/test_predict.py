@@ -12,16 +12,16 @@ import pytest
 import soundfile as sf
 import torch
 
-import inference
+from inference import recognizer as inference
 import predict
-from data_prep.extract_roberta import embed_texts, load_text_encoder
-from data_prep.make_tiny_models import make_tiny_models
+from dataio.text_features import embed_texts, load_text_encoder
+from synthetic.tiny_models import make_tiny_models
 from models import ModelConfig, build_model
 from models.encoders import audio_input_spec
-from utils.checkpoint import save_checkpoint
-from utils.data import Collator, EmotionDataset, load_waves
-from labels import CLASS_NAMES
-from utils.text import sentence_case
+from models.checkpoint import save_checkpoint
+from dataio.dataset import Collator, EmotionDataset, load_waves
+from dataio.labels import CLASS_NAMES
+from dataio.text import sentence_case
 
 REPO = Path(__file__).resolve().parents[1]
 PROB_COLUMNS = [f"prob_{name}" for name in CLASS_NAMES]
@@ -383,7 +383,7 @@ PEAK_DURING_PREDICTION = """
 import sys
 from pathlib import Path
 import numpy as np
-import inference
+from inference import recognizer as inference
 recognizer = inference.EmotionRecognizer(inference.load_models(sys.argv[1]))
 recognizer.predict_windows(np.zeros(31 * 16000, np.float32), sample_rate=16000)  # warm up the windowed path
 Path("/proc/self/clear_refs").write_text("5")      # reset the peak resident size (Linux)

@@ -12,8 +12,8 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 import run
-import training
-from utils.audio import read_audio
+from training import loop as training
+from dataio.audio import read_audio
 
 
 def recorded_flags(demo, save, **overrides) -> list[str]:

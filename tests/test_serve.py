@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 
 import run
 import serve
-from inference import EmotionRecognizer, Windows, timeline_table
+from inference.recognizer import EmotionRecognizer, Windows, timeline_table
 from models import ModelConfig, build_model
 from tests.test_upstream_fixture import upstream_state_dict
-from utils.checkpoint import save_checkpoint
+from models.checkpoint import save_checkpoint
 
 TRANSCRIPT = "Oh no, not again!"
 LIMITS = serve.Limits(max_seconds=8.0, max_mb=1.0)

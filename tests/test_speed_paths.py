@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import run
-from data_prep.make_tiny_models import save_speech_encoder, tiny_speech_encoder
+from synthetic.tiny_models import save_speech_encoder, tiny_speech_encoder
 from models import MODELS
 from models.encoders import AudioInputSpec, conv_cache_changes_training, conv_cache_refusal, conv_features, frame_lengths
 from tests.test_models import make_model, pad_batch, random_inputs
-from utils.data import BucketBatchSampler, Collator, RandomBatchSampler, fixed_length, pad_rows
+from dataio.dataset import BucketBatchSampler, Collator, RandomBatchSampler, fixed_length, pad_rows
 from utils.device import autocast, seed_everything
 
 
@@ -230,9 +230,9 @@ def test_compiled_blocks_keep_parameter_names_and_outputs():
 
 
 def test_precision_auto_trains_wide_encoders_in_bf16_on_native_bf16_cpus_and_always_evaluates_in_fp32(monkeypatch):
-    import training
+    from training import loop as training
     from utils import device as devices
-    from utils.data import Collator, EmotionDataset
+    from dataio.dataset import Collator, EmotionDataset
     cpu = torch.device("cpu")
     monkeypatch.setattr(devices, "native_bf16", lambda device: True)
     assert devices.training_precision(cpu, "auto", 768) == "bf16"

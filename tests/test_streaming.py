@@ -13,13 +13,13 @@ import soundfile as sf
 import torch
 from transformers import Wav2Vec2FeatureExtractor
 
-import corpus
+from dataio import corpus
 import run
-import training
+from training import loop as training
 from models.encoders import AudioInputSpec, audio_input_spec
-from utils.audio import read_audio
-from utils.data import EmotionDataset, load_text_features, load_waves, stored_text_features, stored_waves
-from utils.store import Store, built, write_items
+from dataio.audio import read_audio
+from dataio.dataset import EmotionDataset, load_text_features, load_waves, stored_text_features, stored_waves
+from dataio.store import Store, built, write_items
 
 
 def configs(demo, tmp_path, **overrides):

@@ -14,13 +14,13 @@ import pytest
 import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 
-from data_prep import make_synthetic_iemocap as synth
-from data_prep.synthetic_lexicon import EMOTION_WORDS, all_words
-from labels import ALL_RELEASE_LABELS, KEPT_LABELS, LABEL_TO_INDEX
+from synthetic import iemocap as synth
+from synthetic.lexicon import EMOTION_WORDS, all_words
+from dataio.labels import ALL_RELEASE_LABELS, KEPT_LABELS, LABEL_TO_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "data_prep" / "make_synthetic_iemocap.py"
-VOCAB = json.loads((REPO / "data_prep" / "wav2vec2_char_vocab.json").read_text())
+VOCAB = json.loads((REPO / "dataio" / "wav2vec2_char_vocab.json").read_text())
 PER_SESSION = 20
 
 LABEL_LINE = re.compile(r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(Ses0([1-5])[FM]_\w+_([FM])\d{3})\t([a-z]{3})\t"

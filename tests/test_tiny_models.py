@@ -17,7 +17,7 @@ from transformers import (
     Wav2Vec2Model,
 )
 
-from data_prep.make_tiny_models import (
+from synthetic.tiny_models import (
     CHAR_VOCAB_PATH,
     make_tiny_models,
     tiny_roberta_config,
@@ -25,7 +25,7 @@ from data_prep.make_tiny_models import (
     tiny_speech_encoder_config,
     tiny_wav2vec2_config,
 )
-from data_prep.synthetic_lexicon import all_words
+from synthetic.lexicon import all_words
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_VOCAB = Path(__file__).resolve().parent / "reference" / "wav2vec2_char_vocab.json"

@@ -16,22 +16,22 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, Wav2Vec2ForCTC, WhisperForConditionalGeneration, pipeline
 
-from data_prep import transcribe
-from data_prep.make_tiny_models import (
+from dataio import asr as transcribe
+from synthetic.tiny_models import (
     char_ctc_tokenizer,
     make_tiny_models,
     save_speech_encoder,
     save_tiny_whisper,
     tiny_wav2vec2_config,
 )
-from data_prep.transcribe import (
+from dataio.asr import (
     TranscribeError,
     audio_paths,
     normalise_words,
     transcribe_table,
     word_error_rate,
 )
-from utils.audio import write_wav
+from dataio.audio import write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = ["Hello there.", "I'm angry [LAUGHTER]", "so sad", "Yes, it's fine!"]

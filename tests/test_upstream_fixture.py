@@ -14,9 +14,9 @@ import torch
 
 import run
 from models.base import EmotionOutput, ctc_loss
-from utils.checkpoint import restore_model
-from utils.data import Collator, EmotionDataset, ExactBatchSampler, load_waves, load_text_features
-from utils.text import clean_transcript, ctc_target_ids
+from models.checkpoint import restore_model
+from dataio.dataset import Collator, EmotionDataset, ExactBatchSampler, load_waves, load_text_features
+from dataio.text import clean_transcript, ctc_target_ids
 from models.encoders import audio_input_spec
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "upstream_fixture"

@@ -13,11 +13,11 @@ import torch
 
 import predict
 import run
-import training
+from training import loop as training
 from models import build_model
 from tests.test_upstream_fixture import fill
-from utils.checkpoint import CheckpointError, load_weights, restore_model, upgrade_state_dict
-from utils.text import clean_transcript, ctc_target_ids, upstream_transcript
+from models.checkpoint import CheckpointError, load_weights, restore_model, upgrade_state_dict
+from dataio.text import clean_transcript, ctc_target_ids, upstream_transcript
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "upstream_fixture_2023"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
@@ -98,7 +98,7 @@ def test_a_published_2023_checkpoint_at_base_size_loads_strictly():
     from transformers import Wav2Vec2Config, Wav2Vec2Model
     from models import MODELS, ModelConfig
     from models.encoders import prepare_encoder
-    from utils.checkpoint import UPSTREAM_2023_SETTINGS
+    from models.checkpoint import UPSTREAM_2023_SETTINGS
     published = upgrade_state_dict({key: torch.empty(shape, device="meta")
                                     for key, shape in keys("keys_2023_wav2vec2_base.tsv").items()})
     shapes = {key: tuple(value.shape) for key, value in published.items()}

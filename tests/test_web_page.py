@@ -14,7 +14,7 @@ import soundfile as sf
 
 import run
 import serve
-from inference import EmotionRecognizer
+from inference.recognizer import EmotionRecognizer
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")
 expect, sync_playwright = sync_api.expect, sync_api.sync_playwright

@@ -1,11 +1,9 @@
 """Results of a run, and runs side by side. In a run folder: results.json / results.csv (per
 fold, mean, std), results.md (a table to paste into a paper), confusion matrices (pooled and
-per fold) and learning curves. `python -m utils.report SAVE_DIR ... --out DIR` compares runs."""
-import argparse
+per fold) and learning curves. `python compare.py SAVE_DIR ... --out DIR` compares runs."""
 import json
 import logging
 import math
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from utils.files import atomic_path, atomic_write_text
-from labels import CLASS_NAMES
-from utils.metrics import summarize_by_type, summarize_folds
+from dataio.labels import CLASS_NAMES
+from training.metrics import summarize_by_type, summarize_folds
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -231,7 +229,7 @@ def read_fold_stats(run_dir: Path, sessions) -> dict:
     """{session: epoch records, in epoch order} from `<session>_stats.txt`. Complete lines only
     (a kill may cut the last one); a repeated epoch keeps its latest line; folds without any
     record are left out."""
-    from utils.runinfo import read_stats  # here: runinfo pulls in torch, the comparison CLI needs none
+    from training.runinfo import read_stats  # here: runinfo pulls in torch, the comparison CLI needs none
     stats = {}
     for session in sorted(sessions, key=_session_key):
         by_epoch = {r["epoch"]: r for r in read_stats(run_dir / f"{session}_stats.txt")
@@ -594,28 +592,3 @@ def default_out(first) -> Path:
     if first.is_file():
         first = first.parent
     return (first.parent if (first / "results.json").is_file() else first) / "comparison"
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Compare runs side by side: one table and one bar chart.")
-    parser.add_argument("paths", nargs="+", help="run folders (<save_path>/<run>), save folders, or results.json files")
-    parser.add_argument("--over_seeds", action="store_true",
-                        help="also seeds.md/.csv: runs of one configuration with different seeds as one row")
-    parser.add_argument("--out", help="folder for comparison.{csv,md,png} (default: <save folder of the first "
-                                      "run>/comparison)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    args.out = args.out or default_out(args.paths[0])
-    try:
-        frame = compare(args.paths, args.out, seeds=args.over_seeds)
-    except (FileNotFoundError, ReportError) as err:
-        log.error("%s", err)
-        sys.exit(2)
-    print(markdown_table(frame))
-    if args.over_seeds:
-        print((Path(args.out) / "seeds.md").read_text())
-    print(f"wrote comparison.csv, comparison.md and comparison.png to {args.out}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

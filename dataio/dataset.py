@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 
 from models.encoders import AudioInputSpec
 from models.fusion import lengths_to_mask
-from utils.audio import normalize, read_audio
-from utils.store import Arrays, Store, built, fingerprint, write_items
-from utils.text import ctc_target_ids
+from dataio.audio import normalize, read_audio
+from dataio.store import Arrays, Store, built, fingerprint, write_items
+from dataio.text import ctc_target_ids
 from utils.threads import available_cpus
 
 log = logging.getLogger(__name__)

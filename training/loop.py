@@ -18,15 +18,16 @@ from tqdm.auto import tqdm
 from models import build_model
 from models.encoders import conv_features, frame_lengths
 from models.fusion import AttentionLayer
-from utils import distributed, runinfo
-from utils.augment import AudioViewSettings, make_view, view_rng
-from utils.audio import normalize, read_audio
-from utils.data import BucketBatchSampler, Collator, EmotionDataset, ExactBatchSampler, RandomBatchSampler
+from utils import distributed
+from training import runinfo
+from dataio.augment import AudioViewSettings, make_view, view_rng
+from dataio.audio import normalize, read_audio
+from dataio.dataset import BucketBatchSampler, Collator, EmotionDataset, ExactBatchSampler, RandomBatchSampler
 from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
 from utils.device import autocast, evaluation_precision, training_precision
 from utils.files import atomic_path
-from utils.metrics import emotion_metrics
-from utils.store import Arrays, Store, built, fingerprint, write_items
+from training.metrics import emotion_metrics
+from dataio.store import Arrays, Store, built, fingerprint, write_items
 
 log = logging.getLogger("mmer")
 PROGRESS_SECONDS = 60.0  # progress lines in a log file, where no bar is drawn

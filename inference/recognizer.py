@@ -35,15 +35,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from data_prep.extract_roberta import TextFeatureError, agreed_text_encoder, embed_texts, load_text_encoder, tokenize
+from dataio.text_features import TextFeatureError, agreed_text_encoder, embed_texts, load_text_encoder, tokenize
 from models import EmotionOutput, ModelConfig, model_class
 from models.encoders import AudioInputSpec, audio_input_spec, min_samples_of, padding_is_exact
-from utils.audio import AudioError, audio_info, normalize, prepare_samples, read_audio, read_frames
-from utils.checkpoint import CheckpointError, find_checkpoints, restore_model
-from utils.data import Collator, EmotionDataset, ExactBatchSampler, pad_rows
+from dataio.audio import AudioError, audio_info, normalize, prepare_samples, read_audio, read_frames
+from models.checkpoint import CheckpointError, find_checkpoints, restore_model
+from dataio.dataset import Collator, EmotionDataset, ExactBatchSampler, pad_rows
+from dataio.labels import LabelSet
 from utils.device import autocast, check_precision, evaluation_precision, resolve_device
 from utils.hub import check_model_name
-from utils.text import greedy_decode, sentence_case
+from dataio.text import greedy_decode, sentence_case
 
 log = logging.getLogger("mmer.inference")
 DEFAULT_ROBERTA = "roberta-base"
@@ -175,7 +176,7 @@ def plot_timeline(prediction: Prediction, path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from utils.report import save_figure
+    from training.report import save_figure
     table = timeline_table(prediction)
     classes = list(prediction.probabilities)
     fig, ax = plt.subplots(figsize=(10, 3.6), layout="constrained")
@@ -337,11 +338,11 @@ class EmotionRecognizer:
     @property
     def classes(self) -> list[str]:
         """The run's classes, in the order of its probabilities."""
-        return list(self.first.config.label_set.classes)
+        return list(LabelSet.from_dict(self.first.config.labels).classes)
 
     @property
     def label_set(self):
-        return self.first.config.label_set
+        return LabelSet.from_dict(self.first.config.labels)
 
     @property
     def run(self) -> str:
@@ -527,7 +528,7 @@ class Recogniser:
     transcribes 16 kHz recordings for mmer, where no transcript is given."""
 
     def __init__(self, asr: str, language: str | None, device, backend: str = "auto"):
-        from data_prep.transcribe import TranscribeError, generate_kwargs, load_recogniser, model_stamp
+        from dataio.asr import TranscribeError, generate_kwargs, load_recogniser, model_stamp
         try:
             stamp = model_stamp(asr, language, num_beams=1, backend=backend, device=device)
             self.pipeline = load_recogniser(asr, device, stamp)
@@ -537,7 +538,7 @@ class Recogniser:
         self.name = stamp["model"]
 
     def __call__(self, samples: list, sample_rate: int) -> list[str]:
-        from data_prep.transcribe import recognise
+        from dataio.asr import recognise
         log.info("transcribing %d recording(s) with %s", len(samples), self.name)
         return recognise(self.pipeline, samples, sample_rate, self.settings, batch_size=8)
 

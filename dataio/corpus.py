@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from labels import LabelError, LabelSet, corpus_label_set, utterance_fields
-from utils.data import DataError
-from utils.text import clean_transcript
+from dataio.labels import LabelError, LabelSet, corpus_label_set, utterance_fields
+from dataio.dataset import DataError
+from dataio.text import clean_transcript
 
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("FileName", "Label")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.audio import AudioError, audio_info
+from dataio.audio import AudioError, audio_info
 
 
 SHOWN_PER_KIND = 10

@@ -3,13 +3,15 @@ epoch and metrics, saved atomically and loaded without executing pickled code; a
 published layouts it reads: upstream's 2022 checkpoints (MMI_Model, CAI_SOTA, UNI_BASELINE
 state dicts) and its 2023 ones ({'state_dict': FuseModel.state_dict()}: `model_mmi.*` plus the
 two projection heads)."""
+import os
 import pickle
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file as load_safetensors
 
-from utils.files import atomic_path
+from models import ModelConfig, build_model
+
 
 # transformers 4.x wrote the positional convolution's weight norm as weight_g / weight_v;
 # newer versions hold it as a parametrization.
@@ -66,8 +68,14 @@ def checkpoint_path(folder, session) -> Path:
 def save_checkpoint(path, model: torch.nn.Module, **extra) -> None:
     """Write {'state_dict': ..., **extra} atomically; extra must be plain data (weights-only loadable)."""
     payload = {"state_dict": model.state_dict(), **extra}
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # renamed into place: never half a file
+    try:
+        torch.save(payload, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def load_checkpoint(path) -> dict:
@@ -171,8 +179,6 @@ def restore_model(path, run: str | None = None, wav2vec2: str | None = None):
     """Rebuild the model a checkpoint holds and load its weights (architecture only, no
     pretrained download). Our checkpoints carry their ModelConfig; published ones get it
     from `run`, `wav2vec2` and the shapes in the state dict. Returns (model, payload)."""
-    from models import ModelConfig, build_model  # models import utils; keep the cycle out of import time
-
     payload = load_checkpoint(path)
     published = not payload.get("model_config")
     saved = model_settings(payload)

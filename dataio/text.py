@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transformers import Wav2Vec2CTCTokenizer
 
-VOCAB_FILE = Path(__file__).resolve().parents[1] / "data_prep" / "wav2vec2_char_vocab.json"
+VOCAB_FILE = Path(__file__).resolve().parent / "wav2vec2_char_vocab.json"
 
 
 @functools.lru_cache(maxsize=1)
