@@ -1,5 +1,6 @@
 r"""Export a trained run to ONNX, for onnxruntime (predict.py --backend onnxruntime,
 inference.EmotionRecognizer.from_onnx) or any other ONNX runtime:
+from models.errors import MMERError
 
     python export.py runs/mmer --format onnx --out exported/mmer [--session 1] [--opset 20]
 
@@ -37,11 +38,12 @@ from models.base import AudioFrames
 from models.encoders import audio_input_spec, min_samples_of, padding_is_exact
 from models.fusion import lengths_to_mask
 from models.checkpoint import CheckpointError, find_checkpoints, restore_model
+from models.errors import MMERError
 from utils.cli import HelpFormatter, Parser, add_number
 from dataio.audio import NORMALIZE_EPS
 from dataio.labels import LabelSet
 from utils.files import atomic_write_text
-from training.runinfo import git_commit, package_versions
+from utils.provenance import git_commit, package_versions
 from dataio.text import VOCAB_FILE
 
 log = logging.getLogger("mmer.export")
@@ -56,7 +58,7 @@ CHECK_TOLERANCE = 1e-4
 EXPORT_VERSIONS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy")
 
 
-class ExportError(RuntimeError):
+class ExportError(MMERError, RuntimeError):
     """An export that cannot be done or would be wrong; the message names the file and the fix."""
 
 

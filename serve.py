@@ -46,6 +46,7 @@ from dataio.corpus import audio_paths  # noqa: E402
 from inference.recognizer import EmotionRecognizer, PredictError, timeline_table  # noqa: E402
 from dataio.audio import AudioError, audio_info, audio_suffixes, read_frames  # noqa: E402
 from utils.cli import HelpFormatter, Parser, add_number  # noqa: E402
+from models.errors import MMERError  # noqa: E402
 
 log = logging.getLogger("mmer.serve")
 WEB = Path(__file__).resolve().parent / "web"
@@ -69,7 +70,7 @@ class Limits:
         return int(self.max_mb * 2**20)
 
 
-class ServiceError(Exception):
+class ServiceError(MMERError):
     """A request the service refuses; `status` is the HTTP status, the message says what to do."""
 
     def __init__(self, status: int, message: str):

@@ -39,6 +39,7 @@ from utils.cli import some
 from utils import distributed
 from utils.files import atomic_path, atomic_write_text
 from dataio.text import NON_SPEECH_TAG
+from models.errors import MMERError
 
 log = logging.getLogger(__name__)
 DEFAULT_ASR = "openai/whisper-small"
@@ -59,7 +60,7 @@ CT2_MODEL = "model.bin"              # what makes a folder a CTranslate2 model (
 WHISPER_MULTILINGUAL_VOCAB = 51865   # Whisper's vocabulary: 51864 tokens for the English-only `*.en` models
 
 
-class TranscribeError(ValueError):
+class TranscribeError(MMERError, ValueError):
     """Bad input to the transcription; the message names the file and the fix."""
 
 

@@ -15,6 +15,7 @@ import soundfile as sf
 import soxr
 
 from utils.files import atomic_path
+from models.errors import MMERError
 
 log = logging.getLogger(__name__)
 TARGET_SR = 16000
@@ -42,7 +43,7 @@ def audio_suffixes() -> tuple[str, ...]:
     return ours + tuple(s for s in FFMPEG_SUFFIXES if s not in ours)
 
 
-class AudioError(ValueError):
+class AudioError(MMERError, ValueError):
     """An audio file that cannot be used; the message names the file and the fix. `reason` is
     the message's middle, what is wrong with the file, for callers that word the rest themselves."""
 

@@ -20,11 +20,12 @@ from dataio.audio import normalize, read_audio
 from dataio.store import Arrays, Store, built, fingerprint, write_items
 from dataio.text import ctc_target_ids
 from utils.threads import available_cpus
+from models.errors import MMERError
 
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(MMERError, ValueError):
     """Input data that cannot be used; the message names the file and the fix."""
 
 

@@ -20,6 +20,7 @@ from dataio.audio import TARGET_SR, AudioError, read_audio, write_wav
 from utils.files import atomic_path, atomic_write_text
 from dataio.labels import (KEPT_LABELS, REFERENCE_LABEL_COUNTS, REFERENCE_SESSION_COUNTS, REFERENCE_TOTAL,
                           utterance_fields)
+from models.errors import MMERError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Problem:
         return f"ERROR {self.path}: {self.what}; {self.todo}"
 
 
-class ReleaseError(Exception):
+class ReleaseError(MMERError):
     """The release (or the output folder) cannot be prepared; holds every problem found."""
 
     def __init__(self, problems: list[Problem]):

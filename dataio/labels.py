@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from models.errors import MMERError
 
 CLASS_NAMES = ("hap", "ang", "neu", "sad")  # IEMOCAP: index order of the logits
 LABEL_TO_INDEX = {"hap": 0, "exc": 0, "ang": 1, "neu": 2, "sad": 3}
@@ -27,7 +28,7 @@ _UTTERANCE_ID = re.compile(r"^Ses0(?P<session>[1-5])[FM]_\S+_(?P<gender>[FM])\d+
 LABEL_MAP_FILE = "label_map.json"  # beside a corpus table: {label: class name}, as EmoBox's
 
 
-class LabelError(ValueError):
+class LabelError(MMERError, ValueError):
     """A label set that cannot be used; the message names the labels and the fix."""
 
 

@@ -20,13 +20,14 @@ from utils import distributed
 from utils.device import resolve_device
 from utils.files import atomic_path, atomic_write_text
 from utils.hub import check_model_name
+from models.errors import MMERError
 
 log = logging.getLogger(__name__)
 DEFAULT_TEXT_COLUMN = "Sentences"
 LOAD_HINT = "pass a local folder written by save_pretrained, or a hub name (e.g. roberta-base) with network access"
 
 
-class TextFeatureError(ValueError):
+class TextFeatureError(MMERError, ValueError):
     """Bad input to the extraction; the message names the file and the fix."""
 
 

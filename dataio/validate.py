@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from dataio.audio import AudioError, audio_info
+from models.errors import MMERError
 
 
 SHOWN_PER_KIND = 10
 HEADER_THREADS = 8
 
 
-class InputProblems(ValueError):
+class InputProblems(MMERError, ValueError):
     """Raised with the full list of problems found in a run's inputs."""
 
 

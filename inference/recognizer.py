@@ -45,6 +45,7 @@ from dataio.labels import LabelSet
 from utils.device import autocast, check_precision, evaluation_precision, resolve_device
 from utils.hub import check_model_name
 from dataio.text import greedy_decode, sentence_case
+from models.errors import MMERError
 
 log = logging.getLogger("mmer.inference")
 DEFAULT_ROBERTA = "roberta-base"
@@ -52,7 +53,7 @@ ONNX_MANIFEST = "manifest.json"  # export.py's
 ONNX_MANIFEST_VERSIONS = (1,)
 
 
-class PredictError(ValueError):
+class PredictError(MMERError, ValueError):
     """Bad input to the prediction; the message names the file and the fix."""
 
 
@@ -176,7 +177,7 @@ def plot_timeline(prediction: Prediction, path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from training.report import save_figure
+    from utils.files import save_figure
     table = timeline_table(prediction)
     classes = list(prediction.probabilities)
     fig, ax = plt.subplots(figsize=(10, 3.6), layout="constrained")

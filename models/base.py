@@ -58,12 +58,6 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @property
-    def label_set(self):
-        """The classes in logit order and the labels they came from (labels.LabelSet)."""
-        from dataio.labels import LabelSet  # models stay importable without the corpus modules
-        return LabelSet.from_dict(self.labels)
-
 
 @dataclass
 class AudioFrames:

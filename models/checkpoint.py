@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 
 from models import ModelConfig, build_model
+from models.errors import MMERError
 
 
 # transformers 4.x wrote the positional convolution's weight norm as weight_g / weight_v;
@@ -39,7 +40,7 @@ UPSTREAM_2023_SETTINGS = {"run": "mmer", "alpha": 0.1, "pooling": "max", "text_p
 CHECKPOINT_SUFFIXES = (".pt", ".safetensors")  # <session>_model.pt (ours, upstream's) or .safetensors
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MMERError, RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the fix."""
 
 

@@ -19,6 +19,7 @@ from synthetic.lexicon import EMOTION_WORDS, NEUTRAL_WORDS
 from dataio.audio import TARGET_SR, write_wav
 from utils.files import atomic_write_text
 from dataio.labels import KEPT_LABELS, REFERENCE_LABEL_COUNTS
+from models.errors import MMERError
 
 SR = TARGET_SR
 SESSIONS = (1, 2, 3, 4, 5)
@@ -514,7 +515,7 @@ def transcription_text(dialog: Dialog, turn_spans: list, filler_spans: list) -> 
 # ---------------------------------------------------------------- writing
 
 
-class CorpusError(Exception):
+class CorpusError(MMERError):
     """The output folder cannot take this corpus; the message names it and the fix."""
 
 

@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from utils.files import atomic_path, atomic_write_text
+from utils.files import atomic_path, atomic_write_text, save_figure
 from dataio.labels import CLASS_NAMES
 from training.metrics import summarize_by_type, summarize_folds
 
@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
+from models.errors import MMERError  # noqa: E402
 
 log = logging.getLogger(__name__)
 METRIC_KEYS = ("wa", "ua", "macro_f1")
@@ -29,7 +30,7 @@ LEGEND = "WA = overall accuracy, UA = mean of the per-class recalls; std = popul
 TYPE_NAMES = {"impro": "improvised", "script": "scripted"}
 
 
-class ReportError(RuntimeError):
+class ReportError(MMERError, RuntimeError):
     """A results file is missing or is not one written by run.py."""
 
 
@@ -57,12 +58,6 @@ def run_label(run: str, alpha, objectives: dict | None = None) -> str:
 
 def percent(value) -> str:
     return f"{100 * value:.2f}"
-
-
-def save_figure(fig, path) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------- one run

@@ -3,31 +3,29 @@ the resolved configuration (flags, seed, git commit, package versions) before tr
 import hashlib
 import json
 import logging
-import platform
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.errors import MMERError
 from utils.files import atomic_write_text
 from utils.lock import RunLock, live_holders
+from utils.provenance import git_commit, package_versions
 
 log = logging.getLogger(__name__)
 RESULT_PATTERNS = ("*_model.pt", "*_last.pt", "*_result.json", "*_stats.txt", "*_predictions.csv", "results.json", "results.csv",
                    "results.md", "confusion_matrix*.png", "learning_curves.png", "tensorboard/*/*", "config.json", "train.log")
-PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "pandas", "soundfile", "soxr", "av")
 
 
-class RunDirError(RuntimeError):
+class RunDirError(MMERError, RuntimeError):
     """The save folder holds another run's files."""
 
 
-class DivergedError(RuntimeError):
+class DivergedError(MMERError, RuntimeError):
     """Too many optimizer steps had non-finite gradients."""
 
 
@@ -235,26 +233,6 @@ def finish_fold(run_dir: Path, session: str, metrics: dict) -> None:
 def finished_fold(run_dir: Path, session: str) -> dict | None:
     path = run_dir / f"{session}_result.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
-def package_versions(packages=PACKAGES) -> dict:
-    """Python's version and each package's (None where it is not installed)."""
-    versions = {"python": platform.python_version()}
-    for name in packages:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def data_checksums(csv_path, audio_paths, feature_paths=None) -> dict:

@@ -1,4 +1,4 @@
-"""Atomic file writing: every output is written under a temporary name in its
+"""Atomic file writing: every output (text, figures) is written under a temporary name in its
 final folder and renamed into place, so a crash never leaves a truncated file."""
 import contextlib
 import os
@@ -26,6 +26,14 @@ def atomic_path(path, suffix: str = ""):
 def atomic_write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def save_figure(fig, path) -> None:
+    """A matplotlib figure written atomically as PNG, then closed."""
+    import matplotlib.pyplot as plt  # the caller has chosen the backend
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
 
 
 def _umask() -> int:

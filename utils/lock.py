@@ -16,11 +16,13 @@ import threading
 import time
 from pathlib import Path
 
+from models.errors import MMERError
+
 HEARTBEAT = 30.0
 STALE = 300.0
 
 
-class LockedError(RuntimeError):
+class LockedError(MMERError, RuntimeError):
     """Another live process holds the lock; the message names it."""
 
 
