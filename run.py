@@ -11,131 +11,101 @@ torchrun from reading --run as its own --run-path):
 """
 import argparse
 import contextlib
-import json
 import logging
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from utils.threads import before_torch, configure_threads
 
 before_torch()  # OpenMP reads its waiting policy when torch loads it (utils/threads.py)
 
-import pandas as pd  # noqa: E402
-import transformers
-from tqdm.contrib.logging import logging_redirect_tqdm
+import transformers  # noqa: E402
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
-from dataio import corpus
-from dataio.corpus import UTTERANCE_TYPES, DataError, FoldScheme
-from dataio.text_features import TextFeatureError, features_text_encoder, recorded_encoder, text_encoder_width
-from dataio.labels import LabelError, LabelSet, read_label_map
-from models import MODELS, ModelConfig
-from models.base import AUDIO_DROPOUT, CTC_REDUCTIONS
-from models.objectives import CONTRASTIVE_FORMS, POOLING_METHODS, TEXT_POOLING_METHODS
-from models.encoders import (audio_input_spec, conv_cache_changes_training, conv_cache_refusal, encoder_config,
-                             min_samples, padding_is_exact)
-from training.loop import (AUDIO_VIEWS, Corpus, Views, audio_view_settings, build_training, check_skipped, compile_regions,
-                      evaluate, fixed_lengths, log_epoch, make_loader, predict_split, report_long_targets,
-                      tensorboard_writer, train_epoch, use_conv_cache, uses_layerdrop, view_files, warn_ctc_scale,
-                      write_predictions)
-from utils import distributed
-from training import runinfo
-from dataio.audio import AudioError
-from models.checkpoint import (CheckpointError, checkpoint_path, find_checkpoints, load_checkpoint, model_settings,
-                              restore_model, save_checkpoint)
-from utils.cli import HelpFormatter, Parser, add_number
-from dataio.dataset import Collator, EmotionDataset, stored_text_features, stored_waves, text_feature_width
-from utils.device import check_precision, evaluation_precision, seed_everything, training_precision
-from utils.hub import check_model_name
-from utils.lock import LockedError, RunLock
-from training.metrics import emotion_metrics, metrics_by_group
-from dataio.text import CTC_TEXT
-from training.report import format_table, write_results
-from dataio.validate import InputProblems, feature_problems, file_problems, raise_problems
+from dataio.corpus import UTTERANCE_TYPES  # noqa: E402
+from dataio.text import CTC_TEXT  # noqa: E402
+from models import MODELS, ModelConfig  # noqa: E402
+from models.base import AUDIO_DROPOUT, CTC_REDUCTIONS  # noqa: E402
+from models.errors import MMERError  # noqa: E402
+from models.objectives import CONTRASTIVE_FORMS, POOLING_METHODS, TEXT_POOLING_METHODS  # noqa: E402
+from training import runinfo  # noqa: E402
+from training.config import (MODEL_FLAGS, RunConfig, presets, read_recipe, recipe_file, record_config,  # noqa: E402
+                             resolve_configs, resolve_precision)
+from training.folds import evaluate_checkpoint, finished_folds, folds_to_run, run_fold  # noqa: E402
+from training.inputs import check_inputs, load_corpus, read_corpus_table  # noqa: E402
+from training.results import report  # noqa: E402
+from training.views import AUDIO_VIEWS  # noqa: E402
+from utils import distributed  # noqa: E402
+from utils.cli import HelpFormatter, Parser, add_number  # noqa: E402
+from utils.device import check_precision  # noqa: E402
+from utils.lock import RunLock  # noqa: E402
 
 log = logging.getLogger("mmer")
-OPTIMISTIC = "test (OPTIMISTIC: the best epoch is chosen on the test session, as upstream did)"
-DEV_SELECTION = "dev split of the training sessions"
-PUBLISHED = ("test (OPTIMISTIC: checkpoints without our selection record, e.g. the published ones, whose "
-             "authors chose the best epoch on the test session)")
 
 
-@dataclass
-class RunConfig:
-    """Run settings (paths, folds, schedule, devices); written beside the results."""
-    csv_path: str = "data/iemocap.csv"
-    data_path_audio: str = "data/audio"
-    data_path_roberta: str = "data/roberta"
-    roberta: str | None = None   # the text encoder of the features (their encoder.json), else roberta-base
-    save_path: str = "runs"
-    sessions: list | None = None  # the folds to run (IEMOCAP: its sessions); None: all the table's
-    label_map: str | None = None
-    fold_by: str | None = None
-    kfold: int | None = None
-    dev_split: str = "utterance"
-    epochs: int = 100
-    batch_size: int = 2
-    accum_grad: int = 4
-    learning_rate: float = 1e-5
-    dev_fraction: float = 0.1
-    select_on: str = "dev"
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None   # torch CPU threads; None: the CPUs this process may use
-    num_workers: int = 0
-    cache_dir: str | None = None   # the decoded audio and gathered features; None: <save_path>/cache
-    batching: str = "bucket"
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    cache_conv_features: bool | None = None   # None: on where it changes nothing (see conv_cache_setting)
-    eval_batch_size: int = 8
-    eval_only: bool = False
-    checkpoint_dir: str | None = None
-    cross_corpus: bool = False
-    preset: str | None = None
-    audio_view: str = "speed,noise,mask"
-    data_path_audio_view: str | None = None
-    data_path_roberta_view: str | None = None
-    ctc_text: str = "clean"
-    utterance_types: str = "all"
-    resume: bool = False
-    overwrite: bool = False
-    max_skipped_fraction: float = 0.05
-    max_steps: int | None = None
-    limit_utterances: int | None = None
-    log_every: int = 25
-    tensorboard: bool = False
-    world_size: int = 1   # processes training each fold (torchrun), not a flag; the global batch depends on it
-    precision_resolved: dict | None = None  # what --precision became on this device: {"training": ..., "evaluation": ...}
-
-
-# A paper's whole configuration (--preset); flags given beside it win.
-PRESETS = {
-    "mmer2022": {},  # the defaults
-    "mmer2023": {"run": "mmer", "alpha": 0.1, "supcon_weight": 0.1, "aug_weight": 0.1, "pooling": "max",
-                 "text_pooling": "max", "audio_dropout": "ctc", "contrastive": "upstream",
-                 "learning_rate": 5e-5, "max_audio_samples": 210_000, "audio_view": "speed,noise,mask"},
-}
-
-# Model settings given by flags (defaults: ModelConfig's). Under --eval_only the checkpoints'
-# recorded values win (they hold that model); of a contradicting flag only these are honoured:
-MODEL_FLAGS = ("run", "wav2vec2", "alpha", "ctc_reduction", "dropout", "specaugment", "pooling", "text_pooling",
-               "audio_dropout", "supcon_weight", "aug_weight", "temperature", "contrastive", "max_audio_samples")
-EVAL_OVERRIDABLE = ("wav2vec2", "max_audio_samples")
-# what results.json names as a run's objectives (the 2023 settings)
-OBJECTIVES = ("pooling", "text_pooling", "audio_dropout", "supcon_weight", "aug_weight", "contrastive", "temperature",
-              "max_audio_samples")   # the encoder's files; the audio cut at evaluation
-# run settings whose default, under --eval_only, is what the run being re-evaluated recorded
-RECORDED_RUN = ("csv_path", "data_path_audio", "data_path_roberta", "roberta")
-
-
+# ---------------------------------------------------------------- flags
 def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
-    """Flags -> the two configurations. Nonsense is refused here (exit code 2, one line), before
+    """Flags -> the two configurations. A recipe (--preset NAME or --config FILE) sets defaults
+    that flags given beside it override. Nonsense is refused here (exit code 2, one line), before
     any data is read; --eval_only fills what is not given from the run it re-evaluates."""
     p = Parser(description=__doc__, formatter_class=HelpFormatter)
     d, m = RunConfig(), ModelConfig()
+    for add in (add_recipe_flags, add_data_flags, add_model_flags, add_objective_flags, add_optimisation_flags,
+                add_run_control_flags):
+        add(p, d, m)
+    try:
+        recipe = recipe_settings(p, argv)
+        p.set_defaults(**{key: value for key, value in recipe.items() if key not in MODEL_FLAGS})
+        args = p.parse_args(argv)
+        return resolve_configs(args, {key: value for key, value in recipe.items() if key in MODEL_FLAGS})
+    except (MMERError, OSError) as err:
+        p.error(str(err))
+
+
+def recipe_settings(p, argv) -> dict:
+    """The settings of the recipe named by --preset or --config, typed and checked by the same
+    flags that would set them; {} without one."""
+    known = p.parse_known_args(argv)[0]
+    path = recipe_file(known.preset, known.config)
+    if path is None:
+        return {}
+    recipe = read_recipe(path)
+    actions = {action.dest: action for action in p._actions}
+    tokens = []
+    for key, value in recipe.items():
+        action = actions.get(key)
+        if action is None or key in ("preset", "config", "help"):
+            raise MMERError(f"{path}: {key!r} is not a setting of run.py; the settings are the flags of "
+                            "run.py --help, without their dashes")
+        tokens += recipe_tokens(action, value)
+    parsed = p.parse_args(tokens)
+    return {key: getattr(parsed, key) for key in recipe}
+
+
+def recipe_tokens(action, value) -> list[str]:
+    """One recipe setting as the command-line words that give it."""
+    flag = action.option_strings[0]
+    if value is None:
+        return []
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [flag if value else f"--no-{flag[2:]}"]
+    if isinstance(action, argparse._StoreTrueAction):
+        return [flag] if value else []
+    if isinstance(value, list):
+        return [flag, *map(str, value)]
+    return [flag, str(value)]
+
+
+def add_recipe_flags(p, d: RunConfig, m: ModelConfig) -> None:
+    """A whole configuration from a file: the papers' (recipes/) or one a run wrote."""
+    recipe = p.add_argument_group("recipe (flags given beside one override it)")
+    recipe.add_argument("--preset", choices=presets(), help="a paper's whole configuration: recipes/iemocap/<NAME>.yaml")
+    recipe.add_argument("--config", help="a recipe file (YAML, flag names without dashes), e.g. the recipe.yaml a run "
+                                         "wrote into its folder, which re-runs it")
+
+
+def add_data_flags(p, d: RunConfig, m: ModelConfig) -> None:
+    """The corpus table, its files and folds, the caches."""
     data = p.add_argument_group("data")
     data.add_argument("--csv_path", help="the corpus table (docs/CORPUS.md), e.g. from data_prep/iemocap_prep.py or "
                                          f"data_prep/import_emobox.py (default {d.csv_path})")
@@ -175,6 +145,10 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
                            "rebuilt when needed)")
     add_number(data, "--limit_utterances", int, 1, default=None,
                help="debug: keep only the first N utterances of each fold's test group")
+
+
+def add_model_flags(p, d: RunConfig, m: ModelConfig) -> None:
+    """The variant, its encoders and regularisation (ModelConfig)."""
     model = p.add_argument_group("model")
     model.add_argument("--run", choices=list(MODELS), help=f"which variant (default {m.run})")
     add_number(model, "--alpha", float, 0, default=None,
@@ -194,9 +168,11 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
                        help="where the dropout on the encoder's output goes: all (before fusion, pooling and the CTC "
                             f"head, 2022) or ctc (the CTC head's input only, 2023) (default {m.audio_dropout})")
     model.add_argument("--specaugment", action="store_true", default=None, help="turn the encoder's SpecAugment on")
+
+
+def add_objective_flags(p, d: RunConfig, m: ModelConfig) -> None:
+    """The 2023 objectives: contrastive losses, pooling, the audio cut and the views."""
     objectives = p.add_argument_group("the 2023 objectives (run.py --preset mmer2023 sets them all)")
-    objectives.add_argument("--preset", choices=list(PRESETS), help="a paper's whole configuration; flags given "
-                                                                    "beside it win")
     add_number(objectives, "--supcon_weight", float, 0, default=None,
                help=f"weight of the self-contrastive loss over each batch's labels (default {m.supcon_weight}; 2023: 0.1)")
     add_number(objectives, "--aug_weight", float, 0, default=None,
@@ -218,6 +194,10 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     objectives.add_argument("--audio_view", default=d.audio_view,
                             help=f"the augmented views' audio: a comma list of {', '.join(AUDIO_VIEWS)}, or none "
                                  "(then only the transcript is augmented)")
+
+
+def add_optimisation_flags(p, d: RunConfig, m: ModelConfig) -> None:
+    """The optimiser, batching and the speed options."""
     opt = p.add_argument_group("optimisation")
     add_number(opt, "--epochs", int, 1, default=d.epochs)
     add_number(opt, "--batch_size", int, 1, default=d.batch_size,
@@ -241,6 +221,10 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
                           "padded frames instead of letting them into the encoder, so it is asked for explicitly")
     add_number(opt, "--max_skipped_fraction", float, 0, 1, default=d.max_skipped_fraction,
                help="stop when more than this share of an epoch's optimizer steps had non-finite gradients")
+
+
+def add_run_control_flags(p, d: RunConfig, m: ModelConfig) -> None:
+    """Where results go, devices, model selection, --eval_only, resuming, debug limits."""
     ctl = p.add_argument_group("run control")
     ctl.add_argument("--save_path", default=d.save_path, help="results go to <save_path>/<run>/")
     ctl.add_argument("--device", default=d.device,
@@ -271,411 +255,9 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     add_number(ctl, "--log_every", int, 1, default=d.log_every, help="micro-batches between progress-bar updates")
     ctl.add_argument("--tensorboard", action="store_true",
                      help="also write TensorBoard scalars to <save_path>/<run>/tensorboard/ (pip install tensorboard)")
-    preset = PRESETS.get(p.parse_known_args(argv)[0].preset, {})
-    p.set_defaults(**{key: value for key, value in preset.items() if key not in MODEL_FLAGS})
-    args = p.parse_args(argv)
-    try:
-        return resolve_configs(args, p, {key: value for key, value in preset.items() if key in MODEL_FLAGS})
-    except (CheckpointError, DataError, TextFeatureError, LabelError, OSError) as err:
-        p.error(str(err))
 
 
-def resolve_configs(args, p, preset_model: dict) -> tuple[ModelConfig, RunConfig]:
-    """The two configurations from the flags, the preset's model settings and, under
-    --eval_only, what the re-evaluated run recorded."""
-    d = RunConfig()
-    if args.eval_only and not args.checkpoint_dir:
-        p.error("--eval_only needs --checkpoint_dir DIR holding <session>_model.pt files")
-    recorded_model, recorded_run = recorded_settings(args.checkpoint_dir) if args.eval_only else ({}, {})
-    for key in RECORDED_RUN:
-        if getattr(args, key) is None:
-            setattr(args, key, recorded_run.get(key, getattr(d, key)))
-    if args.sessions is not None and len(set(args.sessions)) < len(args.sessions):
-        p.error(f"--sessions {' '.join(map(str, args.sessions))}: a session is named twice; name each once")
-    if args.kfold and args.fold_by:
-        p.error("--kfold and --fold_by both say how to make folds; give one")
-    if args.label_map:
-        read_label_map(args.label_map)  # refused here when malformed
-    if args.cross_corpus and not args.eval_only:
-        p.error("--cross_corpus evaluates trained checkpoints on another corpus: give it with --eval_only")
-    if args.select_on == "dev" and args.dev_fraction <= 0 and not args.eval_only:
-        p.error("--select_on dev needs --dev_fraction > 0")
-    model_cfg = model_config(args, preset_model, recorded_model)
-    check_model_name(model_cfg.wav2vec2, "--wav2vec2")
-    check_views(args, model_cfg, p)
-    run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)})
-    run_cfg.cache_conv_features = conv_cache_setting(run_cfg.cache_conv_features, model_cfg, run_cfg, p)
-    if run_cfg.select_on == "test":
-        run_cfg.dev_fraction = 0.0  # upstream trained on all four training sessions
-    for key in ("csv_path", "data_path_audio", "data_path_roberta", "save_path", "checkpoint_dir",
-                "data_path_audio_view", "data_path_roberta_view"):
-        setattr(run_cfg, key, absolute(getattr(run_cfg, key)))
-    if MODELS[model_cfg.run].uses_text:
-        run_cfg.roberta = features_text_encoder(run_cfg.data_path_roberta, run_cfg.roberta)
-    return model_cfg, run_cfg
-
-
-def model_config(args, preset: dict, recorded: dict) -> ModelConfig:
-    """Each model setting from, in this order: a flag given; the preset; ModelConfig's default.
-    Under --eval_only the checkpoints' recorded settings come first (they hold that model): a
-    flag that contradicts one is named, and only --wav2vec2 and --max_audio_samples win."""
-    defaults = ModelConfig()
-    values = {}
-    for key in MODEL_FLAGS:
-        given = getattr(args, key)
-        if key in recorded:
-            values[key] = recorded[key]
-            if given is not None and not same_setting(given, recorded[key]):
-                values[key] = contradicted(key, given, recorded[key], args.checkpoint_dir)
-        else:
-            values[key] = given if given is not None else preset.get(key, getattr(defaults, key))
-    values["wav2vec2"] = local_path(values["wav2vec2"])
-    values["specaugment"] = bool(values["specaugment"])
-    kept = {key: value for key, value in recorded.items()
-            if key in ModelConfig.__dataclass_fields__ and key not in MODEL_FLAGS}   # labels, text_dim, ...
-    return ModelConfig(**values, **kept)
-
-
-def same_setting(given, recorded) -> bool:
-    return str(given) == str(recorded) or local_path(str(given)) == str(recorded)
-
-
-def contradicted(key: str, given, recorded, checkpoint_dir):
-    """A flag beside --eval_only that contradicts what the checkpoints recorded -> the value used."""
-    if key == "run":
-        raise CheckpointError(f"{checkpoint_dir}: holds {recorded} models, but --run is {given}; "
-                              f"drop --run or pass --run {recorded}")
-    if key in EVAL_OVERRIDABLE:
-        log.warning("--%s %s given; the run in %s recorded %s", key, given, checkpoint_dir, recorded)
-        return given
-    log.warning("--%s %s ignored: the checkpoints in %s hold a model with %s %s", key, given, checkpoint_dir,
-                key, recorded)
-    return recorded
-
-
-def conv_cache_setting(asked: bool | None, model_cfg: ModelConfig, run_cfg, p) -> bool:
-    """--cache_conv_features: on where asked and possible; by default, where it changes nothing."""
-    config, spec = encoder_config(model_cfg.wav2vec2), audio_input_spec(model_cfg.wav2vec2)
-    why_not = conv_cache_refusal(config, spec)
-    if model_cfg.aug_weight and audio_view_settings(run_cfg.audio_view) is not None:
-        why_not = why_not or "would not serve the augmented audio views, which change every epoch (--audio_view)"
-    if asked and why_not:
-        p.error(f"--cache_conv_features: {model_cfg.wav2vec2} {why_not}; it is offered for wav2vec2, HuBERT and WavLM "
-                "encoders")
-    if asked is None:
-        return why_not is None and not conv_cache_changes_training(config, spec)
-    if asked and conv_cache_changes_training(config, spec):
-        log.info("--cache_conv_features: %s takes no attention mask, so training with the cache masks padded frames "
-                 "where training without it lets them into the encoder", model_cfg.wav2vec2)
-    return asked
-
-
-def check_views(args, model_cfg: ModelConfig, p) -> None:
-    """The augmentation loss needs views: augmented audio (--audio_view, or the pre-made files of
-    --data_path_audio_view) or transcripts (--data_path_roberta_view, mmer only)."""
-    try:
-        audio = audio_view_settings(args.audio_view)
-    except ValueError as err:
-        p.error(str(err))
-    if args.data_path_audio_view:
-        if not Path(args.data_path_audio_view).is_dir():
-            p.error(f"--data_path_audio_view {args.data_path_audio_view}: no such folder; give the folder of the "
-                    "pre-made augmented audio (<anything><FileName>.wav)")
-        args.audio_view = "none"   # the files are the audio views
-    if args.data_path_roberta_view and not MODELS[model_cfg.run].uses_text:
-        p.error(f"--data_path_roberta_view: {model_cfg.run} reads no text; augmented transcripts are for mmer")
-    if (model_cfg.aug_weight and not args.eval_only and audio is None and not args.data_path_audio_view
-            and not args.data_path_roberta_view):
-        p.error("--aug_weight needs augmented views, and none is asked for: give --audio_view (e.g. speed,noise,mask), "
-                "--data_path_audio_view (pre-made augmented audio) or, for mmer, --data_path_roberta_view (features "
-                "of an augmented transcript column)")
-
-
-def recorded_settings(checkpoint_dir) -> tuple[dict, dict]:
-    """What the run in checkpoint_dir recorded -> (model settings, run settings): the model
-    settings of its first checkpoint (ours: their ModelConfig; published: what their layout
-    says, utils.checkpoint.model_settings), and the data paths and text encoder of its
-    config.json (run.py's runs)."""
-    folder = Path(checkpoint_dir)
-    run_part = {}
-    config = folder / "config.json"
-    if config.is_file():
-        try:
-            saved = json.loads(config.read_text())
-            run_part = {key: saved["run"].get(key) for key in RECORDED_RUN}
-        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as err:
-            raise CheckpointError(f"{config}: not the config.json run.py writes ({err}); give the settings as flags "
-                                  "or remove the file") from err
-    checkpoint = next(iter(find_checkpoints(folder).values()))
-    return model_settings(load_checkpoint(checkpoint)), {key: value for key, value in run_part.items()
-                                                           if value is not None}
-
-
-def absolute(path: str | None) -> str | None:
-    """Paths are recorded absolute, so a run folder's config works from any working directory."""
-    return None if path is None else str(Path(path).expanduser().resolve())
-
-
-def local_path(name_or_path: str) -> str:
-    """A model given as a local folder is recorded absolute; a hub name stays as it is."""
-    return absolute(name_or_path) if Path(name_or_path).expanduser().exists() else name_or_path
-
-
-def setup_logging(run_dir: Path) -> None:
-    """Console and <run_dir>/train.log, appended to (processes running other folds in parallel
-    share it; their lines name their fold); progress bars write through logging_redirect_tqdm.
-    Under torchrun only rank 0 writes the file; the other ranks print warnings only."""
-    rank0 = distributed.is_main()
-    tag = "" if distributed.world_size() == 1 else f"[rank {distributed.rank()}] "
-    fmt = logging.Formatter(f"%(asctime)s {tag}%(levelname)s %(message)s", "%H:%M:%S")
-    root = logging.getLogger()
-    root.setLevel(logging.INFO if rank0 else logging.WARNING)
-    for handler in [h for h in root.handlers if getattr(h, "_mmer", False)]:
-        root.removeHandler(handler)
-        handler.close()
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        handler._mmer = True
-        root.addHandler(handler)
-
-
-# ---------------------------------------------------------------- data
-@dataclass
-class Table:
-    """The corpus table of a run, its label set and its folds (corpus.py)."""
-    frame: pd.DataFrame
-    label_set: LabelSet
-    scheme: FoldScheme
-
-
-def read_corpus_table(model_cfg: ModelConfig, run_cfg: RunConfig) -> Table:
-    """The table, its label set and folds; sets the folds to run (default: all, or under
-    --eval_only those with a checkpoint) and the model's label set (training: the table's;
-    --eval_only: the checkpoints', another corpus's labels mapped onto it by --label_map)."""
-    label_map = read_label_map(run_cfg.label_map) if run_cfg.label_map else None
-    trained = LabelSet.from_dict(model_cfg.labels) if run_cfg.eval_only else None
-    frame, label_set = corpus.read_table(run_cfg.csv_path, label_map, trained)
-    frame = corpus.select_utterance_types(frame, run_cfg.utterance_types)
-    scheme = corpus.fold_scheme(frame, run_cfg.fold_by, run_cfg.kfold)
-    if run_cfg.limit_utterances:
-        frame = limit(frame, scheme, run_cfg.limit_utterances)
-    if run_cfg.eval_only:
-        scheme = evaluated_folds(scheme, run_cfg)
-    elif run_cfg.sessions is None:
-        run_cfg.sessions = list(scheme.names)
-    model_cfg.labels = label_set.to_dict()
-    model_cfg.num_classes = len(label_set.classes)
-    return Table(frame, label_set, scheme)
-
-
-def prepared_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
-    """The table read, checked and loaded into memory (the bench and tests use this)."""
-    table = read_corpus_table(model_cfg, run_cfg)
-    check_inputs(table, model_cfg, run_cfg)
-    return load_corpus(table, model_cfg, run_cfg)
-
-
-def evaluated_folds(scheme: FoldScheme, run_cfg: RunConfig) -> FoldScheme:
-    """--eval_only: each checkpoint scores the fold of its name (default: every fold of the
-    table that has one). With --cross_corpus, or where no checkpoint is named like a fold of
-    the table, every checkpoint scores the whole table (another corpus)."""
-    have = list(find_checkpoints(run_cfg.checkpoint_dir))
-    if run_cfg.cross_corpus or not set(have) & set(scheme.names):
-        if not run_cfg.cross_corpus:
-            log.info("no checkpoint is named like a fold of %s: each scores the whole table", run_cfg.csv_path)
-        scheme = FoldScheme("whole", None, tuple(have))
-    if run_cfg.sessions is None:
-        run_cfg.sessions = [name for name in scheme.names if name in have]
-    return scheme
-
-
-def limit(frame: pd.DataFrame, scheme: FoldScheme, n: int) -> pd.DataFrame:
-    """--limit_utterances: the first n utterances of each test group (debug runs)."""
-    column = scheme.column if scheme.kind == "group" else next(
-        (c for c in frame.columns if c == "split" or c.startswith("split_")), "Label")
-    return frame.groupby(frame[column].astype(str), group_keys=False).head(n).reset_index(drop=True)
-
-
-def check_inputs(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> None:
-    """Every input checked, all problems at once: the table (labels, folds, transcripts) and
-    the files' headers. Nothing is decoded, and nothing is written before this passes."""
-    uses_text = MODELS[model_cfg.run].uses_text
-    needs_ctc = MODELS[model_cfg.run].has_ctc and model_cfg.alpha > 0 and not run_cfg.eval_only
-    problems = corpus.table_problems(table.frame, table.scheme, run_cfg.sessions, table.label_set, needs_ctc,
-                                     needs_training=not run_cfg.eval_only)
-    file_problems(problems, corpus.audio_paths(table.frame, run_cfg.data_path_audio),
-                  table.frame["FileName"], run_cfg.data_path_roberta if uses_text else None,
-                  min_samples(model_cfg.wav2vec2))
-    if run_cfg.data_path_roberta_view and not run_cfg.eval_only:
-        for kind, items in feature_problems(table.frame["FileName"], run_cfg.data_path_roberta_view).items():
-            problems[f"augmented-transcript views: {kind}"] += items
-    if run_cfg.data_path_audio_view and not run_cfg.eval_only:
-        found = view_files(table.frame["FileName"], run_cfg.data_path_audio_view)
-        problems[f"utterances without a pre-made audio view in {run_cfg.data_path_audio_view} (a file named "
-                 "<anything><FileName>.wav)"] += [name for i, name in enumerate(table.frame["FileName"])
-                                                    if i not in found]
-    if needs_ctc and corpus.text_source(table.frame) is None:
-        problems["no transcripts for the CTC loss (the table has no text, Sentences or transcript column; add one "
-                 "with data_prep/transcribe.py, or train with --alpha 0)"].append(run_cfg.csv_path)
-    raise_problems(problems, run_cfg.csv_path)
-    if uses_text:
-        model_cfg.text_dim = check_text_width(table.frame, run_cfg)
-
-
-def check_text_width(table: pd.DataFrame, run_cfg: RunConfig) -> int:
-    """The features' width, which must be the text encoder's (a roberta-large name over
-    roberta-base features would otherwise be recorded, and fail only in predict.py)."""
-    width = text_feature_width(Path(run_cfg.data_path_roberta) / f"{table['FileName'].iloc[0]}.npy")
-    hidden = text_encoder_width(run_cfg.roberta)
-    if hidden is not None and hidden != width:
-        raise DataError(f"{run_cfg.data_path_roberta}: the features are {width} wide, but the text encoder "
-                        f"{run_cfg.roberta} gives {hidden}; pass the --roberta that made them, or re-extract them")
-    return width
-
-
-def cache_dir(run_cfg: RunConfig) -> Path:
-    return Path(run_cfg.cache_dir or Path(run_cfg.save_path) / "cache")
-
-
-def load_corpus(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
-    """The corpus's items, streamed from disk: the audio decoded once and the text features
-    gathered once into caches under --cache_dir (utils/store.py) for all folds, epochs and
-    runs; peak memory does not depend on the corpus's size."""
-    uses_text = MODELS[model_cfg.run].uses_text
-    spec = audio_input_spec(model_cfg.wav2vec2)
-    padding_exact = padding_is_exact(encoder_config(model_cfg.wav2vec2), spec)
-    frame = table.frame
-    log.info("loading %d utterances (audio%s)", len(frame), " + text features" if uses_text else "")
-    cache, shown, here = cache_dir(run_cfg), distributed.is_main(), distributed.is_local_main()
-    waves = stored_waves(corpus.audio_paths(frame, run_cfg.data_path_audio), spec, cache, model_cfg.max_audio_samples,
-                         show_progress=shown, build_here=here)
-    text = view_text = None
-    if uses_text:
-        text = stored_text_features(frame["FileName"], run_cfg.data_path_roberta, cache, shown, here)
-    if uses_text and run_cfg.data_path_roberta_view and not run_cfg.eval_only:
-        view_text = stored_text_features(frame["FileName"], run_cfg.data_path_roberta_view, cache, False, here)
-    dataset = EmotionDataset(frame["FileName"], waves, frame["label_index"], frame["text"], text, run_cfg.ctc_text)
-    return Corpus(frame, dataset, Collator(spec), padding_exact, table.scheme, table.label_set, view_text=view_text)
-
-
-def fold_of(corpus_: Corpus, name: str, run_cfg: RunConfig) -> corpus.Fold:
-    return corpus.make_fold(corpus_.table, corpus_.scheme, name, run_cfg.dev_fraction, run_cfg.seed,
-                            run_cfg.dev_split)
-
-
-# ---------------------------------------------------------------- one fold
-def run_fold(session: str, corpus_: Corpus, model_cfg: ModelConfig, run_cfg: RunConfig,
-             device, run_dir: Path, said: set | None = None) -> dict:
-    """Train on the fold's training part, keep the best epoch (on dev, or on test if asked),
-    then score it on the test part. A `<fold>_last.pt` after each epoch makes it resumable.
-    Under torchrun every rank trains (DDP) and evaluates its share; rank 0 alone writes.
-    said: the run's warnings given once (shared by its folds)."""
-    said = set() if said is None else said
-    seed_everything(run_cfg.seed)
-    fold = fold_of(corpus_, session, run_cfg)
-    log.info("fold %s: train %d, dev %d, test %d utterances", session, len(fold.train), len(fold.dev), len(fold.test))
-    train_loader = make_loader(corpus_, fold.train, run_cfg, True, device)
-    if model_cfg.aug_weight:  # each training batch gets a batch of its utterances' augmented views
-        files = (view_files(corpus_.dataset.names, run_cfg.data_path_audio_view) if run_cfg.data_path_audio_view
-                 else None)
-        train_loader.views = Views(corpus_, audio_view_settings(run_cfg.audio_view), run_cfg.seed,
-                                   corpus_.collate.spec, model_cfg.max_audio_samples, files)
-    dev_loader = make_loader(corpus_, fold.dev, run_cfg, False, device) if len(fold.dev) else None
-    test_loader = make_loader(corpus_, fold.test, run_cfg, False, device)
-    model, optimizer = build_training(model_cfg, run_cfg, device)
-    use_conv_cache(model, corpus_, run_cfg, device)
-    rank0 = distributed.is_main()
-    if rank0:
-        report_long_targets(model, corpus_, fold.train)
-    board = tensorboard_writer(run_dir, session) if run_cfg.tensorboard and rank0 else None
-
-    def save_best(record):  # the fold's selected model, with the metrics it was chosen by
-        save_checkpoint(run_dir / f"{session}_model.pt", model, model_config=model_cfg.to_dict(), session=session,
-                        epoch=record["epoch"], selected_on=run_cfg.select_on,
-                        metrics={"dev": record["dev"], "test": record["test"]})
-
-    state = restore_fold(run_dir, session, model, optimizer, save_best) if run_cfg.resume else None
-    state = state or runinfo.FoldState(session=session)
-    if run_cfg.compile:
-        compile_regions(model, static_shapes=fixed_lengths(run_cfg, corpus_.collate.spec))
-    # after the restore: DDP starts by giving every rank rank 0's weights
-    ddp = distributed.wrap_model(model, device, find_unused_parameters=uses_layerdrop(model))
-    for epoch in range(state.epoch + 1, run_cfg.epochs + 1):
-        start = time.perf_counter()
-        distributed.seed_rank(run_cfg.seed, epoch)
-        train_loader.batch_sampler.set_epoch(epoch)
-        record = {"epoch": epoch, **train_epoch(model, train_loader, optimizer, run_cfg, device, epoch, ddp)}
-        check_skipped(record, run_cfg, session)
-        if epoch == 1 and rank0 and "ctc_scale" not in said and warn_ctc_scale(record, model_cfg, session):
-            said.add("ctc_scale")
-        record["dev"] = evaluate(model, dev_loader, device, run_cfg.precision) if dev_loader is not None else None
-        record["test"] = evaluate(model, test_loader, device, run_cfg.precision)
-        record["selected_on"] = run_cfg.select_on
-        score = record["dev" if run_cfg.select_on == "dev" else "test"]["ua"]
-        improved = score > state.best_score
-        if improved:
-            state.best_score, state.best_epoch = score, epoch
-        state.epoch = epoch
-        record["best_epoch"] = state.best_epoch
-        record["seconds"] = round(time.perf_counter() - start, 3)
-        if rank0:  # last.pt first: whatever a kill interrupts after it, restore() can redo from it
-            state.save(run_dir, model, optimizer, record)
-            if improved:
-                save_best(record)
-        log_epoch(session, record, board)
-    return finish_fold(session, corpus_, model_cfg, run_cfg, device, run_dir, fold.test)
-
-
-def restore_fold(run_dir: Path, session: int, model, optimizer, save_best) -> "runinfo.FoldState | None":
-    """--resume: rank 0 restores `<session>_last.pt` (and repairs the stats and best model
-    after a kill); the other ranks read the fold state and optimizer from the same file, and
-    get the weights from rank 0 when DDP wraps the model. None: the fold starts afresh."""
-    if distributed.is_main():
-        return runinfo.FoldState.restore(run_dir, session, model, optimizer, save_best)
-    path = run_dir / f"{session}_last.pt"
-    if not path.is_file():
-        return None
-    payload = load_checkpoint(path)
-    optimizer.load_state_dict(payload["optimizer"])
-    return runinfo.FoldState(**payload["fold_state"])
-
-
-def finish_fold(session, corpus_, model_cfg, run_cfg, device, run_dir: Path, test_idx) -> dict:
-    """Score the best checkpoint on the test part, record the fold as finished."""
-    distributed.barrier()  # every rank reads the best checkpoint, which rank 0 has now written
-    metrics = evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, run_dir, run_dir, test_idx)
-    if distributed.is_main():
-        runinfo.finish_fold(run_dir, session, metrics)
-    return metrics
-
-
-def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint_dir: Path, run_dir: Path,
-                        test_idx=None) -> dict:
-    """Score `<checkpoint_dir>/<fold>_model.pt` on the fold's test part and write its predictions."""
-    if test_idx is None:
-        test_idx = fold_of(corpus_, session, run_cfg).test
-    model, payload = restore_model(checkpoint_path(checkpoint_dir, session), model_cfg.run, model_cfg.wav2vec2)
-    model.to(device)
-    use_conv_cache(model, corpus_, run_cfg, device)
-    loader = make_loader(corpus_, test_idx, run_cfg, False, device)
-    names, y_true, y_pred, probs = predict_split(model, loader, device, run_cfg.precision)
-    classes = corpus_.label_set.classes
-    if distributed.is_main():
-        write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs, classes)
-    metrics = emotion_metrics(y_true, y_pred, len(classes))
-    if corpus.typed(corpus_.table):  # IEMOCAP: improvised and scripted test utterances apart
-        types = corpus_.table.set_index("FileName").loc[names, "utterance_type"].to_numpy()
-        metrics["by_type"] = metrics_by_group(types, y_true, y_pred, len(classes))
-    metrics["epoch"] = payload.get("epoch")
-    metrics["selected_on"] = payload.get("selected_on")  # None: a checkpoint without our record (published)
-    return metrics
-
-
-# ---------------------------------------------------------------- main
+# ---------------------------------------------------------------- the fold loop
 def main(argv=None) -> dict | None:
     """Run the folds and write the results; -> the results (None on ranks other than 0)."""
     model_cfg, run_cfg = parse_args(argv)
@@ -702,10 +284,10 @@ def run_folds(model_cfg: ModelConfig, run_cfg: RunConfig, device) -> dict | None
     with contextlib.ExitStack() as held:
         if distributed.is_main():
             runinfo.claim_run_dir(run_dir, model_cfg, run_cfg, todo, held,
-                                  lambda: write_config(run_dir, model_cfg, run_cfg, table.frame))
+                                  lambda: record_config(run_dir, model_cfg, run_cfg, table.frame))
         distributed.barrier()  # an --overwrite has emptied the folder before any rank reads it
         todo = folds_to_run(run_dir, run_cfg)  # another process may have finished one meanwhile
-        setup_logging(run_dir)
+        runinfo.setup_logging(run_dir)
         check_precision(device, run_cfg.precision)
         log.info("run %s on %s (precision %s: training %s, evaluation %s; %d process%s), folds %s (%s)",
                  model_cfg.run, device, run_cfg.precision, run_cfg.precision_resolved["training"],
@@ -730,83 +312,9 @@ def run_folds(model_cfg: ModelConfig, run_cfg: RunConfig, device) -> dict | None
             return report(run_dir, finished, model_cfg, run_cfg, table)
 
 
-def resolve_precision(run_dir: Path, model_cfg: ModelConfig, run_cfg: RunConfig, device) -> None:
-    """What --precision means on this device (run_cfg.precision_resolved, recorded in config.json):
-    --precision auto trains in bf16 where the device computes it natively. A resumed run keeps
-    what its config.json recorded, so it does not change precision between machines (and says so)."""
-    hidden = encoder_config(model_cfg.wav2vec2).hidden_size
-    now = {"training": training_precision(device, run_cfg.precision, hidden),
-           "evaluation": evaluation_precision(run_cfg.precision)}
-    recorded = runinfo.recorded_setting(run_dir, "run", "precision_resolved") if run_cfg.resume else None
-    if recorded and recorded != now and run_cfg.precision == "auto":
-        log.warning("--precision auto: the run in %s trained in %s (its config.json); on %s it would resolve to %s, "
-                    "but the resumed run keeps %s (pass --overwrite to start afresh in %s)", run_dir,
-                    recorded["training"], device, now["training"], recorded["training"], now["training"])
-        now = recorded
-    run_cfg.precision_resolved = now
-
-
-def write_config(run_dir: Path, model_cfg: ModelConfig, run_cfg: RunConfig, frame: pd.DataFrame) -> None:
-    """config.json: the settings, data checksums and the features' text encoder (utils.runinfo)."""
-    uses_text = MODELS[model_cfg.run].uses_text
-    features = [Path(run_cfg.data_path_roberta) / f"{name}.npy" for name in frame["FileName"]] if uses_text else None
-    runinfo.write_config(run_dir, model_cfg, run_cfg,
-                         runinfo.data_checksums(run_cfg.csv_path, corpus.audio_paths(frame, run_cfg.data_path_audio),
-                                                features),
-                         recorded_encoder(run_cfg.data_path_roberta) if uses_text else None)
-
-
-def folds_to_run(run_dir: Path, run_cfg: RunConfig) -> list[str]:
-    """The requested folds less, with --resume, those finished in this folder already (by an
-    earlier run, or by another process running folds in parallel)."""
-    todo = []
-    for session in run_cfg.sessions:
-        if run_cfg.resume and not run_cfg.eval_only and runinfo.finished_fold(run_dir, session):
-            log.info("fold %s: finished in an earlier run, kept", session)
-        else:
-            todo.append(session)
-    return todo
-
-
-def finished_folds(run_dir: Path) -> dict:
-    """The test metrics of every finished fold in the folder, whichever process trained it:
-    the results of a run are those of all its folds."""
-    names = sorted((path.name[: -len("_result.json")] for path in run_dir.glob("*_result.json")),
-                   key=corpus.natural_key)
-    return {name: runinfo.finished_fold(run_dir, name) for name in names}
-
-
-def selection_label(fold_metrics: dict, run_cfg: RunConfig) -> str:
-    """How the best epochs were chosen: by this run's --select_on, or, re-evaluating checkpoints,
-    by what each records (ours say; published ones were chosen on the test session upstream)."""
-    if not run_cfg.eval_only:
-        return OPTIMISTIC if run_cfg.select_on == "test" else DEV_SELECTION
-    recorded = {m.get("selected_on") for m in fold_metrics.values()}
-    labels = sorted({PUBLISHED if on is None else OPTIMISTIC if on == "test" else DEV_SELECTION for on in recorded})
-    return f"{'; '.join(labels)} (re-evaluated checkpoints from {run_cfg.checkpoint_dir})"
-
-
-def report(run_dir: Path, fold_metrics: dict, model_cfg: ModelConfig, run_cfg: RunConfig, table: Table) -> dict:
-    selection = selection_label(fold_metrics, run_cfg)
-    info = {"run": model_cfg.run, "alpha": model_cfg.alpha, "seed": run_cfg.seed,
-            "objectives": {**{key: getattr(model_cfg, key) for key in OBJECTIVES},
-                           "utterance_types": run_cfg.utterance_types},
-            "selection": selection, "eval_only": run_cfg.eval_only,
-            "classes": list(table.label_set.classes), "folds_from": table.scheme.describe(),
-            "fold_unit": table.scheme.column if table.scheme.kind == "group" else "fold",
-            "transcripts": corpus.transcript_record(run_cfg.csv_path, table.frame,
-                                                    recorded_encoder(run_cfg.data_path_roberta)
-                                                    if MODELS[model_cfg.run].uses_text else None)}
-    results = write_results(run_dir, fold_metrics, info)
-    print(format_table(fold_metrics, f"{model_cfg.run} (alpha {model_cfg.alpha}); best epoch: {selection}",
-                       info["fold_unit"]))
-    return results
-
-
 if __name__ == "__main__":
     try:
         main()
-    except (DataError, InputProblems, AudioError, CheckpointError, runinfo.RunDirError,
-            runinfo.DivergedError, LockedError, LabelError, OSError) as err:
+    except (MMERError, OSError) as err:
         logging.getLogger("mmer").error("%s", err)
         sys.exit(2)

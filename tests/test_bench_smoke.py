@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-import run
 from bench import train_throughput as bench
 from dataio.text_features import extract
 from dataio.iemocap import prepare
@@ -23,6 +22,8 @@ from synthetic.iemocap import make_corpus
 from synthetic.tiny_models import make_tiny_models
 from models import ModelConfig
 from dataio.dataset import BucketBatchSampler, RandomBatchSampler, fixed_length
+from training import config as training_config
+from training import loop as training_loop
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def tiny_setup(tmp_path_factory):
     models = make_tiny_models(root / "models", seed=0)
     extract(root / "prepared" / "iemocap.csv", root / "roberta", roberta=str(models["roberta"]), device="cpu")
     model_cfg = ModelConfig(run="mmer", wav2vec2=str(models["wav2vec2"]))
-    run_cfg = run.RunConfig(csv_path=str(root / "prepared" / "iemocap.csv"),
+    run_cfg = training_config.RunConfig(csv_path=str(root / "prepared" / "iemocap.csv"),
                             data_path_audio=str(root / "prepared" / "audio"), data_path_roberta=str(root / "roberta"))
     corpus = bench.quiet_load_corpus(model_cfg, run_cfg)
     sources = {"audio": root / "prepared" / "audio", "roberta": root / "roberta", "max_samples": None}
@@ -98,7 +99,7 @@ def test_ladder_goes_from_upstream_to_ours():
 
 def test_flop_model_counts_train_above_eval_and_predicts_an_unseen_length(tiny_setup):
     model_cfg = dataclasses.replace(tiny_setup[0])
-    model = run.build_training(model_cfg, run.RunConfig(), CPU)[0]
+    model = training_loop.build_training(model_cfg, training_config.RunConfig(), CPU)[0]
     lengths = (2.0, 4.0, 8.0)
     train = bench.fit_flop_model(model, model_cfg, CPU, train=True, lengths_s=lengths)
     evaluation = bench.fit_flop_model(model, model_cfg, CPU, train=False, lengths_s=lengths)

@@ -23,6 +23,7 @@ from models.base import SpeechEmotionModel
 from utils import distributed
 from dataio.dataset import BucketBatchSampler, RandomBatchSampler
 from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
+from training import folds as training_folds
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("wa", "ua", "macro_f1", "confusion")
@@ -108,7 +109,7 @@ def test_the_evaluation_gather_keeps_one_row_per_utterance_in_name_order():
 def probe(record: dict, nan_at=None):
     """Record, for every epoch trained, each micro-batch's utterances, loss scale and loss, and
     a checksum of the weights after it; nan_at=(epoch, micro-batch) makes that loss NaN."""
-    original_fold, original_train, original_loss = run.run_fold, run.train_epoch, SpeechEmotionModel.loss
+    original_fold, original_train, original_loss = run.run_fold, training_folds.train_epoch, SpeechEmotionModel.loss
     record["epochs"] = []
 
     class RecordingLoader:
@@ -142,11 +143,11 @@ def probe(record: dict, nan_at=None):
         now["losses"].append(losses["total"].item())
         return losses
 
-    run.run_fold, run.train_epoch, SpeechEmotionModel.loss = run_fold, train_epoch, loss
+    run.run_fold, training_folds.train_epoch, SpeechEmotionModel.loss = run_fold, train_epoch, loss
     try:
         yield record
     finally:
-        run.run_fold, run.train_epoch, SpeechEmotionModel.loss = original_fold, original_train, original_loss
+        run.run_fold, training_folds.train_epoch, SpeechEmotionModel.loss = original_fold, original_train, original_loss
 
 
 def watch_writes(save_path: Path, writes: list) -> None:
@@ -178,7 +179,7 @@ def probe_main(argv: list[str]) -> None:
     nan = os.environ.get("PROBE_NAN")
     nan_epoch, nan_micro, nan_rank = map(int, nan.split(",")) if nan else (0, 0, -1)
     snapshot_after = int(os.environ.get("PROBE_SNAPSHOT_AFTER", 0))
-    original_log_epoch = run.log_epoch
+    original_log_epoch = training_folds.log_epoch
 
     def log_epoch(session, epoch_record, board=None):  # called once rank 0 has saved the epoch
         original_log_epoch(session, epoch_record, board)
@@ -188,7 +189,7 @@ def probe_main(argv: list[str]) -> None:
     record = {"writes": []}
     if rank > 0:
         watch_writes(save_path, record["writes"])
-    run.log_epoch = log_epoch
+    training_folds.log_epoch = log_epoch
     with probe(record, nan_at=(nan_epoch, nan_micro) if rank == nan_rank else None):
         run.main(argv)
     out.mkdir(parents=True, exist_ok=True)

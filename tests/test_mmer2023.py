@@ -18,6 +18,9 @@ from models.encoders import prepare_encoder
 from dataio.dataset import Batch
 from tests.test_models import TEXT_DIM, first_losses, PINNED_LOSSES, pad_batch, random_inputs
 from synthetic.tiny_models import tiny_speech_encoder
+from dataio.validate import InputProblems
+from training import config as training_config
+from training import views as training_views
 
 
 def test_the_preset_sets_the_2023_configuration_and_given_flags_win(demo, tmp_path):
@@ -90,18 +93,18 @@ def views_run(demo, tmp_path_factory):
     """Two identical 2023-style runs (audio views), recording which utterances got views."""
     root = tmp_path_factory.mktemp("views")
     viewed = []
-    original = training.Views.view
+    original = training_views.Views.view
 
     def recording(self, index, item, epoch):
         viewed.append((epoch, index))
         return original(self, index, item, epoch)
 
-    training.Views.view = recording
+    training_views.Views.view = recording
     try:
         runs = [run.main(demo.flags(run="mmer", sessions="1", epochs=1, save_path=root / f"run{k}", aug_weight=0.1,
                                     supcon_weight=0.1, pooling="max")) for k in range(2)]
     finally:
-        training.Views.view = original
+        training_views.Views.view = original
     return root, runs, viewed
 
 
@@ -135,7 +138,7 @@ def test_a_view_asked_for_without_a_source_is_refused(demo, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run.main(demo.flags(save_path=tmp_path, aug_weight=0.1, audio_view="none"))
     assert "--aug_weight needs augmented views" in capsys.readouterr().err
-    with pytest.raises(run.InputProblems, match="augmented-transcript views"):
+    with pytest.raises(InputProblems, match="augmented-transcript views"):
         run.main(demo.flags(save_path=tmp_path / "x", aug_weight=0.1, data_path_roberta_view=tmp_path / "nowhere"))
 
 
@@ -165,7 +168,7 @@ def steps_of(weights: dict, steps: int = 3) -> dict:
     view_batch = Batch(names=list("abcd"), labels=batch.labels, ctc_targets=batch.ctc_targets,
                                 ctc_target_lengths=batch.ctc_target_lengths,
                                 **{k: v for k, v in views.items() if k != "attention_mask"})
-    settings = run.RunConfig(accum_grad=1, precision="fp32")
+    settings = training_config.RunConfig(accum_grad=1, precision="fp32")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     for _ in range(steps):
         training.forward_backward(model, None, batch, 1.0, settings, torch.device("cpu"),

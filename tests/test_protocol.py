@@ -14,6 +14,8 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 import run
 from training import loop as training
 from dataio.audio import read_audio
+from training import config as training_config
+from training import folds as training_folds
 
 
 def recorded_flags(demo, save, **overrides) -> list[str]:
@@ -53,10 +55,10 @@ def test_precision_is_recorded_as_resolved_and_a_resume_elsewhere_keeps_it(demo,
     config = json.loads((recorded_run / "config.json").read_text())
     assert config["run"]["precision_resolved"] == {"training": "fp32", "evaluation": "fp32"}
     # the demo's flags ask for fp32; the resume says auto, on a machine where auto means bf16 training
-    monkeypatch.setattr(run, "training_precision", lambda device, precision, hidden: "bf16")
+    monkeypatch.setattr(training_config, "training_precision", lambda device, precision, hidden: "bf16")
     with caplog.at_level(logging.WARNING):
         model_cfg, run_cfg = run.parse_args(recorded_flags(demo, recorded_run.parent, precision="auto", resume=True))
-        run.resolve_precision(recorded_run, model_cfg, run_cfg, "cpu")
+        training_config.resolve_precision(recorded_run, model_cfg, run_cfg, "cpu")
     assert run_cfg.precision_resolved["training"] == "fp32" and "keeps fp32" in caplog.text
     assert training.trains_in(run_cfg, None, 768) == "fp32"
 
@@ -97,7 +99,7 @@ def test_utterance_types_trains_and_tests_on_improvised_dialogues_only(demo, tmp
         seen.extend(loader.dataset.dataset.names[i] for i in loader.dataset.indices)
         return original(model, loader, *args, **kwargs)
 
-    monkeypatch.setattr(run, "train_epoch", recording)
+    monkeypatch.setattr(training_folds, "train_epoch", recording)
     run.main(demo.flags(run="unimodal_baseline", sessions="1", epochs=1, save_path=tmp_path, utterance_types="impro"))
     tested = pd.read_csv(tmp_path / "unimodal_baseline" / "1_predictions.csv")["FileName"]
     assert {dialogue_kind(n) for n in [*seen, *tested]} == {"impro"} and len(seen) and len(tested)

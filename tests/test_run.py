@@ -20,6 +20,7 @@ from models.base import SpeechEmotionModel
 from models.checkpoint import load_checkpoint
 from training.runinfo import DivergedError, RunDirError
 from dataio.validate import InputProblems
+from training import folds as training_folds
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("wa", "ua", "macro_f1", "confusion")
@@ -118,7 +119,7 @@ def scripted(ua_per_call: list):
 
 def test_the_best_epoch_is_chosen_on_dev_never_on_test(demo, tmp_path, monkeypatch):
     # epoch:  1 (dev .5, test .1)   2 (dev .3, test .9)   3 (dev .4, test .2)
-    monkeypatch.setattr(run, "evaluate", scripted([0.5, 0.1, 0.3, 0.9, 0.4, 0.2]))
+    monkeypatch.setattr(training_folds, "evaluate", scripted([0.5, 0.1, 0.3, 0.9, 0.4, 0.2]))
     run.main(demo.flags(run="unimodal_baseline", save_path=tmp_path, epochs=3, sessions="1"))
     run_dir = tmp_path / "unimodal_baseline"
     assert load_checkpoint(run_dir / "1_model.pt")["epoch"] == 1

@@ -17,6 +17,9 @@ from transformers import RobertaConfig
 import run
 from utils import lock
 from utils.lock import LockedError, RunLock
+from dataio.dataset import DataError
+from dataio.validate import InputProblems
+from training import folds as training_folds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,7 +127,7 @@ def test_a_run_refused_for_bad_input_leaves_nothing_and_its_corrected_rerun_succ
     saved = removed.read_bytes()
     removed.unlink()
     flags = demo.flags(save_path=tmp_path / "runs", data_path_roberta=roberta, epochs=1, sessions="1")
-    with pytest.raises(run.InputProblems):
+    with pytest.raises(InputProblems):
         run.main(flags)
     assert not (tmp_path / "runs").exists()
     removed.write_bytes(saved)
@@ -136,14 +139,14 @@ def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_rerun(demo,
 
     def broken(*args, **kwargs):
         raise OSError("simulated: the speech encoder could not be loaded")
-    monkeypatch.setattr(run, "build_training", broken)
+    monkeypatch.setattr(training_folds, "build_training", broken)
     with pytest.raises(OSError, match="simulated"):
         run.main(flags)
     assert (tmp_path / "unimodal_baseline" / "config.json").is_file()
     monkeypatch.undo()
     assert set(run.main(flags)["folds"]) == {"1"}                 # no --overwrite needed
     resumed = demo.flags(run="unimodal_baseline", save_path=tmp_path / "r", epochs=1, sessions="1", resume=True)
-    monkeypatch.setattr(run, "build_training", broken)
+    monkeypatch.setattr(training_folds, "build_training", broken)
     with pytest.raises(OSError):
         run.main(resumed)
     monkeypatch.undo()
@@ -170,7 +173,7 @@ def test_features_of_another_width_than_the_text_encoder_are_refused_before_trai
     roberta = tmp_path / "upstream_features"  # no encoder.json, as upstream's files
     shutil.copytree(demo.roberta, roberta, ignore=shutil.ignore_patterns("encoder.json"))
     RobertaConfig(hidden_size=64, num_attention_heads=4).save_pretrained(tmp_path / "narrow_roberta")
-    with pytest.raises(run.DataError, match="features are 128 wide, but the text encoder .* gives 64"):
+    with pytest.raises(DataError, match="features are 128 wide, but the text encoder .* gives 64"):
         run.main(demo.flags(save_path=tmp_path / "runs", data_path_roberta=roberta,
                             roberta=tmp_path / "narrow_roberta"))
     assert not (tmp_path / "runs").exists()

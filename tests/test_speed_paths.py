@@ -17,6 +17,9 @@ from models.encoders import AudioInputSpec, conv_cache_changes_training, conv_ca
 from tests.test_models import make_model, pad_batch, random_inputs
 from dataio.dataset import BucketBatchSampler, Collator, RandomBatchSampler, fixed_length, pad_rows
 from utils.device import autocast, seed_everything
+from training import config as training_config
+from training import inputs as training_inputs
+from training import loop as training_loop
 
 
 def padding_efficiency(sampler, lengths) -> float:
@@ -204,11 +207,11 @@ def test_compile_pads_to_fixed_lengths_only_where_that_changes_no_result(demo, t
     zeros would enter its group norm, so its batches keep their own length."""
     encoder = layer_norm_encoder(tmp_path) if layer_norm else demo.wav2vec2_model
     model_cfg, run_cfg = run.parse_args(demo.flags(run="cai_sota", wav2vec2=encoder, compile=True, save_path=tmp_path))
-    corpus = run.prepared_corpus(model_cfg, run_cfg)
-    for batch in run.make_loader(corpus, np.arange(len(corpus.table)), run_cfg, False, torch.device("cpu")):
+    corpus = training_inputs.prepared_corpus(model_cfg, run_cfg)
+    for batch in training_loop.make_loader(corpus, np.arange(len(corpus.table)), run_cfg, False, torch.device("cpu")):
         longest = int(batch.sample_lengths.max())
         assert batch.input_values.shape[1] == (fixed_length(longest) if layer_norm else longest)
-    assert run.fixed_lengths(run_cfg, corpus.collate.spec) == layer_norm
+    assert training_loop.fixed_lengths(run_cfg, corpus.collate.spec) == layer_norm
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
@@ -220,7 +223,7 @@ def test_compiled_blocks_keep_parameter_names_and_outputs():
     inputs = pad_batch(waves, texts)
     with torch.no_grad():
         eager = model(**inputs).logits
-        run.compile_regions(model, static_shapes=True)
+        training_loop.compile_regions(model, static_shapes=True)
         width = fixed_length(16000 + 1)  # padded to a rung, as the Collator does under --compile
         padded = {**inputs, "input_values": torch.nn.functional.pad(inputs["input_values"], (0, width - 16000)),
                   "attention_mask": torch.nn.functional.pad(inputs["attention_mask"], (0, width - 16000))}
@@ -248,10 +251,10 @@ def test_precision_auto_trains_wide_encoders_in_bf16_on_native_bf16_cpus_and_alw
                              [t.numpy() for t in texts])
     batch = Collator(AudioInputSpec())([dataset[0], dataset[1]])
     model.train()
-    training.forward_backward(model, None, batch, 1.0, run.RunConfig(precision="auto"), cpu)
+    training.forward_backward(model, None, batch, 1.0, training_config.RunConfig(precision="auto"), cpu)
     training.predict_loader(model, [batch], cpu, "auto")
     assert seen == [torch.bfloat16, torch.float32]
     monkeypatch.setattr(devices, "native_bf16", lambda device: False)  # emulated bf16: auto stays fp32
     model.train()
-    training.forward_backward(model, None, batch, 1.0, run.RunConfig(precision="auto"), cpu)
+    training.forward_backward(model, None, batch, 1.0, training_config.RunConfig(precision="auto"), cpu)
     assert seen[-1] == torch.float32

@@ -20,6 +20,8 @@ from models.encoders import AudioInputSpec, audio_input_spec
 from dataio.audio import read_audio
 from dataio.dataset import EmotionDataset, load_text_features, load_waves, stored_text_features, stored_waves
 from dataio.store import Store, built, write_items
+from training import folds as training_folds
+from training import inputs as training_inputs
 
 
 def configs(demo, tmp_path, **overrides):
@@ -34,12 +36,12 @@ def in_memory_twin(streamed, model_cfg, run_cfg):
                        max_samples=model_cfg.max_audio_samples)
     text = load_text_features(frame["FileName"], run_cfg.data_path_roberta, show_progress=False)
     dataset = EmotionDataset(frame["FileName"], waves, frame["label_index"], frame["text"], text, run_cfg.ctc_text)
-    return training.Corpus(frame, dataset, streamed.collate, streamed.padding_exact, streamed.scheme,
+    return training_inputs.Corpus(frame, dataset, streamed.collate, streamed.padding_exact, streamed.scheme,
                            streamed.label_set)
 
 
 def train_one_fold(corpus_, model_cfg, run_cfg, run_dir, monkeypatch):
-    """run.run_fold on corpus_, recording every training micro-batch as it reaches the model."""
+    """training_folds.run_fold on corpus_, recording every training micro-batch as it reaches the model."""
     seen = []
     original = training.forward_backward
 
@@ -49,7 +51,7 @@ def train_one_fold(corpus_, model_cfg, run_cfg, run_dir, monkeypatch):
         return original(model, ddp, batch, *args, **kwargs)
     monkeypatch.setattr(training, "forward_backward", recording)
     run_dir.mkdir(parents=True)
-    metrics = run.run_fold("1", corpus_, model_cfg, run_cfg, torch.device("cpu"), run_dir)
+    metrics = training_folds.run_fold("1", corpus_, model_cfg, run_cfg, torch.device("cpu"), run_dir)
     monkeypatch.setattr(training, "forward_backward", original)
     return seen, [json.loads(line) for line in (run_dir / "1_stats.txt").read_text().splitlines()], metrics
 
@@ -58,7 +60,7 @@ def train_one_fold(corpus_, model_cfg, run_cfg, run_dir, monkeypatch):
 def streamed_demo(demo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("streamed")
     model_cfg, run_cfg = configs(demo, tmp)
-    return run.prepared_corpus(model_cfg, run_cfg), model_cfg, run_cfg, tmp
+    return training_inputs.prepared_corpus(model_cfg, run_cfg), model_cfg, run_cfg, tmp
 
 
 def test_every_streamed_item_equals_the_in_memory_item(streamed_demo):

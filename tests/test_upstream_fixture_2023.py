@@ -18,6 +18,8 @@ from models import build_model
 from tests.test_upstream_fixture import fill
 from models.checkpoint import CheckpointError, load_weights, restore_model, upgrade_state_dict
 from dataio.text import clean_transcript, ctc_target_ids, upstream_transcript
+from training import inputs as training_inputs
+from training import views as training_views
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "upstream_fixture_2023"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
@@ -124,13 +126,13 @@ def training_setup(cache_dir, *flags):
                                                    "--data_path_roberta_view", str(FIXTURE / "roberta_view"),
                                                    "--save_path", "unused", "--cache_dir", str(cache_dir),
                                                    *flags))
-    table = run.read_corpus_table(model_cfg, run_cfg)
+    table = training_inputs.read_corpus_table(model_cfg, run_cfg)
     model_cfg.text_dim = 768
-    corpus = run.load_corpus(table, model_cfg, run_cfg)
+    corpus = training_inputs.load_corpus(table, model_cfg, run_cfg)
     model = build_model(model_cfg, pretrained=False)
     load_weights(model, upstream_state_dict())
-    views = training.Views(corpus, None, run_cfg.seed, corpus.collate.spec, model_cfg.max_audio_samples,
-                           training.view_files(corpus.dataset.names, run_cfg.data_path_audio_view))
+    views = training_views.Views(corpus, None, run_cfg.seed, corpus.collate.spec, model_cfg.max_audio_samples,
+                           training_views.view_files(corpus.dataset.names, run_cfg.data_path_audio_view))
     return model.eval(), corpus, views, run_cfg  # eval: dropout off, as the fixture's numbers
 
 

@@ -1,187 +1,29 @@
-"""The training loop and what it runs on: the corpus (streamed from its caches), its loaders (length-
-bucketed training batches, padding-exact evaluation batches), one epoch with gradient
-accumulation (DDP under torchrun), the optimizer step that skips non-finite gradients,
-evaluation and predictions, and the speed options (compiled blocks, the cached frozen
-feature encoder). run.py holds the command line and the fold loop around it."""
-import functools
-import hashlib
+"""The training loop: the loaders (length-bucketed training batches, padding-exact evaluation
+batches), one epoch with gradient accumulation (DDP under torchrun), the optimizer step that
+skips non-finite gradients, evaluation and predictions, and the speed options (compiled blocks).
+training/folds.py runs it for one fold; run.py holds the command line and the fold loop."""
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from dataio.dataset import BucketBatchSampler, Collator, ExactBatchSampler, RandomBatchSampler
 from models import build_model
-from models.encoders import conv_features, frame_lengths
+from models.encoders import frame_lengths
 from models.fusion import AttentionLayer
-from utils import distributed
 from training import runinfo
-from dataio.augment import AudioViewSettings, make_view, view_rng
-from dataio.audio import normalize, read_audio
-from dataio.dataset import BucketBatchSampler, Collator, EmotionDataset, ExactBatchSampler, RandomBatchSampler
-from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
-from utils.device import autocast, evaluation_precision, training_precision
-from utils.files import atomic_path
+from training.inputs import Corpus
 from training.metrics import emotion_metrics
-from dataio.store import Arrays, Store, built, fingerprint, write_items
+from utils import distributed
+from utils.device import autocast, evaluation_precision, training_precision
+from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
+from utils.files import atomic_path
 
 log = logging.getLogger("mmer")
 PROGRESS_SECONDS = 60.0  # progress lines in a log file, where no bar is drawn
-
-
-@dataclass
-class Corpus:
-    """A run's corpus: the table, its items (audio and text features streamed from their
-    caches, utils/data.py), its folds."""
-    table: pd.DataFrame
-    dataset: EmotionDataset
-    collate: Collator
-    padding_exact: bool                # padded evaluation batches are exact (models.encoders.padding_is_exact)
-    scheme: object = None              # corpus.FoldScheme
-    label_set: object = None           # labels.LabelSet
-    conv_cache: tuple | None = None   # (what it was computed with, the feature encoder's output per utterance)
-    view_text: list | None = None      # text features of each utterance's augmented transcript (2023 views)
-
-    @functools.cached_property
-    def positions(self) -> dict:
-        """Utterance name -> its index in the dataset."""
-        return {name: i for i, name in enumerate(self.dataset.names)}
-
-    def index_of(self, names) -> list[int]:
-        return [self.positions[name] for name in names]
-
-
-AUDIO_VIEWS = ("speed", "tempo", "noise", "mask")
-
-
-def audio_view_settings(spec: str) -> AudioViewSettings | None:
-    """--audio_view: a comma list of speed (0.9-1.1x), tempo (0.9-1.1x, pitch kept), noise (white,
-    10-30 dB SNR) and mask (SpecAugment-style: 2 time masks of 5 % in all, 2 frequency masks of
-    10 %), or none."""
-    parts = {part.strip() for part in spec.split(",") if part.strip()} - {"none"}
-    unknown = parts - set(AUDIO_VIEWS)
-    if unknown:
-        raise ValueError(f"--audio_view {spec}: unknown {', '.join(sorted(unknown))}; choose among "
-                         f"{', '.join(AUDIO_VIEWS)} or none")
-    if not parts:
-        return None
-    return AudioViewSettings(speed_range=(0.9, 1.1) if "speed" in parts else None,
-                             tempo_range=(0.9, 1.1) if "tempo" in parts else None,
-                             snr_db_range=(10.0, 30.0) if "noise" in parts else None,
-                             time_masks=2 if "mask" in parts else 0, freq_masks=2 if "mask" in parts else 0)
-
-
-@dataclass
-class Views:
-    """Augmented views of the training utterances (the 2023 augmentation loss), made in the
-    main process for each training batch, so no other utterance ever gets one. Audio: one of
-    the utterance's files in a folder of pre-made views (upstream's --data_path_audio_augmented:
-    files whose names end with `<FileName>.wav`, one picked per epoch), or the utterance
-    transformed by utils.augment; text: the features of an augmented transcript (IEMOCAP's
-    back-translated AugmentedText). Every choice comes from a generator per utterance and epoch
-    (the same views whatever the workers, batch order or a resume); what is not augmented is
-    the utterance's own. The views form their own batch, run in their own pass (upstream's)."""
-    corpus: Corpus
-    audio: AudioViewSettings | None
-    seed: int
-    spec: object                       # the encoder's AudioInputSpec
-    max_samples: int | None = None
-    audio_files: dict | None = None    # utterance index -> its pre-made view files (view_files)
-
-    def batch_of(self, batch, epoch: int):
-        """The views of a training batch's utterances, collated in the same order."""
-        indices = self.corpus.index_of(batch.names)
-        return self.corpus.collate([self.view(i, self.corpus.dataset[i], epoch) for i in indices])
-
-    def view(self, index: int, item: dict, epoch: int) -> dict:
-        view = dict(item, name=f"{item['name']}#view")
-        rng = view_rng(self.seed, epoch, index)
-        wave = None
-        if self.audio_files is not None:
-            files = self.audio_files[index]
-            wave = read_audio(files[int(rng.integers(len(files)))], self.spec.sampling_rate)
-        elif self.audio is not None:
-            own = item["wave"] if item["wave"] is not None else self.corpus.dataset.waves[index]  # conv cache on
-            wave = make_view(own, rng, self.audio)
-        if wave is not None:
-            wave = normalize(wave) if self.spec.do_normalize else wave
-            view["wave"], view["conv_features"] = wave[: self.max_samples], None
-        if self.corpus.view_text is not None:
-            view["text"] = self.corpus.view_text[index]
-        return view
-
-
-def view_files(names, folder) -> dict[int, list]:
-    """Pre-made views: for each utterance, the files in `folder` whose names end with
-    `<FileName>.wav` (upstream's naming: `<anything><FileName>.wav`), sorted. Utterances
-    without one are named (InputProblems) by the caller."""
-    wanted = {f"{name}.wav": i for i, name in enumerate(names)}
-    found: dict[int, list] = {}
-    for path in sorted(Path(folder).iterdir()):
-        for start in range(len(path.name)):
-            i = wanted.get(path.name[start:])
-            if i is not None:
-                found.setdefault(i, []).append(path)
-                break
-    return found
-
-
-def use_conv_cache(model, corpus: Corpus, run_cfg, device) -> None:
-    """--cache_conv_features: the loaders hand the model the frozen feature encoder's output
-    for every utterance instead of the audio (otherwise they hand it the audio). The output is
-    computed on the device, each utterance as if alone (padding-exact batches: equal lengths
-    for group-norm encoders), once for a corpus, encoder weights and device: on disk beside
-    the audio cache (utils/store.py), or in memory for a corpus held in memory."""
-    corpus.dataset.conv_features = None
-    if not run_cfg.cache_conv_features:
-        return
-    weights = hashlib.sha256()
-    for p in model.wav2vec2.feature_extractor.parameters():
-        weights.update(p.detach().cpu().float().numpy().tobytes())
-    samples = corpus.dataset.waves.samples
-    key = (weights.hexdigest(), getattr(samples, "folder", None), corpus.dataset.waves.max_samples, device.type,
-           str(next(model.wav2vec2.parameters()).dtype), run_cfg.eval_batch_size, corpus.padding_exact)
-    if corpus.conv_cache is None or corpus.conv_cache[0] != key:
-        if isinstance(samples, Store):
-            folder = samples.folder.parent.parent / "conv" / fingerprint([], key=key)
-            store = built(folder, lambda tmp: write_conv_features(tmp, model, corpus, run_cfg, device),
-                          "feature-encoder output", distributed.is_local_main())
-        else:
-            store = Arrays([None] * len(corpus.dataset))
-            for i, features in conv_features_of(model, corpus, run_cfg, device):
-                store[i] = features
-        corpus.conv_cache = (key, store)
-    corpus.dataset.conv_features = corpus.conv_cache[1]
-
-
-def conv_features_of(model, corpus: Corpus, run_cfg, device):
-    """(utterance index, its [frames, channels] float32 array) for every utterance of the
-    corpus, computed on the device in padding-exact batches, in length order."""
-    lengths = corpus.dataset.lengths()
-    # no DataLoader: creating its iterator draws from the global RNG, and training's dropout
-    # masks must not depend on whether the cache was built
-    for indices in tqdm(ExactBatchSampler(lengths, run_cfg.eval_batch_size, corpus.padding_exact).batches(),
-                        desc="conv features", leave=False, disable=None if distributed.is_main() else True):
-        batch = corpus.collate([corpus.dataset[i] for i in indices])
-        features = conv_features(model.wav2vec2, batch.input_values.to(device)).float().cpu().numpy()
-        frames = frame_lengths(model.wav2vec2, batch.sample_lengths).tolist()
-        for row, (i, n) in enumerate(zip(indices, frames)):
-            yield i, features[row, :n].copy()
-
-
-def write_conv_features(folder: Path, model, corpus: Corpus, run_cfg, device) -> None:
-    order = []
-
-    def arrays():
-        for i, features in conv_features_of(model, corpus, run_cfg, device):
-            order.append(i)
-            yield features
-    width = model.wav2vec2.config.conv_dim[-1]
-    write_items(folder, arrays(), np.float32, tail=(width,), order=order)
 
 
 def make_loader(corpus: Corpus, indices, run_cfg, train: bool, device):

@@ -12,13 +12,15 @@ import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.errors import MMERError
+from utils import distributed
 from utils.files import atomic_write_text
 from utils.lock import RunLock, live_holders
 from utils.provenance import git_commit, package_versions
 
 log = logging.getLogger(__name__)
 RESULT_PATTERNS = ("*_model.pt", "*_last.pt", "*_result.json", "*_stats.txt", "*_predictions.csv", "results.json", "results.csv",
-                   "results.md", "confusion_matrix*.png", "learning_curves.png", "tensorboard/*/*", "config.json", "train.log")
+                   "results.md", "confusion_matrix*.png", "learning_curves.png", "tensorboard/*/*", "config.json", "recipe.yaml",
+                   "train.log")
 
 
 class RunDirError(MMERError, RuntimeError):
@@ -31,7 +33,7 @@ class DivergedError(MMERError, RuntimeError):
 
 # Settings that do not change what a run computes; a resumed run may differ in these.
 NOT_IDENTITY = {"sessions", "num_workers", "overwrite", "resume", "log_every", "device", "eval_only",
-                "checkpoint_dir", "tensorboard", "text_dim", "num_classes", "threads", "preset"}
+                "checkpoint_dir", "tensorboard", "text_dim", "num_classes", "threads", "preset", "config"}
 
 
 # Recorded as resolved on the machine (e.g. --precision auto): compared only where the record has it.
@@ -88,7 +90,7 @@ def inputs_among(paths, run_cfg) -> list[Path]:
     return [p for p in paths if any(p.resolve() == i or i in p.resolve().parents for i in inputs)]
 
 
-SETUP_FILES = ("config.json", "train.log")  # written before training; alone they are no run's results
+SETUP_FILES = ("config.json", "recipe.yaml", "train.log")  # written before training; alone they are no run's results
 
 
 def fold_lock(run_dir: Path, session) -> Path:
@@ -113,6 +115,7 @@ def claim_run_dir(run_dir: Path, model_cfg, run_cfg, sessions, held, write_confi
         if not trained and not others:
             if found:
                 (run_dir / "config.json").unlink(missing_ok=True)
+                (run_dir / "recipe.yaml").unlink(missing_ok=True)
                 log.info("%s: the earlier run there never finished an epoch; starting afresh", run_dir)
         elif run_cfg.overwrite:
             overwrite(run_dir, found, others, run_cfg)
@@ -257,3 +260,25 @@ def write_config(run_dir: Path, model_cfg, run_cfg, data: dict, text_encoder: di
               "text_encoder": text_encoder, "git_commit": git_commit(), "versions": package_versions(),
               "argv": sys.argv}
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def setup_logging(run_dir: Path) -> None:
+    """Console and <run_dir>/train.log, appended to (processes running other folds in parallel
+    share it; their lines name their fold); progress bars write through logging_redirect_tqdm.
+    Under torchrun only rank 0 writes the file; the other ranks print warnings only."""
+    rank0 = distributed.is_main()
+    tag = "" if distributed.world_size() == 1 else f"[rank {distributed.rank()}] "
+    fmt = logging.Formatter(f"%(asctime)s {tag}%(levelname)s %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO if rank0 else logging.WARNING)
+    for handler in [h for h in root.handlers if getattr(h, "_mmer", False)]:
+        root.removeHandler(handler)
+        handler.close()
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler._mmer = True
+        root.addHandler(handler)

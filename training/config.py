@@ -1,0 +1,312 @@
+"""A run's two configurations: the run settings (RunConfig: paths, folds, schedule, devices)
+beside the model's (models.ModelConfig), resolved from the flags, a recipe (recipes/*/*.yaml,
+`--preset NAME` or `--config FILE`) and, under --eval_only, what the re-evaluated run recorded;
+and the recipe a run writes beside its results, which `--config` reads back."""
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from dataio import corpus
+from dataio.text_features import features_text_encoder, recorded_encoder
+from dataio.labels import read_label_map
+from models import MODELS, ModelConfig
+from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint, model_settings
+from models.encoders import audio_input_spec, conv_cache_changes_training, conv_cache_refusal, encoder_config
+from models.errors import MMERError
+from training import runinfo
+from training.views import audio_view_settings
+from utils.device import evaluation_precision, training_precision
+from utils.files import atomic_write_text
+from utils.hub import check_model_name
+
+log = logging.getLogger("mmer")
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPE_FILE = "recipe.yaml"   # the resolved recipe in a run folder: `run.py --config <run>/recipe.yaml` re-runs it
+# run settings that are no flags, or that say where and how, not what, a run computes
+NOT_IN_RECIPE = ("preset", "config", "world_size", "precision_resolved", "resume", "overwrite")
+
+
+class ConfigError(MMERError):
+    """Flags or a recipe that contradict each other or the files they name (run.py: exit code 2)."""
+
+
+@dataclass
+class RunConfig:
+    """Run settings (paths, folds, schedule, devices); written beside the results."""
+    csv_path: str = "data/iemocap.csv"
+    data_path_audio: str = "data/audio"
+    data_path_roberta: str = "data/roberta"
+    roberta: str | None = None   # the text encoder of the features (their encoder.json), else roberta-base
+    save_path: str = "runs"
+    sessions: list | None = None  # the folds to run (IEMOCAP: its sessions); None: all the table's
+    label_map: str | None = None
+    fold_by: str | None = None
+    kfold: int | None = None
+    dev_split: str = "utterance"
+    epochs: int = 100
+    batch_size: int = 2
+    accum_grad: int = 4
+    learning_rate: float = 1e-5
+    dev_fraction: float = 0.1
+    select_on: str = "dev"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None   # torch CPU threads; None: the CPUs this process may use
+    num_workers: int = 0
+    cache_dir: str | None = None   # the decoded audio and gathered features; None: <save_path>/cache
+    batching: str = "bucket"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    cache_conv_features: bool | None = None   # None: on where it changes nothing (see conv_cache_setting)
+    eval_batch_size: int = 8
+    eval_only: bool = False
+    checkpoint_dir: str | None = None
+    cross_corpus: bool = False
+    preset: str | None = None
+    config: str | None = None     # the recipe file read (--config)
+    audio_view: str = "speed,noise,mask"
+    data_path_audio_view: str | None = None
+    data_path_roberta_view: str | None = None
+    ctc_text: str = "clean"
+    utterance_types: str = "all"
+    resume: bool = False
+    overwrite: bool = False
+    max_skipped_fraction: float = 0.05
+    max_steps: int | None = None
+    limit_utterances: int | None = None
+    log_every: int = 25
+    tensorboard: bool = False
+    world_size: int = 1   # processes training each fold (torchrun), not a flag; the global batch depends on it
+    precision_resolved: dict | None = None  # what --precision became on this device: {"training": ..., "evaluation": ...}
+
+
+# Model settings given by flags (defaults: ModelConfig's). Under --eval_only the checkpoints'
+# recorded values win (they hold that model); of a contradicting flag only these are honoured:
+MODEL_FLAGS = ("run", "wav2vec2", "alpha", "ctc_reduction", "dropout", "specaugment", "pooling", "text_pooling",
+               "audio_dropout", "supcon_weight", "aug_weight", "temperature", "contrastive", "max_audio_samples")
+
+
+EVAL_OVERRIDABLE = ("wav2vec2", "max_audio_samples")
+
+
+# run settings whose default, under --eval_only, is what the run being re-evaluated recorded
+RECORDED_RUN = ("csv_path", "data_path_audio", "data_path_roberta", "roberta")
+
+
+
+# ---------------------------------------------------------------- recipes
+def presets() -> list[str]:
+    """The papers' recipes by name: recipes/<corpus>/<name>.yaml."""
+    return sorted(path.stem for path in RECIPES.glob("*/*.yaml"))
+
+
+def recipe_file(preset: str | None, config: str | None) -> Path | None:
+    """The recipe --preset or --config names (None: neither); both at once are refused."""
+    if preset and config:
+        raise ConfigError(f"--preset {preset} and --config {config} both give a whole configuration; give one")
+    if preset:
+        return next(iter(sorted(RECIPES.glob(f"*/{preset}.yaml"))))
+    if config and not Path(config).is_file():
+        raise ConfigError(f"--config {config}: no such file; give a recipe (YAML), e.g. recipes/iemocap/mmer2023.yaml "
+                          f"or a run folder's {RECIPE_FILE}")
+    return Path(config) if config else None
+
+
+def read_recipe(path: Path) -> dict:
+    """A recipe file: a YAML mapping of flag names (without dashes) to values."""
+    try:
+        recipe = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not YAML ({err}); a recipe maps flag names to values, e.g. `alpha: 0.1`") from err
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of flag names to values, not a {type(recipe).__name__}")
+    return recipe
+
+
+def resolved_recipe(model_cfg: ModelConfig, run_cfg: RunConfig) -> dict:
+    """Every setting of a run as a recipe: model settings first, then the run's; what `--config`
+    reads back to re-run it (not --resume or --overwrite, which say how to start, not what)."""
+    model = {key: getattr(model_cfg, key) for key in MODEL_FLAGS}
+    run = {key: value for key, value in asdict(run_cfg).items() if key not in NOT_IN_RECIPE and value is not None}
+    return {**model, **run}
+
+
+def write_recipe(run_dir: Path, model_cfg: ModelConfig, run_cfg: RunConfig) -> None:
+    text = yaml.safe_dump(resolved_recipe(model_cfg, run_cfg), sort_keys=False, allow_unicode=True)
+    atomic_write_text(run_dir / RECIPE_FILE, f"# the resolved settings of this run: python run.py --config {RECIPE_FILE}\n"
+                      + text)
+
+
+# ---------------------------------------------------------------- resolution
+def resolve_configs(args, preset_model: dict) -> tuple[ModelConfig, RunConfig]:
+    """The two configurations from the flags, the preset's model settings and, under
+    --eval_only, what the re-evaluated run recorded."""
+    d = RunConfig()
+    if args.eval_only and not args.checkpoint_dir:
+        raise ConfigError("--eval_only needs --checkpoint_dir DIR holding <session>_model.pt files")
+    recorded_model, recorded_run = recorded_settings(args.checkpoint_dir) if args.eval_only else ({}, {})
+    for key in RECORDED_RUN:
+        if getattr(args, key) is None:
+            setattr(args, key, recorded_run.get(key, getattr(d, key)))
+    if args.sessions is not None and len(set(args.sessions)) < len(args.sessions):
+        raise ConfigError(f"--sessions {' '.join(map(str, args.sessions))}: a session is named twice; name each once")
+    if args.kfold and args.fold_by:
+        raise ConfigError("--kfold and --fold_by both say how to make folds; give one")
+    if args.label_map:
+        read_label_map(args.label_map)  # refused here when malformed
+    if args.cross_corpus and not args.eval_only:
+        raise ConfigError("--cross_corpus evaluates trained checkpoints on another corpus: give it with --eval_only")
+    if args.select_on == "dev" and args.dev_fraction <= 0 and not args.eval_only:
+        raise ConfigError("--select_on dev needs --dev_fraction > 0")
+    model_cfg = model_config(args, preset_model, recorded_model)
+    check_model_name(model_cfg.wav2vec2, "--wav2vec2")
+    check_views(args, model_cfg)
+    run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)})
+    run_cfg.cache_conv_features = conv_cache_setting(run_cfg.cache_conv_features, model_cfg, run_cfg)
+    if run_cfg.select_on == "test":
+        run_cfg.dev_fraction = 0.0  # upstream trained on all four training sessions
+    for key in ("csv_path", "data_path_audio", "data_path_roberta", "save_path", "checkpoint_dir",
+                "data_path_audio_view", "data_path_roberta_view"):
+        setattr(run_cfg, key, absolute(getattr(run_cfg, key)))
+    if MODELS[model_cfg.run].uses_text:
+        run_cfg.roberta = features_text_encoder(run_cfg.data_path_roberta, run_cfg.roberta)
+    return model_cfg, run_cfg
+
+
+def model_config(args, preset: dict, recorded: dict) -> ModelConfig:
+    """Each model setting from, in this order: a flag given; the preset; ModelConfig's default.
+    Under --eval_only the checkpoints' recorded settings come first (they hold that model): a
+    flag that contradicts one is named, and only --wav2vec2 and --max_audio_samples win."""
+    defaults = ModelConfig()
+    values = {}
+    for key in MODEL_FLAGS:
+        given = getattr(args, key)
+        if key in recorded:
+            values[key] = recorded[key]
+            if given is not None and not same_setting(given, recorded[key]):
+                values[key] = contradicted(key, given, recorded[key], args.checkpoint_dir)
+        else:
+            values[key] = given if given is not None else preset.get(key, getattr(defaults, key))
+    values["wav2vec2"] = local_path(values["wav2vec2"])
+    values["specaugment"] = bool(values["specaugment"])
+    kept = {key: value for key, value in recorded.items()
+            if key in ModelConfig.__dataclass_fields__ and key not in MODEL_FLAGS}   # labels, text_dim, ...
+    return ModelConfig(**values, **kept)
+
+
+def same_setting(given, recorded) -> bool:
+    return str(given) == str(recorded) or local_path(str(given)) == str(recorded)
+
+
+def contradicted(key: str, given, recorded, checkpoint_dir):
+    """A flag beside --eval_only that contradicts what the checkpoints recorded -> the value used."""
+    if key == "run":
+        raise CheckpointError(f"{checkpoint_dir}: holds {recorded} models, but --run is {given}; "
+                              f"drop --run or pass --run {recorded}")
+    if key in EVAL_OVERRIDABLE:
+        log.warning("--%s %s given; the run in %s recorded %s", key, given, checkpoint_dir, recorded)
+        return given
+    log.warning("--%s %s ignored: the checkpoints in %s hold a model with %s %s", key, given, checkpoint_dir,
+                key, recorded)
+    return recorded
+
+
+def conv_cache_setting(asked: bool | None, model_cfg: ModelConfig, run_cfg) -> bool:
+    """--cache_conv_features: on where asked and possible; by default, where it changes nothing."""
+    config, spec = encoder_config(model_cfg.wav2vec2), audio_input_spec(model_cfg.wav2vec2)
+    why_not = conv_cache_refusal(config, spec)
+    if model_cfg.aug_weight and audio_view_settings(run_cfg.audio_view) is not None:
+        why_not = why_not or "would not serve the augmented audio views, which change every epoch (--audio_view)"
+    if asked and why_not:
+        raise ConfigError(f"--cache_conv_features: {model_cfg.wav2vec2} {why_not}; it is offered for wav2vec2, HuBERT and WavLM "
+                "encoders")
+    if asked is None:
+        return why_not is None and not conv_cache_changes_training(config, spec)
+    if asked and conv_cache_changes_training(config, spec):
+        log.info("--cache_conv_features: %s takes no attention mask, so training with the cache masks padded frames "
+                 "where training without it lets them into the encoder", model_cfg.wav2vec2)
+    return asked
+
+
+def check_views(args, model_cfg: ModelConfig) -> None:
+    """The augmentation loss needs views: augmented audio (--audio_view, or the pre-made files of
+    --data_path_audio_view) or transcripts (--data_path_roberta_view, mmer only)."""
+    try:
+        audio = audio_view_settings(args.audio_view)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if args.data_path_audio_view:
+        if not Path(args.data_path_audio_view).is_dir():
+            raise ConfigError(f"--data_path_audio_view {args.data_path_audio_view}: no such folder; give the folder of the "
+                    "pre-made augmented audio (<anything><FileName>.wav)")
+        args.audio_view = "none"   # the files are the audio views
+    if args.data_path_roberta_view and not MODELS[model_cfg.run].uses_text:
+        raise ConfigError(f"--data_path_roberta_view: {model_cfg.run} reads no text; augmented transcripts are for mmer")
+    if (model_cfg.aug_weight and not args.eval_only and audio is None and not args.data_path_audio_view
+            and not args.data_path_roberta_view):
+        raise ConfigError("--aug_weight needs augmented views, and none is asked for: give --audio_view (e.g. speed,noise,mask), "
+                "--data_path_audio_view (pre-made augmented audio) or, for mmer, --data_path_roberta_view (features "
+                "of an augmented transcript column)")
+
+
+def recorded_settings(checkpoint_dir) -> tuple[dict, dict]:
+    """What the run in checkpoint_dir recorded -> (model settings, run settings): the model
+    settings of its first checkpoint (ours: their ModelConfig; published: what their layout
+    says, utils.checkpoint.model_settings), and the data paths and text encoder of its
+    config.json (run.py's runs)."""
+    folder = Path(checkpoint_dir)
+    run_part = {}
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            saved = json.loads(config.read_text())
+            run_part = {key: saved["run"].get(key) for key in RECORDED_RUN}
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as err:
+            raise CheckpointError(f"{config}: not the config.json run.py writes ({err}); give the settings as flags "
+                                  "or remove the file") from err
+    checkpoint = next(iter(find_checkpoints(folder).values()))
+    return model_settings(load_checkpoint(checkpoint)), {key: value for key, value in run_part.items()
+                                                           if value is not None}
+
+
+def absolute(path: str | None) -> str | None:
+    """Paths are recorded absolute, so a run folder's config works from any working directory."""
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def local_path(name_or_path: str) -> str:
+    """A model given as a local folder is recorded absolute; a hub name stays as it is."""
+    return absolute(name_or_path) if Path(name_or_path).expanduser().exists() else name_or_path
+
+
+def resolve_precision(run_dir: Path, model_cfg: ModelConfig, run_cfg: RunConfig, device) -> None:
+    """What --precision means on this device (run_cfg.precision_resolved, recorded in config.json):
+    --precision auto trains in bf16 where the device computes it natively. A resumed run keeps
+    what its config.json recorded, so it does not change precision between machines (and says so)."""
+    hidden = encoder_config(model_cfg.wav2vec2).hidden_size
+    now = {"training": training_precision(device, run_cfg.precision, hidden),
+           "evaluation": evaluation_precision(run_cfg.precision)}
+    recorded = runinfo.recorded_setting(run_dir, "run", "precision_resolved") if run_cfg.resume else None
+    if recorded and recorded != now and run_cfg.precision == "auto":
+        log.warning("--precision auto: the run in %s trained in %s (its config.json); on %s it would resolve to %s, "
+                    "but the resumed run keeps %s (pass --overwrite to start afresh in %s)", run_dir,
+                    recorded["training"], device, now["training"], recorded["training"], now["training"])
+        now = recorded
+    run_cfg.precision_resolved = now
+
+
+def record_config(run_dir: Path, model_cfg: ModelConfig, run_cfg: RunConfig, frame) -> None:
+    """config.json (the settings, data checksums and the features' text encoder, training.runinfo)
+    and recipe.yaml (the resolved recipe, which `run.py --config` reads back)."""
+    uses_text = MODELS[model_cfg.run].uses_text
+    features = [Path(run_cfg.data_path_roberta) / f"{name}.npy" for name in frame["FileName"]] if uses_text else None
+    runinfo.write_config(run_dir, model_cfg, run_cfg,
+                         runinfo.data_checksums(run_cfg.csv_path, corpus.audio_paths(frame, run_cfg.data_path_audio),
+                                                features),
+                         recorded_encoder(run_cfg.data_path_roberta) if uses_text else None)
+    write_recipe(run_dir, model_cfg, run_cfg)
+
