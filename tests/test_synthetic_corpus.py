@@ -15,6 +15,7 @@ import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 
 from synthetic import iemocap as synth
+from synthetic import vocoder
 from synthetic.lexicon import EMOTION_WORDS, all_words
 from dataio.labels import ALL_RELEASE_LABELS, KEPT_LABELS, LABEL_TO_INDEX
 
@@ -218,15 +219,15 @@ def test_about_half_of_the_4class_utterances_name_their_emotion_in_words(corpus)
 
 def test_every_letter_has_its_own_sound():
     """Each letter, spoken alone on a flat pitch, differs from every other in its average spectrum."""
-    speaker = synth.Speaker("Ses01_F", "F", 150.0, 1.0, 1.0, 0.0)
-    prosody = synth.Prosody(0.0, 0.0, 1.0, -20.0, 0.93, 0.05, -90.0)
+    speaker = vocoder.Speaker("Ses01_F", "F", 150.0, 1.0, 1.0, 0.0)
+    prosody = vocoder.Prosody(0.0, 0.0, 1.0, -20.0, 0.93, 0.05, -90.0)
     edges = np.geomspace(80, 8000, 25)
     spectra = {}
-    for letter in synth.LETTERS:
-        turn = synth.Turn("x", speaker, "neu", ((letter.lower(), "."),), prosody, 0.1, 0.0, 0.0, seed=0)
-        sound = synth.synthesize(turn)[1600:1600 + round(synth.word_seconds(letter) * synth.SR)]
+    for letter in vocoder.LETTERS:
+        turn = vocoder.Turn("x", speaker, "neu", ((letter.lower(), "."),), prosody, 0.1, 0.0, 0.0, seed=0)
+        sound = vocoder.synthesize(turn)[1600:1600 + round(vocoder.word_seconds(letter) * vocoder.SR)]
         power = np.abs(np.fft.rfft(sound, 4096)) ** 2
-        freqs = np.fft.rfftfreq(4096, 1 / synth.SR)
+        freqs = np.fft.rfftfreq(4096, 1 / vocoder.SR)
         bands = np.array([power[(freqs >= a) & (freqs < b)].sum() for a, b in zip(edges[:-1], edges[1:])])
         spectra[letter] = 10 * np.log10(bands / bands.sum() + 1e-12)
     assert set(spectra) == {symbol for symbol in VOCAB if len(symbol) == 1 and symbol != "|"}
