@@ -23,7 +23,8 @@ import logging  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.cli import number  # noqa: E402
-from dataio.asr import ASR_BACKENDS, DEFAULT_ASR, TranscribeError, summary_line, transcribe_table  # noqa: E402
+from dataio.asr import ASR_BACKENDS, DEFAULT_ASR, TranscribeError  # noqa: E402
+from dataio.transcripts import summary_line, transcribe_table  # noqa: E402
 
 
 def main(argv=None) -> None:

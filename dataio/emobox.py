@@ -1,18 +1,20 @@
-"""EmoBox corpus -> `corpus.csv` + `audio/<FileName>.wav` + `label_map.json` (the corpus table of
-docs/CORPUS.md). Pure parsers and checks of EmoBox's metadata, then a thin layer that checks every
-wav, converts (or links) the audio and writes the csv last.
+"""The EmoBox importer: `import_emobox` turns one EmoBox corpus into the corpus table of
+docs/CORPUS.md, `corpus.csv` + `audio/<FileName>.wav` + `label_map.json` (data_prep/import_emobox.py
+is its command line). One file for the one release format: the notes below on what EmoBox's
+repository holds govern its pure parsers and checks of the metadata and its thin layer that checks
+every wav, converts (or links) the audio and writes the csv last, so they are read together.
 
 What this relies on, read in EmoBox's repository (github.com/emo-box/EmoBox: README.md,
 EmoBox/EmoDataset.py, EmoBox/utils/preprocess_utils.py, data/{cremad,cafe,iemocap,meld,msppodcast,
 pavoque}/):
-- `--emobox_dir` is one corpus folder, `data/<corpus>/`, holding `fold_<k>/<corpus>_train_fold_<k>.jsonl`
+- `emobox_dir` is one corpus folder, `data/<corpus>/`, holding `fold_<k>/<corpus>_train_fold_<k>.jsonl`
   and `<corpus>_test_fold_<k>.jsonl` for k = 1..K, optionally `<corpus>_valid_fold_<k>.jsonl` (the
   official dev set of MSP-Podcast and MELD, which have one fold), and `label_map.json`.
 - Each jsonl line is one JSON object: key (`<corpus>-<id>`, unique), dataset, wav, type, sample_rate,
   num_frame, task, length (seconds), emo (the corpus's own code), channel; PAVOQUE's also carry
   start_time/end_time (seconds): the utterance is that stretch of a long recording, cut as EmoDataset
   does (frames int(start * sr) to int(end * sr)). Required here: key, wav, emo.
-- `wav` is relative to the EmoBox root and starts with `downloads/<corpus>/`, so `--wav_root` is the
+- `wav` is relative to the EmoBox root and starts with `downloads/<corpus>/`, so `wav_root` is the
   folder that holds `downloads/` (EmoBox README, "Prepare datasets"). Not all are wavs: PAVOQUE's
   are flac (read by libsndfile); MELD's mp4, MER2023's and eNTERFACE's avi, EMNS's webm and MEAD's m4a
   are read by FFmpeg (PyAV; utils.audio): the first audio stream, converted to 16 kHz mono wav.
@@ -29,15 +31,13 @@ The csv: FileName (the key, characters other than letters, digits, `.`, `_`, `-`
 key (as EmoBox spells it), path (`<FileName>.wav`), Label (the emo code), speaker (see above),
 dataset, duration (seconds of the source), and `split_<k>` per fold: train, dev (EmoBox's valid),
 test, or empty when the utterance is not in fold k."""
-from pathlib import Path
-
-
 import json
 import logging
 import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd

