@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from training.report import ReportError, compare, default_out, markdown_table
+from training.comparison import compare, default_out, markdown_table
+from training.report import ReportError
 
 log = logging.getLogger("mmer.compare")
 

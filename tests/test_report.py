@@ -12,7 +12,9 @@ import pytest
 
 from training import report
 from compare import main
-from training.report import compare, default_out, plot_ua, read_fold_stats, write_results
+from training.comparison import compare, default_out
+from training.figures import plot_ua
+from training.report import read_fold_stats, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
