@@ -27,16 +27,17 @@ import pandas as pd  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers.utils import logging as hf_logging
 
-from dataio.text_features import TextFeatureError
 from dataio.asr import ASR_BACKENDS
-from inference.recognizer import EmotionRecognizer, PredictError, Windows, plot_timeline, predictions_table, timeline_table
+from dataio.audio import audio_suffixes
+from dataio.dataset import read_text_feature
+from inference.prediction import PredictError, predictions_table
+from inference.recognizer import EmotionRecognizer
+from inference.windows import Windows, plot_timeline, timeline_table
 from models import MODELS
-from dataio.audio import AudioError, audio_suffixes
-from models.checkpoint import CheckpointError
-from utils.cli import HelpFormatter, Parser, add_number, some
-from dataio.dataset import DataError, read_text_feature
-from utils.files import atomic_path, atomic_write_text
+from models.errors import MMERError
 from training.metrics import emotion_metrics
+from utils.cli import HelpFormatter, Parser, add_number, some
+from utils.files import atomic_path, atomic_write_text
 
 log = logging.getLogger("mmer.predict")
 PATH_COLUMNS = ("path", "FileName")            # FileName: IEMOCAP id, the audio is <FileName>.wav
@@ -305,7 +306,7 @@ def main(argv=None) -> pd.DataFrame:
         table, info = run_prediction(args)
         if args.output is not None:
             write_output(table, args.output, info)
-    except (PredictError, AudioError, CheckpointError, DataError, TextFeatureError, OSError) as err:
+    except (MMERError, OSError) as err:
         raise SystemExit(f"error: {err}") from err
     print(format_predictions(table))
     if "metrics" in info:

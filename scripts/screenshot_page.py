@@ -14,10 +14,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.threads import before_torch  # noqa: E402
+
+before_torch()  # as serve.py: OpenMP reads its waiting policy when torch loads it (utils/threads.py)
+
 import numpy as np  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-import serve  # noqa: E402
+from inference import service  # noqa: E402
 from inference.recognizer import EmotionRecognizer  # noqa: E402
 from dataio.audio import read_audio, write_wav  # noqa: E402
 
@@ -29,23 +33,23 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 def best_utterance(run_dir: Path, fold: str) -> tuple[Path, str]:
     """The served fold's correct test prediction with the most probable true class: its audio and
     its transcript from the corpus table ("" where the table has none)."""
-    table = serve.read_predictions(run_dir)
+    table = service.read_predictions(run_dir)
     best = table[(table["fold"] == fold) & table["correct"]].sort_values("p_true").iloc[-1]["FileName"]
-    corpus, _ = serve.recorded_corpus(run_dir)
+    corpus, _ = service.recorded_corpus(run_dir)
     column = next((c for c in ("transcript", "Sentences") if corpus is not None and c in corpus.columns), None)
     text = corpus.loc[corpus["FileName"] == best, column].iloc[0] if column else ""
-    return serve.utterance_audio(run_dir, best), text
+    return service.utterance_audio(run_dir, best), text
 
 
 def stitched_recording(run_dir: Path, classes: list[str], seconds: float, path: Path) -> None:
     """Each class in turn, from its best recognised test utterances, `seconds` in all."""
-    table = serve.read_predictions(run_dir)
+    table = service.read_predictions(run_dir)
     table = table[table["correct"]].sort_values("p_true", ascending=False)
     parts = []
     for label in classes:
         have = 0.0
         for name in table.loc[table["true_label"] == label, "FileName"]:
-            samples = read_audio(serve.utterance_audio(run_dir, name))
+            samples = read_audio(service.utterance_audio(run_dir, name))
             parts.append(samples)
             have += len(samples) / 16000
             if have >= seconds / len(classes):
@@ -62,8 +66,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     recognizer = EmotionRecognizer.from_run(args.run_dir, device="cpu")
     fold = Path(next(iter(recognizer.models))).name.split("_model")[0]
-    app = serve.create_app(recognizer, args.run_dir)
-    with tempfile.TemporaryDirectory() as tmp, serve.BackgroundServer(app) as url, sync_playwright() as playwright:
+    app = service.create_app(recognizer, args.run_dir)
+    with tempfile.TemporaryDirectory() as tmp, service.BackgroundServer(app) as url, sync_playwright() as playwright:
         transcript = ""
         if args.long:
             clip = Path(tmp) / "stitched_test_utterances.wav"

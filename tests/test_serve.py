@@ -16,8 +16,9 @@ import torch
 from fastapi.testclient import TestClient
 
 import run
-import serve
-from inference.recognizer import EmotionRecognizer, Windows, timeline_table
+from inference import service as serve
+from inference.recognizer import EmotionRecognizer
+from inference.windows import Windows, timeline_table
 from models import ModelConfig, build_model
 from tests.test_upstream_fixture import upstream_state_dict
 from models.checkpoint import save_checkpoint

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 import run
-import serve
+from inference import service as serve
 from inference.recognizer import EmotionRecognizer
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")

@@ -1,0 +1,33 @@
+"""What a prediction returns: the label, the class probabilities, the transcript it read and
+where that came from (and a long recording's timeline); and the error of bad input to it."""
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from models.errors import MMERError
+
+
+class PredictError(MMERError, ValueError):
+    """Bad input to the prediction; the message names the file and the fix."""
+
+
+@dataclass
+class Prediction:
+    """One recording's result; probabilities in the run's class order."""
+    source: str                       # the file, or "array <i>"
+    label: str
+    probabilities: dict = field(default_factory=dict)   # class name -> probability
+    transcript: str = ""              # the text mmer read ("" for audio-only models)
+    transcript_source: str = "none"   # given | asr | ctc | none (audio-only model)
+    ctc_transcript: str = ""          # what the model's CTC head heard (variants with a CTC head)
+    windows: list | None = None       # a long recording's timeline (WindowPrediction), else None
+
+    def as_row(self) -> dict:
+        return {"file": self.source, "predicted_label": self.label,
+                **{f"prob_{name}": p for name, p in self.probabilities.items()},
+                "transcript": self.transcript, "transcript_source": self.transcript_source,
+                "ctc_transcript": self.ctc_transcript, "windows": len(self.windows) if self.windows else 0}
+
+
+def predictions_table(predictions: list[Prediction]) -> pd.DataFrame:
+    return pd.DataFrame([p.as_row() for p in predictions])
