@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -91,14 +92,38 @@ def prefix_table(folder: Path, table: pd.DataFrame, hours: float) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- run.py's settings
+# A run's settings here are run.py's flags without their dashes, typed as run.py parses them
+# (json-able, so that the probe's process gets them too): run_flags gives them to run.py,
+# configs resolves them in this process as run.py does.
+def run_flags(settings: dict) -> list[str]:
+    """The run.py command line that gives these settings."""
+    flags = []
+    for key, value in settings.items():
+        if value is True:
+            flags.append(f"--{key}")
+        else:
+            flags += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
+    return flags
+
+
+def configs(settings: dict):
+    """run.py's two configurations for these settings, every other one at run.py's default;
+    resolved by run.py's own resolve_configs (paths made absolute, the features' text encoder
+    and the --cache_conv_features default filled in)."""
+    from training.config import MODEL_FLAGS, RECORDED_RUN, RunConfig, resolve_configs
+    defaults = {**dataclasses.asdict(RunConfig()), **dict.fromkeys(MODEL_FLAGS), **dict.fromkeys(RECORDED_RUN)}
+    return resolve_configs(argparse.Namespace(**{**defaults, **settings}), {})
+
+
 # ---------------------------------------------------------------- the debug run, measured
-def run_flags(folder: Path, table: Path, models: dict, out: Path, steps: int) -> list[str]:
-    return ["--run", "mmer", "--alpha", "0.1", "--csv_path", str(table), "--data_path_audio", str(folder / "audio"),
-            "--data_path_roberta", str(folder / "roberta"), "--wav2vec2", str(models["wav2vec2"]),
-            "--roberta", str(models["roberta"]), "--sessions", "1", "--epochs", "1", "--max_steps", str(steps),
-            "--batch_size", "8", "--accum_grad", "1", "--device", "cpu", "--precision", "fp32",
-            "--save_path", str(out / "runs"), "--cache_dir", str(out / "cache"), "--overwrite",
-            "--max_audio_samples", str(MAX_SECONDS * SR)]
+def debug_settings(folder: Path, table: Path, models: dict, out: Path, steps: int) -> dict:
+    return {"run": "mmer", "alpha": 0.1, "csv_path": str(table), "data_path_audio": str(folder / "audio"),
+            "data_path_roberta": str(folder / "roberta"), "wav2vec2": str(models["wav2vec2"]),
+            "roberta": str(models["roberta"]), "sessions": ["1"], "epochs": 1, "max_steps": steps,
+            "batch_size": 8, "accum_grad": 1, "device": "cpu", "precision": "fp32",
+            "save_path": str(out / "runs"), "cache_dir": str(out / "cache"), "overwrite": True,
+            "max_audio_samples": MAX_SECONDS * SR}
 
 
 # The debug run's peak RSS is set by the longest training batch its few steps draw (8 x up to
@@ -118,18 +143,19 @@ def timed(argv: list[str]) -> dict:
     return {"peak_rss_mb": peak_kb / 1024, "wall_s": wall, "stdout": done.stdout}
 
 
-def probe(flags: list[str], steps: int) -> dict:
+def probe(settings: dict, steps: int) -> dict:
     """In this process: run.py's corpus and fold-1 training loader from the warm cache, the
     seconds to the first batch, then --probe_steps training steps of the tiny model."""
     import torch
 
-    import run
+    from training.folds import fold_of
+    from training.inputs import prepared_corpus
     from training.loop import build_training, make_loader, train_epoch
     start = time.perf_counter()
-    model_cfg, run_cfg = run.parse_args(flags)
+    model_cfg, run_cfg = configs(settings)
     with contextlib.redirect_stderr(io.StringIO()):
-        corpus_ = run.prepared_corpus(model_cfg, run_cfg)
-    fold = run.fold_of(corpus_, "1", run_cfg)
+        corpus_ = prepared_corpus(model_cfg, run_cfg)
+    fold = fold_of(corpus_, "1", run_cfg)
     device = torch.device("cpu")
     loader = make_loader(corpus_, fold.train, run_cfg, True, device)
     next(iter(loader))
@@ -149,10 +175,10 @@ def scale_rows(args, models: dict) -> list[dict]:
     for hours in args.hours:
         out = args.bench_dir / f"run_{hours:g}h"
         subprocess.run(["rm", "-rf", str(out)], check=True)
-        flags = run_flags(folder, prefix_table(folder, table, hours), models, out, args.steps)
-        cold = timed([sys.executable, "run.py", *flags])
-        warm = timed([sys.executable, "run.py", *flags])
-        probed = json.loads(timed([sys.executable, __file__, "--probe", json.dumps(flags),
+        settings = debug_settings(folder, prefix_table(folder, table, hours), models, out, args.steps)
+        cold = timed([sys.executable, "run.py", *run_flags(settings)])
+        warm = timed([sys.executable, "run.py", *run_flags(settings)])
+        probed = json.loads(timed([sys.executable, __file__, "--probe", json.dumps(settings),
                                    "--probe_steps", str(args.probe_steps)])["stdout"].strip().splitlines()[-1])
         cache_gb = sum(p.stat().st_size for p in (out / "cache").rglob("*") if p.is_file()) / 1e9
         rows.append({"hours": hours, "utterances": probed["utterances"], "cold_peak_rss_mb": cold["peak_rss_mb"],
@@ -177,34 +203,34 @@ def demo_paths() -> dict:
 def in_memory(streamed, model_cfg, run_cfg):
     """The same corpus with every item decoded into memory (run.py's path before the caches)."""
     from dataio import corpus
-    from training import loop as training
-    from models.encoders import audio_input_spec
     from dataio.dataset import EmotionDataset, load_text_features, load_waves
+    from models.encoders import audio_input_spec
+    from training.inputs import Corpus
     frame = streamed.table
     waves = load_waves(corpus.audio_paths(frame, run_cfg.data_path_audio), audio_input_spec(model_cfg.wav2vec2),
                        show_progress=False, max_samples=model_cfg.max_audio_samples)
     text = load_text_features(frame["FileName"], run_cfg.data_path_roberta, show_progress=False)
     dataset = EmotionDataset(frame["FileName"], waves, frame["label_index"], frame["text"], text, run_cfg.ctc_text)
-    return training.Corpus(frame, dataset, streamed.collate, streamed.padding_exact, streamed.scheme,
-                           streamed.label_set)
+    return Corpus(frame, dataset, streamed.collate, streamed.padding_exact, streamed.scheme, streamed.label_set)
 
 
 def demo_rows(args) -> dict:
     import torch
 
-    import run
+    from training.folds import fold_of
+    from training.inputs import prepared_corpus
     from training.loop import build_training, make_loader, train_epoch
     from utils.distributed import seed_rank
     paths = demo_paths()
-    flags = ["--run", "mmer", "--alpha", "0.1", "--csv_path", str(paths["csv"]), "--data_path_audio",
-             str(paths["audio"]), "--data_path_roberta", str(paths["roberta"]), "--wav2vec2", str(paths["wav2vec2"]),
-             "--roberta", str(paths["roberta_model"]), "--batch_size", "8", "--accum_grad", "1", "--device", "cpu",
-             "--precision", "fp32", "--learning_rate", "1e-3", "--cache_dir", str(args.bench_dir / "demo_cache")]
-    model_cfg, run_cfg = run.parse_args(flags)
+    model_cfg, run_cfg = configs({
+        "run": "mmer", "alpha": 0.1, "csv_path": str(paths["csv"]), "data_path_audio": str(paths["audio"]),
+        "data_path_roberta": str(paths["roberta"]), "wav2vec2": str(paths["wav2vec2"]),
+        "roberta": str(paths["roberta_model"]), "batch_size": 8, "accum_grad": 1, "device": "cpu",
+        "precision": "fp32", "learning_rate": 1e-3, "cache_dir": str(args.bench_dir / "demo_cache")})
     with contextlib.redirect_stderr(io.StringIO()):
-        streamed = run.prepared_corpus(model_cfg, run_cfg)
+        streamed = prepared_corpus(model_cfg, run_cfg)
     memory = in_memory(streamed, model_cfg, run_cfg)
-    fold = run.fold_of(streamed, "1", run_cfg)
+    fold = fold_of(streamed, "1", run_cfg)
     device = torch.device("cpu")
 
     def epoch_throughput(corpus_, workers: int) -> float:
@@ -231,7 +257,7 @@ def demo_rows(args) -> dict:
 def table_check(args) -> dict:
     """run.py's checks before anything is written (read_corpus_table, check_inputs) on a table
     of --rows rows of 0.1 s files, audio only (unimodal_baseline)."""
-    import run
+    from training.inputs import check_inputs, read_corpus_table
     folder = args.bench_dir / f"table_{args.rows}"
     audio = folder / "audio"
     table_path = folder / "corpus.csv"
@@ -244,13 +270,13 @@ def table_check(args) -> dict:
         pd.DataFrame({"FileName": names, "Label": [LABELS[i % 4] for i in range(args.rows)],
                       "session": [i % 5 + 1 for i in range(args.rows)]}).to_csv(table_path, index=False)
     models = tiny_models(args.bench_dir / "models")
-    model_cfg, run_cfg = run.parse_args(["--run", "unimodal_baseline", "--alpha", "0", "--csv_path", str(table_path),
-                                         "--data_path_audio", str(audio), "--wav2vec2", str(models["wav2vec2"])])
+    model_cfg, run_cfg = configs({"run": "unimodal_baseline", "alpha": 0.0, "csv_path": str(table_path),
+                                  "data_path_audio": str(audio), "wav2vec2": str(models["wav2vec2"])})
     subprocess.run(["sh", "-c", "sync"], check=True)
     start = time.perf_counter()
-    table = run.read_corpus_table(model_cfg, run_cfg)
+    table = read_corpus_table(model_cfg, run_cfg)
     read = time.perf_counter() - start
-    run.check_inputs(table, model_cfg, run_cfg)
+    check_inputs(table, model_cfg, run_cfg)
     return {"rows": len(table.frame), "read_s": read, "read_and_check_s": time.perf_counter() - start}
 
 

@@ -48,7 +48,7 @@ def measure(run_dir: str, wavs: list[str], threads: int) -> dict:
     from inference.recognizer import EmotionRecognizer
     torch.set_num_threads(threads)
     recognizer = EmotionRecognizer.from_run(run_dir, device="cpu", precision="fp32", batch_size=1)
-    from bench.onnx_rtf import clips
+    from synthetic.workspace import clips
     recognizer.predict(clips(1, 4.0, 4.0, seed=7)[0], sample_rate=SR)  # warm-up: first-call allocations
     audio_s = sum(sf.info(w).duration for w in wavs)
     start = time.perf_counter()
@@ -60,7 +60,7 @@ def measure(run_dir: str, wavs: list[str], threads: int) -> dict:
 
 
 def write_wav(path: Path, seconds: float, seed: int) -> str:
-    from bench.onnx_rtf import clips
+    from synthetic.workspace import clips
     sf.write(path, clips(1, seconds, seconds, seed)[0], SR, subtype="PCM_16")
     return str(path)
 
@@ -81,8 +81,8 @@ def main(argv=None) -> float:
     if args.child:
         child(args)
         return 0.0
-    from bench.onnx_rtf import prepared_run
-    run_dir, _ = prepared_run(args.size, "mmer")
+    from synthetic.workspace import RANDOM_RUNS, random_run
+    run_dir = random_run(args.size, "mmer", RANDOM_RUNS)  # the random run bench/onnx_rtf.py times (no export needed)
     load = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

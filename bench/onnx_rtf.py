@@ -24,67 +24,31 @@ before_torch()  # predict.py's OpenMP wait policy, read when torch loads (utils/
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import io  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import export  # noqa: E402
-from bench.train_throughput import BENCH_DIR, base_roberta_dir, describe_machine, load, speech_encoder_dir  # noqa: E402
+from inference.onnx_export import MANIFEST, export_run  # noqa: E402
 from inference.recognizer import EmotionRecognizer  # noqa: E402
-from models import MODELS, ModelConfig, build_model  # noqa: E402
-from models.checkpoint import save_checkpoint  # noqa: E402
+from models import MODELS  # noqa: E402
+from synthetic.workspace import RANDOM_RUNS, SR, clips, random_run  # noqa: E402
+from utils.machine import describe_machine, load  # noqa: E402
 
-SR = 16000
-OUT_DIR = BENCH_DIR / "onnx_rtf"
 TRANSCRIPTS = ["I think we should talk about it tomorrow.", "Oh no, not again!", "Well, you know, I did it."]
 
 
-def encoders(size: str) -> tuple[Path, Path]:
-    """The speech and text encoders of train_throughput's bench: tiny, or base-size with random weights."""
-    from synthetic.tiny_models import make_tiny_models
-
-    models = BENCH_DIR / "models"
-    paths = {"models": models, "tiny_wav2vec2": models / "tiny" / "wav2vec2",
-             "tiny_roberta": models / "tiny" / "roberta"}
-    if not paths["tiny_wav2vec2"].is_dir():
-        make_tiny_models(models / "tiny", seed=0)
-    speech = speech_encoder_dir(paths, size)
-    return speech, (paths["tiny_roberta"] if size == "tiny" else base_roberta_dir(paths))
-
-
 def prepared_run(size: str, run: str) -> tuple[Path, Path]:
-    """A one-fold run folder (checkpoint + config.json naming the text encoder) and its export,
+    """A one-fold run folder of a random model (synthetic.workspace.random_run) and its export,
     each made once."""
-    run_dir = OUT_DIR / f"{size}-{run}"
+    run_dir = random_run(size, run, RANDOM_RUNS)
     onnx_dir = run_dir / "onnx"
-    speech, roberta = encoders(size)
-    if not (run_dir / "1_model.pt").is_file():
-        torch.manual_seed(0)
-        text_dim = json.loads((Path(roberta) / "config.json").read_text())["hidden_size"]
-        model = build_model(ModelConfig(run=run, wav2vec2=str(speech), text_dim=text_dim)).eval()
-        save_checkpoint(run_dir / "1_model.pt", model, model_config=model.config.to_dict(), session=1, epoch=0)
-        (run_dir / "config.json").write_text(json.dumps({"run": {"roberta": str(roberta)}}))
-    if not (onnx_dir / export.MANIFEST).is_file():
+    if not (onnx_dir / MANIFEST).is_file():
         start = time.perf_counter()
-        export.export_run(run_dir, onnx_dir, overwrite=True)
+        export_run(run_dir, onnx_dir, overwrite=True)
         print(f"exported {run_dir} in {time.perf_counter() - start:.0f} s")
     return run_dir, onnx_dir
-
-
-def clips(n: int, shortest: float, longest: float, seed: int = 0) -> list[np.ndarray]:
-    """n voiced-sounding clips with durations spread evenly over [shortest, longest] seconds."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for seconds in np.linspace(shortest, longest, n):
-        t = np.arange(int(seconds * SR)) / SR
-        pitch = rng.uniform(120, 280)
-        voiced = sum(np.sin(2 * np.pi * k * pitch * t) / k for k in range(1, 12))
-        out.append((0.2 * (1 + 0.5 * np.sin(2 * np.pi * 1.7 * t)) * voiced / 3
-                    + 0.01 * rng.standard_normal(len(t))).astype(np.float32))
-    return out
 
 
 def time_backends(recognizers: dict, audio: list, transcripts, repeats: int) -> dict:

@@ -1,4 +1,8 @@
-"""Training throughput of our path (run.py's loader, length bucketing, in-memory audio and
+"""(One file for one bench: its measuring code lives in training/throughput.py, training/flops.py,
+utils/machine.py and synthetic/workspace.py; what stays here, the rows it plans, its IEMOCAP
+projections and its report, is this bench's own and used nowhere else.)
+
+Training throughput of our path (run.py's loader, length bucketing, in-memory audio and
 loop) against the upstream configuration, measured in one process on the same model and
 effective batch; each row's achieved FLOP/s as a fraction of this machine's measured matmul
 peak; evaluation time exact (padding-exact batches, as run.py scores) against padded; plus
@@ -22,38 +26,32 @@ sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import ctypes  # noqa: E402
 import dataclasses  # noqa: E402
 import gc  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
-from torch.utils.flop_counter import (FlopCounterMode, conv_flop_count, sdpa_backward_flop_count,  # noqa: E402
-                                     sdpa_flop_count)
 
-import run  # noqa: E402
-from training import loop as training  # noqa: E402
-from bench.matmul_peak import describe as describe_matmul_peak  # noqa: E402
-from bench.matmul_peak import matmul_peak  # noqa: E402
+from dataio.dataset import BucketBatchSampler, RandomBatchSampler  # noqa: E402
 from models import MODELS, ModelConfig, build_model  # noqa: E402
 from models.encoders import audio_input_spec, conv_cache_refusal, encoder_config  # noqa: E402
-from dataio.audio import normalize, read_audio  # noqa: E402
-from dataio.dataset import BucketBatchSampler, RandomBatchSampler, fixed_length, read_text_feature  # noqa: E402
-from utils.device import (autocast, evaluation_precision, native_bf16, resolve_device, seed_everything,  # noqa: E402
-                          training_precision)
-
-BENCH_DIR = ROOT / "data" / "bench"
-SR = 16000
+from synthetic.workspace import (BENCH_DIR, SR, base_roberta_dir, prepare_bench_corpus,  # noqa: E402
+                                 random_text_features, speech_encoder_dir)
+from training.config import RunConfig  # noqa: E402
+from training.flops import FlopModel, flop_models  # noqa: E402
+from training.inputs import prepared_corpus  # noqa: E402
+from training.loop import make_loader, predict_loader  # noqa: E402
+from training.throughput import (Arm, Measurement, Plan, efficiency, fastest, measure_arm,  # noqa: E402
+                                 measure_rounds, padded_eval_loader, padded_totals, profile_arm,
+                                 spread_over_durations, time_evaluation)
+from utils.device import evaluation_precision, native_bf16, resolve_device, seed_everything  # noqa: E402
+from utils.device import training_precision  # noqa: E402
+from utils.machine import describe_machine, describe_matmul_peak, load, matmul_peak, release_memory  # noqa: E402
 # The paper's protocol on the real corpus: 5531 utterances, mean 4.55 s.
 IEMOCAP_AUDIO_S = 5531 * 4.55
 # Per fold and epoch: train on 4 sessions less a 10 % dev split (forward + backward);
@@ -88,69 +86,7 @@ CONV_CACHE = ("ours + --cache_conv_features", dict(cache_conv_features=True))
 EVAL_BATCH = 8
 
 
-@dataclass(frozen=True)
-class Arm:
-    """One training configuration to time."""
-    label: str
-    loop: str      # "upstream" (emulated, .item() every micro-batch) or "ours" (run.train_epoch)
-    data: str      # "disk" (decode every step, upstream emulation) or "memory" (run.make_loader)
-    settings: dict  # RunConfig fields
-    role: str = "step"  # "upstream", "step" (of the ladder), "ours", "option", "precision", "conv_cache" or "also"
-
-
-@dataclass
-class Plan:
-    """How much to time: after `warmup_steps` optimizer steps, `epochs` full epochs, or
-    only `steps` optimizer steps (the epoch time is then extrapolated)."""
-    warmup_steps: int = 2
-    epochs: int = 1
-    steps: int | None = None
-
-
-@dataclass
-class Measurement:
-    label: str
-    role: str
-    seconds: float                    # timed part only
-    micro_batches: int
-    audio_seconds: float              # real audio in the timed micro-batches
-    padded_seconds: float             # what the model computed on, padding included
-    epoch_padding_efficiency: float   # over every batch of one epoch of the sampler
-    epoch_seconds: float
-    epoch_measured: bool              # False: extrapolated from the timed steps
-    peak_memory_mb: float
-    batch_shapes: list = field(default_factory=list, repr=False)  # (batch size, padded samples)
-    utterance_samples: list = field(default_factory=list, repr=False)  # each timed utterance's own length
-    precision: str = "fp32"           # what the matrix products run in: fp32, or bf16 under autocast
-    model_flops: float | None = None  # executed in the timed part, from the FLOP model (padding included)
-    useful_flops: float | None = None  # the timed utterances' own FLOPs, each as if alone (no padding)
-
-    @property
-    def throughput(self) -> float:
-        return self.audio_seconds / self.seconds
-
-    @property
-    def padding_efficiency(self) -> float:
-        return self.audio_seconds / self.padded_seconds
-
-
 # ---------------------------------------------------------------- machine
-def describe_machine(device: torch.device) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor() or "unknown")
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "device": str(device), "load_average_1min_at_start": load()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def load() -> float:
-    """Other processes' demand on the CPU: timings on a shared machine are only as good as this."""
-    return round(os.getloadavg()[0], 2)
-
-
 def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:
     """Dense bf16 peak of the GPU (MFU is quoted against it for every row), None on CPU."""
     if override_tflops:
@@ -161,261 +97,7 @@ def peak_flops(device: torch.device, override_tflops: float | None) -> float | N
     return next((peak for key, peak in PEAK_BF16_DENSE.items() if key in name), None)
 
 
-def release_memory(device) -> None:
-    """Hand the previous arm's freed memory back to the OS, so that each arm's peak RSS is its
-    own (glibc keeps freed heap otherwise, and the process's RSS only grows)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def reset_peak_memory(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    # Writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so each arm gets its own peak.
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-
-
-def peak_memory_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    with contextlib.suppress(OSError):
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process lifetime peak
-
-
-def synchronize(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# ---------------------------------------------------------------- bench corpus (cached)
-def prepare_bench_corpus(per_session: int, seed: int = 0, bench_dir: Path = BENCH_DIR) -> dict:
-    """Synthetic IEMOCAP-format release with IEMOCAP's durations -> csv + audio -> tiny
-    RoBERTa features, plus the tiny encoders; every step skips work already done."""
-    from dataio.text_features import extract
-    from dataio.iemocap import prepare
-    from synthetic.iemocap import make_corpus
-    from synthetic.tiny_models import make_tiny_models
-
-    corpus_dir = Path(bench_dir) / f"iemocap-durations-{per_session}-seed{seed}"
-    models_dir = Path(bench_dir) / "models"
-    paths = {"csv": corpus_dir / "prepared" / "iemocap.csv", "audio": corpus_dir / "prepared" / "audio",
-             "roberta": corpus_dir / "prepared" / "roberta-tiny", "tiny_wav2vec2": models_dir / "tiny" / "wav2vec2",
-             "tiny_roberta": models_dir / "tiny" / "roberta", "models": models_dir}
-    if not paths["tiny_wav2vec2"].is_dir():
-        make_tiny_models(models_dir / "tiny", seed=0)
-    # The synthetic corpus's class and session counts differ from IEMOCAP's by design; the
-    # preparation's loud warning about that says nothing here.
-    quiet = logging.getLogger("data_prep.iemocap_prep")
-    level, quiet.level = quiet.level, logging.ERROR
-    try:
-        if not paths["csv"].is_file():
-            with contextlib.redirect_stderr(io.StringIO()):  # progress bars
-                make_corpus(corpus_dir / "release", per_session=per_session, seed=seed, durations="iemocap")
-            prepare(corpus_dir / "release", corpus_dir / "prepared", link=True)
-    finally:
-        quiet.level = level
-    extract(paths["csv"], paths["roberta"], roberta=str(paths["tiny_roberta"]), batch_size=32, device="cpu")
-    return paths
-
-
-def speech_encoder_dir(paths: dict, size: str, norm: str = "group") -> Path:
-    """The speech encoder the bench trains, with random weights, saved like the real ones so
-    that it loads through the project's own loader: tiny (data_prep/make_tiny_models.py) or
-    wav2vec2-base-sized (its default config). norm="layer": the same sizes with a layer-norm
-    feature encoder (wav2vec2-large-lv60's architecture choice), whose output
-    --cache_conv_features may cache."""
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    from synthetic.tiny_models import save_speech_encoder, tiny_speech_encoder
-
-    if size == "tiny" and norm == "group":
-        return paths["tiny_wav2vec2"]
-    path = paths["models"] / f"wav2vec2-{size}-random{'-layer-norm' if norm == 'layer' else ''}"
-    if not (path / "preprocessor_config.json").is_file():
-        layer = dict(feat_extract_norm="layer", do_stable_layer_norm=True) if norm == "layer" else {}
-        torch.manual_seed(0)
-        encoder = (tiny_speech_encoder("wav2vec2", **layer) if size == "tiny"
-                   else Wav2Vec2Model(Wav2Vec2Config(**layer)))
-        save_speech_encoder(encoder, path)
-    return path
-
-
-def base_roberta_dir(paths: dict) -> Path:
-    """A RoBERTa-base-sized text encoder with random weights and the tiny tokenizer, for the
-    prediction path that embeds transcripts on the fly."""
-    from transformers import AutoTokenizer, RobertaModel
-
-    from synthetic.tiny_models import tiny_roberta_config
-
-    path = paths["models"] / "roberta-base-random"
-    if not (path / "config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(paths["tiny_roberta"])
-        torch.manual_seed(0)
-        config = tiny_roberta_config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                     intermediate_size=3072, max_position_embeddings=514, vocab_size=len(tokenizer))
-        RobertaModel(config).save_pretrained(path)
-        tokenizer.save_pretrained(path)
-    return path
-
-
-def random_text_features(paths: dict, dim: int = 768, seed: int = 0) -> Path:
-    """RoBERTa-base-sized stand-ins: random [1, T, dim] arrays with the token counts of the
-    tiny RoBERTa's features (only their shapes matter for speed)."""
-    out = paths["roberta"].parent / f"roberta-random-{dim}"
-    out.mkdir(exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for source in sorted(paths["roberta"].glob("*.npy")):
-        target = out / source.name
-        if not target.exists():
-            tokens = read_text_feature(source).shape[0]
-            np.save(target, rng.standard_normal((1, tokens, dim), dtype=np.float32))
-    return out
-
-
-# ---------------------------------------------------------------- UPSTREAM EMULATION
-# The only data path besides utils/data's: what the upstream code did, for comparison only.
-class UpstreamDiskDataset(torch.utils.data.Dataset):
-    """UPSTREAM EMULATION: every __getitem__ decodes and normalises the wav and loads the text
-    features from disk again; labels and CTC targets come from the in-memory dataset."""
-
-    def __init__(self, dataset, names, audio_dir, roberta_dir, max_samples: int | None):
-        self.dataset, self.names = dataset, list(names)
-        self.audio_dir, self.roberta_dir = Path(audio_dir), roberta_dir and Path(roberta_dir)
-        self.max_samples = max_samples
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        item = dict(self.dataset[i])
-        item["wave"] = normalize(read_audio(self.audio_dir / f"{self.names[i]}.wav"))[: self.max_samples]
-        if item["text"] is not None:
-            item["text"] = read_text_feature(self.roberta_dir / f"{self.names[i]}.npy")
-        return item
-
-
-def upstream_loader(corpus, indices, run_cfg, audio_dir, roberta_dir, max_samples):
-    """UPSTREAM EMULATION: random batches padded to the longest, decoded by loader workers."""
-    dataset = UpstreamDiskDataset(corpus.dataset, corpus.table["FileName"], audio_dir, roberta_dir, max_samples)
-    lengths = corpus.dataset.lengths()[indices]
-    sampler = RandomBatchSampler(lengths, run_cfg.batch_size, shuffle=True, seed=run_cfg.seed)
-    # Persistent workers (upstream restarted them every epoch): the warm-up pays the start, which
-    # then stays out of the timed steps, in upstream's favour.
-    return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_sampler=sampler,
-                                       collate_fn=corpus.collate, num_workers=run_cfg.num_workers,
-                                       persistent_workers=run_cfg.num_workers > 0)
-
-
-def upstream_train_epoch(model, loader, optimizer, run_cfg, device, epoch: int) -> dict:
-    """UPSTREAM EMULATION of the loop: the loss is read back (`.item()`) after every
-    micro-batch, which makes the host wait for the device each step."""
-    model.train()
-    total, steps, micro = 0.0, 0, 0
-    optimizer.zero_grad()
-    for micro, batch in enumerate(loader, start=1):
-        batch = batch.to(device)
-        with autocast(device, run_cfg.precision):
-            output = model(**batch.model_inputs())
-        loss = model.loss(output, batch.labels, batch.ctc_targets, batch.ctc_target_lengths)["total"]
-        (loss / run_cfg.accum_grad).backward()
-        total += loss.item()
-        if micro % run_cfg.accum_grad == 0 or micro == len(loader):
-            optimizer.step()
-            optimizer.zero_grad()
-            steps += 1
-            if run_cfg.max_steps and steps >= run_cfg.max_steps:
-                break
-    return {"loss": total / max(micro, 1), "optimizer_steps": steps, "micro_batches": micro}
-
-
-# ---------------------------------------------------------------- timing one arm
-def padded_totals(lengths: np.ndarray, batches: list, fixed: bool = False) -> tuple[int, int]:
-    """(real samples, samples after padding each batch to its longest, or with fixed=True to
-    its rung of utils.data.fixed_length as --compile does) over `batches`."""
-    width = fixed_length if fixed else int
-    real = sum(int(lengths[b].sum()) for b in batches)
-    padded = sum(len(b) * width(int(lengths[b].max())) for b in batches)
-    return real, padded
-
-
-def build_arm(arm: Arm, model_cfg, corpus, indices, base_cfg, device, sources: dict):
-    """-> model (its blocks compiled in place under compile=true), optimizer, loader, loop function, RunConfig."""
-    run_cfg = dataclasses.replace(base_cfg, **arm.settings)
-    release_memory(device)
-    seed_everything(run_cfg.seed)  # every arm starts from the same weights
-    model, optimizer = run.build_training(model_cfg, run_cfg, device)
-    run.use_conv_cache(model, corpus, run_cfg, device)  # as run.run_fold does; off: the audio
-    if arm.loop == "ours" and run_cfg.compile:
-        run.compile_regions(model, static_shapes=run.fixed_lengths(run_cfg, corpus.collate.spec))
-    if arm.data == "disk":
-        loader = upstream_loader(corpus, indices, run_cfg, sources["audio"], sources.get("roberta"),
-                                 sources.get("max_samples"))
-    else:
-        loader = run.make_loader(corpus, indices, run_cfg, True, device)
-    loop = upstream_train_epoch if arm.loop == "upstream" else run.train_epoch
-    return model, optimizer, loader, loop, run_cfg
-
-
-def run_quietly(loop, model, loader, optimizer, run_cfg, device, epoch: int) -> dict:
-    # run.train_epoch draws a tqdm bar on stderr; the bench prints its own table.
-    with contextlib.redirect_stderr(io.StringIO()):
-        return loop(model, loader, optimizer, run_cfg, device, epoch)
-
-
-def measure_arm(arm: Arm, model_cfg, corpus, indices, base_cfg, device, plan: Plan, sources: dict) -> Measurement:
-    """Warm up, then time `plan` of training with this arm; padding and audio seconds are
-    read off the sampler's batches that the loop consumed."""
-    model, optimizer, loader, loop, run_cfg = build_arm(arm, model_cfg, corpus, indices, base_cfg, device, sources)
-    sampler, lengths = loader.batch_sampler, corpus.dataset.lengths()[indices]
-    sampler.set_epoch(0)
-    run_quietly(loop, model, loader, optimizer, dataclasses.replace(run_cfg, max_steps=plan.warmup_steps), device, 0)
-    timed_cfg = dataclasses.replace(run_cfg, max_steps=plan.steps)
-    consumed = []
-    synchronize(device)
-    reset_peak_memory(device)
-    start = time.perf_counter()
-    for epoch in range(1, (1 if plan.steps else plan.epochs) + 1):
-        sampler.set_epoch(epoch)
-        done = run_quietly(loop, model, loader, optimizer, timed_cfg, device, epoch)
-        consumed += sampler.batches()[: done["micro_batches"]]
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    memory = peak_memory_mb(device)
-    fixed = arm.data == "memory" and run.fixed_lengths(run_cfg, corpus.collate.spec)
-    real, padded = padded_totals(lengths, consumed, fixed)
-    epoch_real, epoch_padded = padded_totals(lengths, sampler.batches(), fixed)
-    measured = not plan.steps
-    epoch_seconds = seconds / plan.epochs if measured else seconds * epoch_padded / padded
-    return Measurement(arm.label, arm.role, seconds, len(consumed), real / SR, padded / SR, epoch_real / epoch_padded,
-                       epoch_seconds, measured, memory, [(len(b), int(lengths[b].max())) for b in consumed],
-                       [int(n) for b in consumed for n in lengths[b]],
-                       run_cfg.precision)
-
-
-def measure_rounds(arms: list[Arm], rounds: int, measure) -> list[Measurement]:
-    """Time every arm `rounds` times, the order reversed every other round so that a slow
-    spell on a shared machine hits both sides; keep each arm's fastest round (as timeit
-    does) and its highest memory peak."""
-    best: dict[str, Measurement] = {}
-    for round_ in range(rounds):
-        for arm in arms if round_ % 2 == 0 else arms[::-1]:
-            new, kept = measure(arm), best.get(arm.label)
-            if kept is not None:
-                new.peak_memory_mb = kept.peak_memory_mb = max(new.peak_memory_mb, kept.peak_memory_mb)
-            if kept is None or new.seconds < kept.seconds:
-                best[arm.label] = new
-    return [best[arm.label] for arm in arms]
-
-
+# ---------------------------------------------------------------- the arms
 def resolved(settings: dict, device, hidden_size: int | None) -> dict:
     """precision 'auto' spelled out as what run.py trains in (utils.device.training_precision)
     for a speech encoder of `hidden_size`, so rows compare by what they run; left as it is
@@ -426,7 +108,7 @@ def resolved(settings: dict, device, hidden_size: int | None) -> dict:
 
 
 def ours_settings(overrides: dict, device, hidden_size: int | None = None) -> dict:
-    defaults = run.RunConfig()
+    defaults = RunConfig()
     return resolved({key: getattr(defaults, key) for key in SETTINGS} | overrides, device, hidden_size)
 
 
@@ -473,94 +155,8 @@ def pick(result: dict, role: str) -> Measurement:
 
 
 # ---------------------------------------------------------------- FLOPs
-@dataclass
-class FlopModel:
-    """FLOPs of one utterance padded to n samples: a fixed part (the transcript's tokens),
-    a linear part and a quadratic one (attention), fitted on three exact FlopCounterMode counts."""
-    constant: float
-    linear: float
-    quadratic: float
-
-    def __call__(self, samples) -> float:
-        samples = np.asarray(samples, dtype=float)
-        return self.constant + self.linear * samples + self.quadratic * samples**2
-
-    def per_audio_second(self, sample_counts) -> float:
-        """Useful FLOPs per audio second over utterances of these lengths (no padding)."""
-        return float(self(sample_counts).sum() / (np.sum(sample_counts) / SR))
-
-
-def synthetic_batch(model_cfg, seconds: float, device):
-    """One utterance of the given length; text length and CTC target grow with it
-    (about 2.5 words and 12 characters per second of speech)."""
-    samples = int(seconds * SR)
-    tokens, chars = 2 + int(2.5 * seconds), max(1, int(12 * seconds))
-    inputs = {"input_values": torch.randn(1, samples), "sample_lengths": torch.tensor([samples]),
-              "attention_mask": None, "text": None, "text_lengths": None}
-    if MODELS[model_cfg.run].uses_text:
-        inputs["text"], inputs["text_lengths"] = torch.randn(1, tokens, model_cfg.text_dim), torch.tensor([tokens])
-    targets = (torch.randint(1, model_cfg.vocab_size, (chars,)), torch.tensor([chars]))
-    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    return moved, torch.tensor([0], device=device), targets[0].to(device), targets[1].to(device)
-
-
-def cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query, key, value)
-
-
-def cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out, query, key, value)
-
-
-def conv_backward_flops(grad_out, x, weight, bias, stride, padding, dilation, transposed, output_padding,
-                        groups, output_mask, out_shape=None, **kwargs) -> int:
-    """Each gradient asked for (input, weight) costs what the forward did. torch's own formula
-    ignores `groups` and counts wav2vec2's grouped positional convolution 16 times over."""
-    return conv_flop_count(x, weight, grad_out, transposed) * (int(output_mask[0]) + int(output_mask[1]))
-
-
-# Corrections to torch's counter: it knows only the GPU attention kernels (the CPU one computes
-# the same products) and miscounts the backward of grouped convolutions.
-FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_flops,
-                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_attention_backward_flops,
-                 torch.ops.aten.convolution_backward: conv_backward_flops}
-
-
-def count_flops(model, model_cfg, seconds: float, device, train: bool) -> float:
-    """Exact FLOPs of one forward (+ backward when train) on one utterance. LayerDrop is off
-    while counting, so the count is that of every layer (training skips 10 % of them at random)."""
-    inputs, labels, targets, target_lengths = synthetic_batch(model_cfg, seconds, device)
-    model.train(train)
-    config = model.wav2vec2.config
-    layerdrop, config.layerdrop = config.layerdrop, 0.0
-    counter = FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
-    try:
-        with counter, torch.set_grad_enabled(train):
-            output = model(**inputs)
-            if train:
-                model.loss(output, labels, targets, target_lengths)["total"].backward()
-    finally:
-        config.layerdrop = layerdrop
-        model.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
-
-
-def fit_flop_model(model, model_cfg, device, train: bool, lengths_s=(2.0, 4.0, 8.0)) -> FlopModel:
-    samples = np.asarray(lengths_s) * SR
-    counts = [count_flops(model, model_cfg, s, device, train) for s in lengths_s]
-    quadratic, linear, constant = np.polyfit(samples, counts, deg=2)
-    return FlopModel(float(constant), float(linear), float(quadratic))
-
-
 def base_model_cfg(run_name: str, paths: dict) -> ModelConfig:
     return ModelConfig(run=run_name, wav2vec2=str(speech_encoder_dir(paths, "base")), text_dim=768)
-
-
-def flop_models(model_cfg: ModelConfig, device, lengths_s=(2.0, 4.0, 8.0)) -> tuple[FlopModel, FlopModel]:
-    """FLOP models of a training step and of an evaluation forward of this configuration."""
-    model = build_model(model_cfg).to(device)
-    return (fit_flop_model(model, model_cfg, device, True, lengths_s),
-            fit_flop_model(model, model_cfg, device, False, lengths_s))
 
 
 def flop_report(run_name: str, models: tuple[FlopModel, FlopModel], pad_efficiency: float) -> dict:
@@ -598,7 +194,7 @@ def projected_seconds(epoch_pflop: float, peak: float, utilisation: float) -> fl
 # ---------------------------------------------------------------- real-time factor (CPU)
 def rtf_report(run_name: str, paths: dict, n_utterances: int, threads: int, repeats: int = 3) -> dict:
     """Real-time factor (compute seconds / audio seconds) with the base-size model on the CPU:
-    evaluation = training.predict_loader on the in-memory corpus (cached text features); prediction =
+    evaluation = training.loop.predict_loader on the in-memory corpus (cached text features); prediction =
     inference.EmotionRecognizer.predict_many on the wav files and transcripts (decoding, tokenizing
     and embedding with RoBERTa-base included; loading RoBERTa-base is timed apart). The fastest
     of `repeats` passes after a warm-up, in fp32 and, where the CPU has native bf16, in bf16."""
@@ -609,13 +205,13 @@ def rtf_report(run_name: str, paths: dict, n_utterances: int, threads: int, repe
     torch.set_num_threads(threads)
     try:
         model_cfg = base_model_cfg(run_name, paths)
-        run_cfg = run.RunConfig(csv_path=str(paths["csv"]), data_path_audio=str(paths["audio"]),
-                                data_path_roberta=str(random_text_features(paths)), eval_batch_size=n_utterances)
+        run_cfg = RunConfig(csv_path=str(paths["csv"]), data_path_audio=str(paths["audio"]),
+                            data_path_roberta=str(random_text_features(paths)), eval_batch_size=n_utterances)
         corpus = quiet_load_corpus(model_cfg, run_cfg)
         durations = corpus.dataset.lengths() / SR
         chosen = np.flatnonzero((durations >= 2) & (durations <= 5))[:n_utterances]
         model = build_model(model_cfg).eval()
-        loader = run.make_loader(corpus, chosen, run_cfg, False, device)
+        loader = make_loader(corpus, chosen, run_cfg, False, device)
         audio_s = float(durations[chosen].sum())
         wavs = [str(paths["audio"] / f"{corpus.dataset.names[i]}.wav") for i in chosen]
         transcripts = corpus.table["Sentences"].iloc[chosen].tolist()
@@ -625,7 +221,7 @@ def rtf_report(run_name: str, paths: dict, n_utterances: int, threads: int, repe
         report = {"run": run_name, "threads": threads, "utterances": len(chosen), "audio_seconds": audio_s,
                   "load": load(), "text_encoder_load_s": load_s}
         for precision in ["fp32"] + (["bf16"] if native_bf16(device) else []):
-            evaluate_s = fastest(lambda: training.predict_loader(model, loader, device, precision), repeats)
+            evaluate_s = fastest(lambda: predict_loader(model, loader, device, precision), repeats)
             recognizer.precision = precision
             with contextlib.redirect_stderr(io.StringIO()):  # progress bars
                 predict_s = fastest(lambda: recognizer.predict_many(wavs, transcripts), repeats)
@@ -636,54 +232,12 @@ def rtf_report(run_name: str, paths: dict, n_utterances: int, threads: int, repe
     return report
 
 
-def fastest(work, repeats: int = 3) -> float:
-    """Seconds of the fastest of `repeats` runs after a warm-up run."""
-    work()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 # ---------------------------------------------------------------- evaluation: exact against padded
-def padded_eval_loader(corpus, indices, device, batch_size: int = EVAL_BATCH):
-    """PADDED COMPARISON, not run.py's path: length-sorted batches of `batch_size` padded to
-    their longest, as evaluation ran before it was padding-exact (otherwise as run.make_loader)."""
-    sampler = BucketBatchSampler(corpus.dataset.lengths()[indices], batch_size, shuffle=False)
-    return torch.utils.data.DataLoader(torch.utils.data.Subset(corpus.dataset, indices), batch_sampler=sampler,
-                                       collate_fn=corpus.collate, pin_memory=device.type == "cuda")
-
-
-def spread_over_durations(lengths: np.ndarray, n: int) -> np.ndarray:
-    """n utterances at evenly spaced quantiles of the lengths, so that a small sample spans the
-    corpus's spread of durations (the padding cost depends on it)."""
-    order = np.argsort(lengths, kind="stable")
-    n = min(n, len(order))
-    return np.sort(order[((np.arange(n) + 0.5) / n * len(order)).astype(int)])
-
-
-def time_evaluation(model, loaders: dict, device, precision: str, repeats: int) -> dict:
-    """{mode: seconds} of training.predict_loader over each loader, the fastest of `repeats` passes
-    after a warm-up on each loader's first batch; the order of the modes alternates."""
-    for loader in loaders.values():
-        training.predict_loader(model, [next(iter(loader))], device, precision)
-    best = dict.fromkeys(loaders, float("inf"))
-    for round_ in range(repeats):
-        for mode in list(loaders) if round_ % 2 == 0 else list(loaders)[::-1]:
-            start = time.perf_counter()
-            training.predict_loader(model, loaders[mode], device, precision)
-            synchronize(device)
-            best[mode] = min(best[mode], time.perf_counter() - start)
-    return best
-
-
 def eval_comparison(run_name: str, paths: dict, size: str, n_utterances: int, device, precision: str,
                     repeats: int) -> list[dict]:
     """Evaluation of the same utterances (spread over the bench corpus's IEMOCAP-like
     durations, uncropped) two ways, for a group-norm encoder without attention mask
-    (wav2vec2-base) and its layer-norm twin with one: exact = run.make_loader's
+    (wav2vec2-base) and its layer-norm twin with one: exact = training.loop.make_loader's
     ExactBatchSampler (padding_exact per the encoder: equal lengths only for group norm, batches
     of 8 for layer norm), padded = length-sorted batches of 8 padded to their longest."""
     rows = []
@@ -691,16 +245,16 @@ def eval_comparison(run_name: str, paths: dict, size: str, n_utterances: int, de
         release_memory(device)
         roberta = random_text_features(paths) if size == "base" else paths["roberta"]
         model_cfg = ModelConfig(run=run_name, wav2vec2=str(speech_encoder_dir(paths, size, norm)), alpha=0.1)
-        run_cfg = run.RunConfig(csv_path=str(paths["csv"]), data_path_audio=str(paths["audio"]),
-                                data_path_roberta=str(roberta), limit_utterances=math.ceil(4 * n_utterances / 5),
-                                eval_batch_size=EVAL_BATCH, device=str(device))
+        run_cfg = RunConfig(csv_path=str(paths["csv"]), data_path_audio=str(paths["audio"]),
+                            data_path_roberta=str(roberta), limit_utterances=math.ceil(4 * n_utterances / 5),
+                            eval_batch_size=EVAL_BATCH, device=str(device))
         corpus = quiet_load_corpus(model_cfg, run_cfg)
         lengths = corpus.dataset.lengths()
         chosen = spread_over_durations(lengths, n_utterances)
         seed_everything(0)
         model = build_model(model_cfg).to(device).eval()
-        loaders = {"exact": run.make_loader(corpus, chosen, run_cfg, False, device),
-                   "padded": padded_eval_loader(corpus, chosen, device)}
+        loaders = {"exact": make_loader(corpus, chosen, run_cfg, False, device),
+                   "padded": padded_eval_loader(corpus, chosen, device, EVAL_BATCH)}
         seconds = time_evaluation(model, loaders, device, precision, repeats)
         audio_s = float(lengths[chosen].sum() / SR)
         row = {"run": run_name, "size": size, "encoder_norm": norm, "padding_exact": corpus.padding_exact,
@@ -763,7 +317,7 @@ def format_projection(p: dict) -> list[str]:
 def quiet_load_corpus(model_cfg, run_cfg):
     run_cfg.cache_dir = run_cfg.cache_dir or str(Path(run_cfg.csv_path).parent / "cache")  # beside the bench's corpus
     with contextlib.redirect_stderr(io.StringIO()):  # progress bars
-        return run.prepared_corpus(model_cfg, run_cfg)
+        return prepared_corpus(model_cfg, run_cfg)
 
 
 def corpus_megabytes(corpus) -> float:
@@ -784,9 +338,9 @@ def bench_run(run_name: str, args, paths: dict, device, first: bool) -> dict:
     encoder = str(speech_encoder_dir(paths, args.size, args.encoder_norm))
     roberta = random_text_features(paths) if args.size == "base" else paths["roberta"]
     model_cfg = ModelConfig(run=run_name, wav2vec2=encoder, alpha=0.1)
-    base_cfg = run.RunConfig(csv_path=str(paths["csv"]), data_path_audio=str(paths["audio"]),
-                             data_path_roberta=str(roberta), limit_utterances=math.ceil(args.utterances / 5),
-                             seed=0, device=str(device))
+    base_cfg = RunConfig(csv_path=str(paths["csv"]), data_path_audio=str(paths["audio"]),
+                         data_path_roberta=str(roberta), limit_utterances=math.ceil(args.utterances / 5),
+                         seed=0, device=str(device))
     corpus = quiet_load_corpus(model_cfg, base_cfg)
     durations_s = corpus.dataset.lengths() / SR  # before cropping: what the corpus line describes
     max_samples = int(args.max_seconds * SR) if args.max_seconds else None
@@ -814,20 +368,6 @@ def bench_run(run_name: str, args, paths: dict, device, first: bool) -> dict:
             "profile": profile, "conv_cache_refusal": refusal, "durations_s": durations_s}
 
 
-def profile_arm(arm: Arm, model_cfg, corpus, indices, base_cfg, device, steps: int = 4) -> str:
-    """torch.profiler's top operators over a few optimizer steps of this arm, after one warm-up step."""
-    model, optimizer, loader, loop, run_cfg = build_arm(arm, model_cfg, corpus, indices, base_cfg, device, {})
-    run_quietly(loop, model, loader, optimizer, dataclasses.replace(run_cfg, max_steps=1), device, 0)
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
-        run_quietly(loop, model, loader, optimizer, dataclasses.replace(run_cfg, max_steps=steps), device, 1)
-        synchronize(device)
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return f"{arm.label}, {steps} optimizer steps:\n" + prof.key_averages().table(sort_by=sort, row_limit=15)
-
-
 def add_flops(result: dict, flops: FlopModel) -> None:
     """Executed FLOPs of the timed batches (padding included), for FLOP/s and MFU, and the
     timed utterances' own FLOPs (the FLOP model per audio second x the audio trained on), for
@@ -845,17 +385,6 @@ def peak_precisions(results: list[dict], device) -> list[str]:
         return ["bf16", "fp32"]
     used = {m.precision for r in results for m in r["measurements"]}
     return ["fp32"] + (["bf16"] if native_bf16(device) or "bf16" in used else [])
-
-
-def efficiency(m: Measurement, peak: dict, device) -> dict:
-    """A training row's achieved TFLOP/s (useful FLOPs: its utterances' own, from the FLOP
-    model, over the timed seconds) as a fraction of the measured matmul peak of the precision
-    its products run in (on a GPU: bf16 for every row)."""
-    precision = "bf16" if device.type == "cuda" else m.precision
-    achieved = m.useful_flops / m.seconds / 1e12 if m.useful_flops else None
-    peak_tflops = peak["tflops"].get(precision)
-    return {"achieved_tflops": achieved, "peak_tflops": peak_tflops, "peak_precision": precision,
-            "fraction_of_matmul_peak": achieved / peak_tflops if achieved and peak_tflops else None}
 
 
 def format_efficiency(results: list[dict], peak: dict, device) -> list[str]:
@@ -1002,10 +531,10 @@ def write_json(path: Path, machine, args, results, flops, rtf, speedup, padding,
 def key_value(text: str) -> tuple:
     """`name=value` for a RunConfig field, the value typed like the field's default."""
     name, _, value = text.partition("=")
-    fields = {f.name: f for f in dataclasses.fields(run.RunConfig)}
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     if name not in fields or not value:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
-    default = getattr(run.RunConfig(), name)
+    default = getattr(RunConfig(), name)
     if isinstance(default, bool):
         return name, value.lower() in ("1", "true", "yes")
     return name, type(default)(value) if default is not None else (int(value) if value.isdigit() else value)

@@ -23,6 +23,7 @@ from synthetic.tiny_models import make_tiny_models
 from models import ModelConfig
 from dataio.dataset import BucketBatchSampler, RandomBatchSampler, fixed_length
 from training import config as training_config
+from training import flops
 from training import loop as training_loop
 
 CPU = torch.device("cpu")
@@ -101,10 +102,10 @@ def test_flop_model_counts_train_above_eval_and_predicts_an_unseen_length(tiny_s
     model_cfg = dataclasses.replace(tiny_setup[0])
     model = training_loop.build_training(model_cfg, training_config.RunConfig(), CPU)[0]
     lengths = (2.0, 4.0, 8.0)
-    train = bench.fit_flop_model(model, model_cfg, CPU, train=True, lengths_s=lengths)
-    evaluation = bench.fit_flop_model(model, model_cfg, CPU, train=False, lengths_s=lengths)
+    train = flops.fit_flop_model(model, model_cfg, CPU, train=True, lengths_s=lengths)
+    evaluation = flops.fit_flop_model(model, model_cfg, CPU, train=False, lengths_s=lengths)
     assert train(bench.SR) > evaluation(bench.SR) > 0
-    exact = bench.count_flops(model, model_cfg, 6.0, CPU, train=True)
+    exact = flops.count_flops(model, model_cfg, 6.0, CPU, train=True)
     assert train(6 * bench.SR) == pytest.approx(exact, rel=0.01)
 
 
@@ -113,7 +114,7 @@ def test_grouped_conv_backward_costs_twice_its_forward():
     x = torch.randn(2, 16, 50, requires_grad=True)
     with torch.utils.flop_counter.FlopCounterMode(display=False) as forward:
         out = conv(x)
-    with torch.utils.flop_counter.FlopCounterMode(display=False, custom_mapping=bench.FLOP_FORMULAS) as backward:
+    with torch.utils.flop_counter.FlopCounterMode(display=False, custom_mapping=flops.FLOP_FORMULAS) as backward:
         out.sum().backward()
     assert backward.get_total_flops() == 2 * forward.get_total_flops()
 
