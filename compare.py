@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from training.comparison import compare, default_out, markdown_table
-from training.report import ReportError
+from models.errors import MMERError
 
 log = logging.getLogger("mmer.compare")
 
@@ -25,7 +25,7 @@ def main(argv=None) -> None:
     args.out = args.out or default_out(args.paths[0])
     try:
         frame = compare(args.paths, args.out, seeds=args.over_seeds)
-    except (FileNotFoundError, ReportError) as err:
+    except (MMERError, OSError) as err:
         log.error("%s", err)
         sys.exit(2)
     print(markdown_table(frame))

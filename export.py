@@ -23,10 +23,9 @@ import logging
 import sys
 from pathlib import Path
 
-from inference.onnx_export import MIN_OPSET, ExportError, export_run
-from inference.prediction import PredictError
+from inference.onnx_export import MIN_OPSET, export_run
+from models.errors import MMERError
 from models import MODELS
-from models.checkpoint import CheckpointError
 from utils.cli import HelpFormatter, Parser, add_number
 
 FORMATS = ("onnx",)
@@ -54,7 +53,7 @@ def main(argv=None) -> dict:
     try:
         manifest = export_run(args.run_dir, args.out, args.session, args.opset, args.run, args.wav2vec2, args.roberta,
                               args.overwrite)
-    except (ExportError, CheckpointError, PredictError, OSError) as err:
+    except (MMERError, OSError) as err:
         print(f"export.py: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     worst = max(fold["max_abs_diff_vs_torch"]["model"]["probabilities"] for fold in manifest["folds"].values())

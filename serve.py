@@ -6,7 +6,7 @@ r"""Emotion recognition as an HTTP service, with a web page and a browser for th
 Loads the run once (inference.EmotionRecognizer) and answers:
 
     POST /predict        multipart: the audio in `file` (any format, rate or channel count
-                         utils.audio reads: libsndfile's and FFmpeg's containers), optional `transcript` -> label, probabilities, transcript used and its
+                         dataio.audio reads: libsndfile's and FFmpeg's containers), optional `transcript` -> label, probabilities, transcript used and its
                          source, duration; for recordings over 30 s the timeline of windows
     GET  /health         run, classes, sessions loaded, limits
     GET  /               the web page (upload or record a clip; the run browser in its second tab)
@@ -17,7 +17,7 @@ Loads the run once (inference.EmotionRecognizer) and answers:
 
 Uploads over --max_mb (the request body, refused from its Content-Length before it is read, or
 as soon as a streamed body passes it) or recordings over --max_seconds are refused with 413,
-anything utils.audio cannot read with 415, an empty upload with 400; the message says what to do.
+anything dataio.audio cannot read with 415, an empty upload with 400; the message says what to do.
 Requests may come at once: the recognizer takes them in turn.
 """
 import argparse
@@ -27,10 +27,10 @@ from utils.threads import before_torch, configure_threads
 
 before_torch()  # OpenMP reads its waiting policy when torch loads it (utils/threads.py)
 
-from inference.prediction import PredictError  # noqa: E402
 from inference.recognizer import EmotionRecognizer  # noqa: E402
 from inference.service import Limits, create_app  # noqa: E402
 from utils.cli import HelpFormatter, Parser, add_number  # noqa: E402
+from models.errors import MMERError  # noqa: E402
 
 log = logging.getLogger("mmer.serve")
 
@@ -64,7 +64,6 @@ def main(argv=None) -> None:
     import uvicorn
     from transformers.utils import logging as hf_logging
 
-    from models.checkpoint import CheckpointError
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -74,7 +73,7 @@ def main(argv=None) -> None:
         recognizer = EmotionRecognizer.from_run(args.checkpoint_dir, args.session, args.ensemble, roberta=args.roberta,
                                                 device=args.device, precision=args.precision, asr=args.asr,
                                                 language=args.language)
-    except (PredictError, CheckpointError, OSError) as err:
+    except (MMERError, OSError) as err:
         raise SystemExit(f"error: {err}") from err
     app = create_app(recognizer, args.checkpoint_dir, Limits(args.max_seconds, args.max_mb))
     log.info("serving %s (%s) on http://%s:%d/", args.checkpoint_dir, recognizer.run, args.host, args.port)

@@ -13,7 +13,8 @@ import logging  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.cli import number  # noqa: E402
-from dataio.text_features import DEFAULT_TEXT_COLUMN, TextFeatureError, extract  # noqa: E402
+from dataio.text_features import DEFAULT_TEXT_COLUMN, extract  # noqa: E402
+from models.errors import MMERError  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -33,7 +34,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         extract(args.csv, args.out_dir, args.roberta, args.batch_size, args.device, args.overwrite, args.text_column)
-    except TextFeatureError as err:
+    except MMERError as err:
         raise SystemExit(f"error: {err}") from err
     finally:
         distributed.shutdown()

@@ -9,7 +9,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python d
 import argparse  # noqa: E402
 import logging  # noqa: E402
 
-from dataio.iemocap import ReleaseError, prepare  # noqa: E402
+from dataio.iemocap import prepare  # noqa: E402
+from models.errors import MMERError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
     try:
         prepare(args.iemocap_root, args.out_dir, link=args.link, overwrite=args.overwrite,
                 augmented_text=args.augmented_text)
-    except ReleaseError as err:
+    except MMERError as err:
         print(err, file=sys.stderr)
         print(f"{len(err.problems)} problem(s); no csv written", file=sys.stderr)
         return 2

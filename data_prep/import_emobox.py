@@ -15,7 +15,7 @@ pavoque}/):
 - `wav` is relative to the EmoBox root and starts with `downloads/<corpus>/`, so `--wav_root` is the
   folder that holds `downloads/` (EmoBox README, "Prepare datasets"). Not all are wavs: PAVOQUE's
   are flac (read by libsndfile); MELD's mp4, MER2023's and eNTERFACE's avi, EMNS's webm and MEAD's m4a
-  are read by FFmpeg (PyAV; utils.audio): the first audio stream, converted to 16 kHz mono wav.
+  are read by FFmpeg (PyAV; dataio.audio): the first audio stream, converted to 16 kHz mono wav.
 - `channel` is not a channel count (CREMA-D writes 1 for every file, MELD 1 or 3): channels are read
   from the files and averaged; sample_rate and num_frame are likewise taken from the file itself.
 - `label_map.json` maps emo code -> class name, and may map two codes to one name (IEMOCAP's
@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python d
 import argparse  # noqa: E402
 import logging  # noqa: E402
 
-from dataio.iemocap import ReleaseError  # noqa: E402
 from dataio.emobox import import_emobox  # noqa: E402
+from models.errors import MMERError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         import_emobox(args.emobox_dir, args.wav_root, args.out_dir, link=args.link, overwrite=args.overwrite)
-    except ReleaseError as err:
+    except MMERError as err:
         print(err, file=sys.stderr)
         print(f"{len(err.problems)} problem(s); no csv written", file=sys.stderr)
         return 2

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python d
 import argparse  # noqa: E402
 import time  # noqa: E402
 
-from synthetic.iemocap import CorpusError  # noqa: E402
 from synthetic.emobox import LABEL_MAP, LAYOUTS, make_emobox_corpus  # noqa: E402
+from models.errors import MMERError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
                                    args.sample_rate, args.seed, args.layout, args.overwrite)
     except ValueError as err:
         parser.error(str(err))
-    except CorpusError as err:
+    except MMERError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     n = sum(1 for _ in paths["stm"].open())

@@ -9,7 +9,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python d
 import argparse  # noqa: E402
 import time  # noqa: E402
 
-from synthetic.iemocap import CorpusError, DISTRACTOR_FRACTION, make_corpus, summary  # noqa: E402
+from synthetic.iemocap import DISTRACTOR_FRACTION, make_corpus, summary  # noqa: E402
+from models.errors import MMERError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
     began = time.perf_counter()
     try:
         table = make_corpus(args.out, args.per_session, args.seed, args.durations, args.overwrite)
-    except CorpusError as err:
+    except MMERError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(summary(table, args.out, time.perf_counter() - began))

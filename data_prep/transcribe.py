@@ -23,7 +23,8 @@ import logging  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.cli import number  # noqa: E402
-from dataio.asr import ASR_BACKENDS, DEFAULT_ASR, TranscribeError  # noqa: E402
+from dataio.asr import ASR_BACKENDS, DEFAULT_ASR  # noqa: E402
+from models.errors import MMERError  # noqa: E402
 from dataio.transcripts import summary_line, transcribe_table  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def main(argv=None) -> None:
     try:
         summary = transcribe_table(args.csv, args.asr, args.language, args.audio_dir, args.batch_size,
                                    args.device, args.overwrite, args.num_beams, args.asr_backend)
-    except TranscribeError as err:
+    except MMERError as err:
         parser.exit(2, f"error: {err}\n")
     finally:
         distributed.shutdown()
