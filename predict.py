@@ -50,7 +50,8 @@ BACKENDS = ("torch", "onnxruntime")
 def collect_inputs(sources, transcript: str | None = None, audio_dir=None) -> pd.DataFrame:
     """One row per recording: `path`, `transcript` (None where none was given) and `label`
     (a csv's Label column, else None). Sources are audio files, folders (their audio files of
-    every format soundfile reads, sorted) or csv files (see read_input_csv)."""
+    every format dataio.audio reads, libsndfile's and FFmpeg's, sorted) or csv files (see
+    read_input_csv)."""
     rows = [row for source in sources for row in read_source(Path(source), audio_dir)]
     if not rows:
         raise PredictError(f"no recordings in {[str(s) for s in sources]}; pass audio files, folders or a csv "

@@ -1,8 +1,8 @@
 """Corpora bigger than memory: what a run costs as the corpus grows, with every item streamed
-from the decode-once caches (utils/store.py).
+from the decode-once caches (dataio/store.py).
 
     python bench/corpus_scale.py                       # 2, 8 and 24 h, the demo, a 150,000-row table
-    python bench/corpus_scale.py --hours 2 --rows 20000 --demo_epochs 1    # a quick look
+    python bench/corpus_scale.py --hours 2 --rows 20000 --demo_rounds 1    # a quick look
 
 1. Corpora of 2, 8 and 24 hours (IEMOCAP's log-normal durations, mean 4.5 s; 16-bit noise at
    16 kHz and random text features; the tables are prefixes of one generated folder): the

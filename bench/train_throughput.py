@@ -478,7 +478,7 @@ def print_report(machine: dict, args, corpus_line: str, results, flops, rtfs, pe
     for rtf in rtfs:
         print(f"\nCPU real-time factor (compute s / audio s), base-size {rtf['run']}, {rtf['threads']} threads, "
               f"{rtf['utterances']} utterances of 2-5 s ({rtf['audio_seconds']:.1f} s), load {rtf['load']}; "
-              "evaluation = training.predict_loader (cached text features), prediction = "
+              "evaluation = training.loop.predict_loader (cached text features), prediction = "
               "EmotionRecognizer.predict_many (decoding, RoBERTa-base embedding included)")
         for precision in ("fp32", "bf16"):
             if f"evaluate_rtf_{precision}" in rtf:

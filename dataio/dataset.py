@@ -1,5 +1,5 @@
 """The one batching path used by training, evaluation, prediction and the bench: audio and
-text features streamed from decode-once caches (utils/store.py) or held in memory,
+text features streamed from decode-once caches (dataio/store.py) or held in memory,
 length-bucketed training batches, padding-exact evaluation batches and padding with exact
 lengths."""
 import functools
@@ -149,7 +149,7 @@ class EmotionDataset(torch.utils.data.Dataset):
         self.ctc_text = ctc_text
         self.text_features = text_features
         # [frames, channels] per utterance when the frozen feature encoder's output is cached
-        # (training.use_conv_cache); the items then carry it instead of the wave.
+        # (training.conv_cache.use_conv_cache); the items then carry it instead of the wave.
         self.conv_features = None
 
     def __len__(self):

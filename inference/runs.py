@@ -49,7 +49,7 @@ def load_models(checkpoint_dir, run=None, wav2vec2=None, session=None, ensemble=
 
 
 def recorded_roberta(checkpoint_dir, roberta: str | None = None) -> str:
-    """The text encoder of the run's features, recorded in its config.json (utils.runinfo.write_config);
+    """The text encoder of the run's features, recorded in its config.json (training.runinfo.write_config);
     a given `roberta` must be that one. Without a record: `roberta`, else roberta-base."""
     config = Path(checkpoint_dir) / "config.json"
     if not config.is_file():

@@ -30,6 +30,6 @@ class Recogniser:
 
 
 def decode_ctc(ctc_logits: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
-    """Greedy CTC: argmax per valid frame, then utils.text.greedy_decode."""
+    """Greedy CTC: argmax per valid frame, then dataio.text.greedy_decode."""
     ids = ctc_logits.argmax(dim=-1).cpu()
     return [greedy_decode(row[:n].tolist()) for row, n in zip(ids, frame_lengths.tolist())]

@@ -17,5 +17,5 @@ for seed in ${SEEDS:-0 1 2}; do
         --save_path "$OUT/aug/seed$seed" --overwrite
     "$PY" run.py --preset mmer2023 $DEMO_FLAGS --seed "$seed" --save_path "$OUT/2023/seed$seed" --overwrite
 done
-"$PY" -m utils.report "$OUT/2022" "$OUT/supcon" "$OUT/aug" "$OUT/2023" --over_seeds --out "$OUT/comparison"
+"$PY" compare.py "$OUT/2022" "$OUT/supcon" "$OUT/aug" "$OUT/2023" --over_seeds --out "$OUT/comparison"
 echo "ablation: $OUT/comparison/seeds.md"

@@ -21,7 +21,7 @@ done
 for run in cai_sota mmer; do
     "$PY" run.py --run "$run" --alpha 0.01 $DEMO_FLAGS --save_path "$DEMO/compare_alpha0.01" --overwrite
 done
-"$PY" -m utils.report "$DEMO/compare" "$DEMO/compare_alpha0.01" --out "$DEMO/compare"
+"$PY" compare.py "$DEMO/compare" "$DEMO/compare_alpha0.01" --out "$DEMO/compare"
 if [ "$assets" = yes ]; then
     mkdir -p assets
     cp "$DEMO/compare/comparison.png" assets/demo_comparison.png

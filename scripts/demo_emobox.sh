@@ -20,5 +20,5 @@ for run in unimodal_baseline cai_sota mmer; do
         --data_path_roberta "$OUT/prepared/roberta" --wav2vec2 "$MODELS/wav2vec2" \
         --epochs 10 --batch_size 8 --accum_grad 1 --learning_rate 1e-3 --seed 0 --save_path "$OUT/runs" --overwrite
 done
-"$PY" -m utils.report "$OUT/runs" --out "$OUT/runs/comparison"
+"$PY" compare.py "$OUT/runs" --out "$OUT/runs/comparison"
 echo "comparison: $OUT/runs/comparison/comparison.md"

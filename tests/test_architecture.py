@@ -2,6 +2,7 @@
 that the packages import downward only and that nothing imports an entry point; the top-level
 entry points, which it cannot analyse, are checked here by reading their imports."""
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,22 @@ def test_only_scripts_edit_sys_path():
     for package in PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
             assert "sys.path" not in path.read_text(), f"{path.relative_to(REPO)} edits sys.path"
+
+
+def commands(text: str) -> list[str]:
+    """The scripts and modules that `python X.py`, `"$PY" X.py` and `python -m M` lines run."""
+    found = re.findall(r'(?:python3?|"\$PY")\s+((?:[\w./-]+/)?[\w-]+\.py)\b', text)
+    found += [name.replace(".", "/") for name in re.findall(r'(?:python3?|"\$PY")\s+-m\s+([\w.]+)', text)
+              if name.split(".")[0] in PACKAGES + ENTRY_POINTS]
+    return found
+
+
+def test_every_command_in_the_readme_docs_and_scripts_exists():
+    """A module that moves takes its commands with it: README, docs and shell scripts run only
+    files and modules that are there."""
+    texts = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "scripts").glob("*.sh")),
+             REPO / "best_run.sh", REPO / "test.sh"]
+    missing = [f"{path.name}: {name}" for path in texts for name in commands(path.read_text())
+               if not ((REPO / name).is_file() or (REPO / f"{name}.py").is_file()
+                       or (REPO / name / "__main__.py").is_file())]
+    assert not missing, f"commands naming files that do not exist: {missing}"

@@ -1,4 +1,4 @@
-"""Augmented audio views (utils/augment.py): reproducible under the seed, exact SNR, speed
+"""Augmented audio views (dataio/augment.py): reproducible under the seed, exact SNR, speed
 and tempo change the length by the factor (tempo keeping the pitch), masks zero the share
 asked, and every view is finite float32 1-D."""
 import numpy as np

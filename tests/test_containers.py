@@ -1,4 +1,4 @@
-"""utils.audio reads every container kind (written here with PyAV's own encoders, tests/containers.py)
+"""dataio.audio reads every container kind (written here with PyAV's own encoders, tests/containers.py)
 to the source's samples within a stated tolerance; segments by seeking equal the whole file's;
 bad files are named with the fix."""
 import av

@@ -75,7 +75,7 @@ def run_predict(setup, inputs, run="mmer", **kwargs) -> pd.DataFrame:
 
 
 def training_output(setup, model, names, transcripts=None):
-    """The model's output as run.py computes it: utils.data's loading, features and Collator."""
+    """The model's output as run.py computes it: dataio.dataset's loading, features and Collator."""
     spec = audio_input_spec(model.config.wav2vec2)
     waves = load_waves([setup["audio"] / f"{name}.wav" for name in names], spec, show_progress=False)
     text = None

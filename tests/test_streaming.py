@@ -1,6 +1,6 @@
 """Corpora bigger than memory (issue 21, part 2): run.py streams every item from the
-decode-once caches of utils/store.py. The expected values come from the in-memory path
-(utils.data.load_waves / load_text_features, what run.py held before), from read_audio and
+decode-once caches of dataio/store.py. The expected values come from the in-memory path
+(dataio.dataset.load_waves / load_text_features, what run.py held before), from read_audio and
 np.load of the source files, and from soundfile's own int16 -> float conversion."""
 import json
 import os

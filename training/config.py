@@ -256,7 +256,7 @@ def check_views(args, model_cfg: ModelConfig) -> None:
 def recorded_settings(checkpoint_dir) -> tuple[dict, dict]:
     """What the run in checkpoint_dir recorded -> (model settings, run settings): the model
     settings of its first checkpoint (ours: their ModelConfig; published: what their layout
-    says, utils.checkpoint.model_settings), and the data paths and text encoder of its
+    says, models.checkpoint.model_settings), and the data paths and text encoder of its
     config.json (run.py's runs)."""
     folder = Path(checkpoint_dir)
     run_part = {}

@@ -18,7 +18,7 @@ def use_conv_cache(model, corpus: Corpus, run_cfg, device) -> None:
     for every utterance instead of the audio (otherwise they hand it the audio). The output is
     computed on the device, each utterance as if alone (padding-exact batches: equal lengths
     for group-norm encoders), once for a corpus, encoder weights and device: on disk beside
-    the audio cache (utils/store.py), or in memory for a corpus held in memory."""
+    the audio cache (dataio/store.py), or in memory for a corpus held in memory."""
     corpus.dataset.conv_features = None
     if not run_cfg.cache_conv_features:
         return

@@ -26,7 +26,7 @@ log = logging.getLogger("mmer")
 @dataclass
 class Corpus:
     """A run's corpus: the table, its items (audio and text features streamed from their
-    caches, utils/data.py), its folds."""
+    caches, dataio/dataset.py), its folds."""
     table: pd.DataFrame
     dataset: EmotionDataset
     collate: Collator
@@ -145,7 +145,7 @@ def cache_dir(run_cfg: RunConfig) -> Path:
 
 def load_corpus(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
     """The corpus's items, streamed from disk: the audio decoded once and the text features
-    gathered once into caches under --cache_dir (utils/store.py) for all folds, epochs and
+    gathered once into caches under --cache_dir (dataio/store.py) for all folds, epochs and
     runs; peak memory does not depend on the corpus's size."""
     uses_text = MODELS[model_cfg.run].uses_text
     spec = audio_input_spec(model_cfg.wav2vec2)

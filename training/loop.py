@@ -221,7 +221,7 @@ def compile_regions(model, static_shapes: bool) -> None:
 
 
 def fixed_lengths(run_cfg, spec) -> bool:
-    """Pad batches to the fixed ladder of lengths (utils.data.fixed_length) under --compile,
+    """Pad batches to the fixed ladder of lengths (dataio.dataset.fixed_length) under --compile,
     where that changes no result: for encoders that take an attention mask. wav2vec2-base takes
     none, and extra zeros would enter its group norm and attention."""
     return run_cfg.compile and spec.return_attention_mask

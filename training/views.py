@@ -37,7 +37,7 @@ class Views:
     main process for each training batch, so no other utterance ever gets one. Audio: one of
     the utterance's files in a folder of pre-made views (upstream's --data_path_audio_augmented:
     files whose names end with `<FileName>.wav`, one picked per epoch), or the utterance
-    transformed by utils.augment; text: the features of an augmented transcript (IEMOCAP's
+    transformed by dataio.augment; text: the features of an augmented transcript (IEMOCAP's
     back-translated AugmentedText). Every choice comes from a generator per utterance and epoch
     (the same views whatever the workers, batch order or a resume); what is not augmented is
     the utterance's own. The views form their own batch, run in their own pass (upstream's)."""
