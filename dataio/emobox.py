@@ -17,7 +17,7 @@ pavoque}/):
 - `wav` is relative to the EmoBox root and starts with `downloads/<corpus>/`, so `wav_root` is the
   folder that holds `downloads/` (EmoBox README, "Prepare datasets"). Not all are wavs: PAVOQUE's
   are flac (read by libsndfile); MELD's mp4, MER2023's and eNTERFACE's avi, EMNS's webm and MEAD's m4a
-  are read by FFmpeg (PyAV; utils.audio): the first audio stream, converted to 16 kHz mono wav.
+  are read by FFmpeg (PyAV; dataio.audio): the first audio stream, converted to 16 kHz mono wav.
 - `channel` is not a channel count (CREMA-D writes 1 for every file, MELD 1 or 3): channels are read
   from the files and averaged; sample_rate and num_frame are likewise taken from the file itself.
 - `label_map.json` maps emo code -> class name, and may map two codes to one name (IEMOCAP's

@@ -16,7 +16,7 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
-from dataio.audio import TARGET_SR, AudioError, read_audio, write_wav
+from dataio.audio import TARGET_SR, AudioError, audio_info, read_audio, write_wav
 from utils.files import atomic_path, atomic_write_text
 from dataio.labels import (KEPT_LABELS, REFERENCE_LABEL_COUNTS, REFERENCE_SESSION_COUNTS, REFERENCE_TOTAL,
                           utterance_fields)
@@ -204,9 +204,9 @@ def probe_wav(path: Path, record: LabelRecord, label_file: Path, problems: list[
         problems.append(Problem(path, f"missing, but {labelled}", RESTORE))
         return None
     try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError) as err:
-        problems.append(Problem(path, f"unreadable wav ({err})", RESTORE))
+        info = audio_info(path)
+    except AudioError as err:
+        problems.append(Problem(path, f"unreadable wav ({err.reason})", RESTORE))
         return None
     if info.frames == 0:
         problems.append(Problem(path, "the wav holds no samples", RESTORE))
@@ -350,16 +350,37 @@ def link_or_copy(path: Path, dest: Path, link: bool) -> None:
 def write_audio(sources: list, audio_dir: Path, link: bool, reuse: bool, place=place_audio, done=audio_done) -> None:
     """Every source's `<name>.wav` in audio_dir (with `reuse`, those already there as this run
     would write them are kept), by `place(source, dest, link)`; `done(source, dest, link)`
-    says whether dest already holds it. The counts of what was done are logged."""
+    says whether dest already holds it. Two phases, so bad input leaves the folder as it was:
+    every file is first written into a staging folder beside them, and a source whose body
+    cannot be decoded (a header can look sound over a truncated or corrupt body) is collected;
+    then either all are moved into place or, naming every such file, none. The counts of what
+    was done are logged."""
+    created = not audio_dir.exists()
     audio_dir.mkdir(parents=True, exist_ok=True)
-    written = Counter()
-    for source in tqdm(sources, desc="audio", unit="file"):
-        dest = audio_dir / f"{source.name}.wav"
-        if reuse and done(source, dest, link):
-            written["already present"] += 1
-        else:
-            place(source, dest, link)
+    staging = audio_dir / f".staging-{os.getpid()}"
+    written, problems, staged = Counter(), [], []
+    try:
+        for source in tqdm(sources, desc="audio", unit="file"):
+            dest = audio_dir / f"{source.name}.wav"
+            if reuse and done(source, dest, link):
+                written["already present"] += 1
+                continue
+            staging.mkdir(exist_ok=True)
+            try:
+                place(source, staging / dest.name, link)
+            except ReleaseError as err:
+                problems += err.problems
+                continue
+            staged.append(dest)
             written["converted to 16 kHz mono PCM16" if source.convert else "linked" if link else "copied"] += 1
+        if problems:
+            raise ReleaseError(problems)
+        for dest in staged:
+            os.replace(staging / dest.name, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and problems and not any(audio_dir.iterdir()):
+            audio_dir.rmdir()
     log.info("audio in %s: %s", audio_dir, ", ".join(f"{n} {how}" for how, n in sorted(written.items())))
 
 

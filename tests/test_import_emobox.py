@@ -511,3 +511,28 @@ def test_a_stream_much_shorter_than_its_jsonl_length_is_refused(broken, tmp_path
         import_emobox(emobox_dir, wav_root, tmp_path / "out")
     assert "shorter than" in str(err.value) and entry["key"] in str(err.value) and "download it again" in str(err.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.wav"))
+
+
+def test_containers_truncated_past_a_sound_header_are_named_and_nothing_is_written(broken, tmp_path):
+    """An mkv or webm cut short keeps a header that reads as whole, so only decoding finds it: every
+    such file is named with the fix, and neither a wav nor the csv is left in the output."""
+    from tests.containers import KINDS, write_container
+    emobox_dir, wav_root = broken
+    entries = read_jsonl(fold_file(emobox_dir, 1, "test"))
+    cut = {}
+    for entry, suffix in zip(entries[-2:], (".mkv", ".webm")):
+        samples, rate = sf.read(str(wav_root / entry["wav"]), dtype="float32", always_2d=True)
+        fmt, codec, kind_rate, channels, video = KINDS[suffix]
+        wav = f"downloads/broken/{entry['key']}{suffix}"
+        write_container(wav_root / wav, soxr.resample(samples.mean(axis=1), rate, kind_rate).astype(np.float32),
+                        kind_rate, fmt, codec, channels, video)
+        whole = (wav_root / wav).read_bytes()
+        (wav_root / wav).write_bytes(whole[: len(whole) * 6 // 10])
+        edit_entries(emobox_dir, entry["key"], wav=wav, length=None)
+        cut[entry["key"]] = wav_root / wav
+    with pytest.raises(ReleaseError) as err:
+        import_emobox(emobox_dir, wav_root, tmp_path / "out")
+    for path in cut.values():
+        assert str(path) in str(err.value) and "restore the file" in str(err.value)
+    assert not (tmp_path / "out" / "corpus.csv").exists()
+    assert not list((tmp_path / "out").rglob("*.wav")), "a wav was written before the bad files were named"
