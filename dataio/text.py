@@ -6,6 +6,9 @@ from pathlib import Path
 
 from transformers import Wav2Vec2CTCTokenizer
 
+from models.text import greedy_decode as decode_with
+from models.text import sentence_case  # noqa: F401  (re-exported: the case of the CTC transcripts)
+
 VOCAB_FILE = Path(__file__).resolve().parent / "wav2vec2_char_vocab.json"
 
 
@@ -51,18 +54,6 @@ def ctc_target_ids(text: str, mode: str = "clean") -> list[int]:
     return ctc_tokenizer()(CTC_TEXT[mode](text)).input_ids
 
 
-def sentence_case(text: str) -> str:
-    """"WELL I FINALLY DID IT" -> "Well I finally did it": the greedy CTC transcript in the case
-    of the sentence-case transcripts the text features were made from (a capital first letter
-    and a capital pronoun I)."""
-    lowered = re.sub(r"\bi\b", "I", text.lower())
-    return lowered[:1].upper() + lowered[1:]
-
-
 def greedy_decode(frame_ids) -> str:
-    """Best-path decoding of per-frame argmax ids: merge repeats, drop blanks, `|` -> space.
-    <s>, </s> and <unk> are never CTC targets, so a frame predicting one reads as a blank."""
-    tokenizer = ctc_tokenizer()
-    specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id}
-    ids = [tokenizer.pad_token_id if i in specials else int(i) for i in frame_ids]
-    return tokenizer.decode(ids)
+    """Best-path decoding of per-frame argmax ids with the 32-symbol vocabulary (models.text.greedy_decode)."""
+    return decode_with(frame_ids, ctc_tokenizer())

@@ -21,6 +21,7 @@ from utils.device import resolve_device
 from utils.files import atomic_path, atomic_write_text
 from utils.hub import check_model_name
 from models.errors import MMERError
+from models.text import max_tokens
 
 log = logging.getLogger(__name__)
 DEFAULT_TEXT_COLUMN = "Sentences"
@@ -51,15 +52,6 @@ def load_text_encoder(name_or_path, device) -> tuple:
         kind = model.config.model_type
         raise TextFeatureError(f"{source}: a {kind} model is not a text encoder; pass a RoBERTa folder or hub name")
     return tokenizer, model.to(device).eval()
-
-
-def max_tokens(tokenizer, model) -> int:
-    """Longest input the model accepts. RoBERTa numbers positions from padding_idx + 1,
-    so roberta-base's 514 positions hold 512 tokens."""
-    positions = model.config.max_position_embeddings
-    if "roberta" in model.config.model_type:
-        positions -= model.config.pad_token_id + 1
-    return min(positions, tokenizer.model_max_length)
 
 
 def tokenize(texts, tokenizer, model, names=None) -> list[list[int]]:

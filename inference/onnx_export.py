@@ -14,7 +14,8 @@ from torch import nn
 from dataio.audio import NORMALIZE_EPS
 from dataio.labels import LabelSet
 from dataio.text import VOCAB_FILE
-from dataio.text_features import TextFeatureError, encoder_stamp, load_text_encoder, max_tokens
+from dataio.text_features import TextFeatureError, encoder_stamp, load_text_encoder
+from models.text import max_tokens
 from inference.onnx_runtime import ONNX_MANIFEST, ONNX_MANIFEST_VERSIONS
 from inference.runs import recorded_roberta
 from models.base import AudioFrames

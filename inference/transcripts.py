@@ -5,8 +5,9 @@ import logging
 import torch
 
 from dataio.asr import TranscribeError, generate_kwargs, load_recogniser, model_stamp, recognise
-from dataio.text import greedy_decode
+from dataio.text import ctc_tokenizer
 from inference.prediction import PredictError
+from models import text
 
 log = logging.getLogger("mmer.inference")
 
@@ -30,6 +31,5 @@ class Recogniser:
 
 
 def decode_ctc(ctc_logits: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
-    """Greedy CTC: argmax per valid frame, then dataio.text.greedy_decode."""
-    ids = ctc_logits.argmax(dim=-1).cpu()
-    return [greedy_decode(row[:n].tolist()) for row, n in zip(ids, frame_lengths.tolist())]
+    """Greedy CTC with the 32-symbol vocabulary: argmax per valid frame (models.text.decode_ctc)."""
+    return text.decode_ctc(ctc_logits, frame_lengths, ctc_tokenizer())

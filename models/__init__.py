@@ -1,29 +1,12 @@
-"""The three variants, picked by `--run` through a plain dict."""
-from models.base import EmotionOutput, ModelConfig, SpeechEmotionModel
-from models.cai_sota import CaiSota
-from models.encoders import load_speech_encoder
-from models.mmer import MMER
-from models.unimodal_baseline import UnimodalBaseline
+"""Layer 1, the networks: the three variants (variants.py: `--run` picks one through a plain dict),
+their fusion blocks, encoders, objectives and pooling, the checkpoint format, and the Hugging Face
+wrapper a shared model folder runs (hf_model.py, hf_pipeline.py). The modules import one another
+relatively and nothing of the project, so this folder ships as it is inside such a folder."""
+from .base import EmotionOutput, ModelConfig, SpeechEmotionModel
+from .cai_sota import CaiSota
+from .mmer import MMER
+from .unimodal_baseline import UnimodalBaseline
+from .variants import MODELS, build_model, model_class
 
-MODELS = {"mmer": MMER, "cai_sota": CaiSota, "unimodal_baseline": UnimodalBaseline}
-
-
-def model_class(run: str) -> type[SpeechEmotionModel]:
-    if run not in MODELS:
-        raise ValueError(f"unknown --run {run!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[run]
-
-
-def build_model(config: ModelConfig, pretrained: bool = True, encoder=None) -> SpeechEmotionModel:
-    """Build a variant around the encoder at config.wav2vec2 (or a given encoder).
-    pretrained=False skips the encoder's weights, for models about to load a checkpoint."""
-    cls = model_class(config.run)
-    if encoder is None:
-        encoder = load_speech_encoder(config.wav2vec2, pretrained=pretrained,
-                                      specaugment=config.specaugment,
-                                      attn_implementation=config.attn_implementation)
-    return cls(config, encoder)
-
-
-__all__ = ["MODELS", "MMER", "CaiSota", "UnimodalBaseline", "ModelConfig", "EmotionOutput",
+__all__ = ["MODELS", "MMER", "CaiSota", "UnimodalBaseline", "ModelConfig", "EmotionOutput", "SpeechEmotionModel",
            "build_model", "model_class"]

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.encoders import encode_conv_features, frame_lengths
-from models.fusion import lengths_to_mask
-from models.objectives import (AUGMENTATION_CONTRASTIVE, SELF_CONTRASTIVE, TEMPERATURE, AudioPooling,
-                               ProjectionHead, gather_pool)
+from .encoders import encode_conv_features, frame_lengths
+from .fusion import lengths_to_mask
+from .objectives import (AUGMENTATION_CONTRASTIVE, CONTRASTIVE_FORMS, SELF_CONTRASTIVE, TEMPERATURE,
+                         TEXT_POOLING_METHODS, AudioPooling, ProjectionHead, gather_pool)
 
 UPSTREAM_MICRO_BATCH = 2  # upstream summed the CTC loss over micro-batches of 2 utterances
 CTC_REDUCTIONS = ("sum", "batch_sum", "mean")
@@ -199,7 +199,6 @@ class SpeechEmotionModel(nn.Module):
 
 def check_choices(config: ModelConfig) -> None:
     """Settings outside their choices are refused by name (checkpoints and flags alike)."""
-    from models.objectives import CONTRASTIVE_FORMS, TEXT_POOLING_METHODS
     for name, choices in (("ctc_reduction", CTC_REDUCTIONS), ("audio_dropout", AUDIO_DROPOUT),
                           ("text_pooling", TEXT_POOLING_METHODS), ("contrastive", CONTRASTIVE_FORMS)):
         if getattr(config, name) not in choices:

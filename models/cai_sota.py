@@ -1,6 +1,6 @@
 """cai_sota (Cai et al., Interspeech 2021): the unimodal baseline plus a per-frame CTC head
 `ctc_linear` Linear(D_audio, 32). Loss: CE + alpha * CTC."""
-from models.unimodal_baseline import UnimodalBaseline
+from .unimodal_baseline import UnimodalBaseline
 
 
 class CaiSota(UnimodalBaseline):

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file as load_safetensors
 
-from models import ModelConfig, build_model
-from models.errors import MMERError
+from .base import ModelConfig
+from .errors import MMERError
+from .variants import build_model
 
 
 # transformers 4.x wrote the positional convolution's weight norm as weight_g / weight_v;

@@ -51,6 +51,14 @@ def load_speech_encoder(name_or_path: str, pretrained: bool = True, specaugment:
     return prepare_encoder(encoder)
 
 
+def speech_encoder_from_config(settings: dict, attn_implementation: str = "sdpa") -> torch.nn.Module:
+    """The encoder's architecture from its saved configuration (a dict, as `config.to_dict()` gives
+    it, e.g. the one a shared model folder carries), without weights: they come with the model's."""
+    settings = dict(settings)
+    config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+    return prepare_encoder(_instantiate(config.model_type, config, False, attn_implementation))
+
+
 def encoder_config(name_or_path: str, **overrides):
     try:
         return AutoConfig.from_pretrained(name_or_path, **overrides)

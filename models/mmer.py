@@ -11,9 +11,9 @@ config.pooling for the audio frames, config.text_pooling for the fused text stre
 import torch
 from torch import nn
 
-from models.base import AudioFrames, EmotionOutput, SpeechEmotionModel
-from models.fusion import AttentionBlock, bert_layer_config, lengths_to_mask, masked_mean
-from models.objectives import masked_max
+from .base import AudioFrames, EmotionOutput, SpeechEmotionModel
+from .fusion import AttentionBlock, bert_layer_config, lengths_to_mask, masked_mean
+from .objectives import masked_max
 
 TEXT_POOLING = {"mean": masked_mean, "max": masked_max}
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from models.fusion import masked_mean
+from .fusion import masked_mean
 
 TEMPERATURE = 0.07        # upstream's self.temperature for both losses
 CONTRASTIVE_FORMS = ("upstream", "normalised")

@@ -1,7 +1,7 @@
 """unimodal_baseline: wav2vec2 -> mean over valid frames -> Linear(D_audio, 4). Loss: CE."""
 from torch import nn
 
-from models.base import AudioFrames, EmotionOutput, SpeechEmotionModel
+from .base import AudioFrames, EmotionOutput, SpeechEmotionModel
 
 
 class UnimodalBaseline(SpeechEmotionModel):
