@@ -1,0 +1,120 @@
+"""A trained run as a Hugging Face model, for a folder that loads without this repository
+(export.py --format hf): MMERConfig is its config.json, MMERForEmotionRecognition its
+model.safetensors. The folder carries this package's files, so
+`transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)` builds the same
+networks run.py trained (variants.py), around a speech encoder rebuilt from its saved
+configuration, one per fold (several: an ensemble averaging their probabilities)."""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .base import ModelConfig
+from .encoders import speech_encoder_from_config
+from .errors import MMERError
+from .variants import build_model
+
+# The folder's layout: a loader refuses a folder of a newer format (its code would read it wrongly).
+FORMAT_VERSION = 1
+
+
+class FolderFormatError(MMERError, ValueError):
+    """A model folder this code cannot read; the message says which and what to do."""
+
+
+class MMERConfig(PretrainedConfig):
+    """config.json: the variant's settings (our ModelConfig), the speech encoder's configuration,
+    the folds it holds, the text encoder mmer's transcripts go through and the speech recogniser
+    recorded for transcripts not given; id2label are the run's classes in the order of its
+    probabilities."""
+    model_type = "mmer"
+
+    def __init__(self, model_config: dict | None = None, speech_encoder: dict | None = None, folds=None,
+                 text_encoder: dict | None = None, asr: dict | None = None, mmer_format: int = FORMAT_VERSION,
+                 **kwargs):
+        if int(mmer_format) > FORMAT_VERSION:
+            raise FolderFormatError(
+                f"this model folder is of MMER format {mmer_format}, newer than this code reads ({FORMAT_VERSION}); "
+                "update the MMER repository (git pull), or load the folder with trust_remote_code=True so that "
+                "the code it carries reads it")
+        self.model_config = dict(model_config or {})
+        self.speech_encoder = dict(speech_encoder or {})
+        self.folds = [str(fold) for fold in (folds or [])]
+        self.text_encoder = text_encoder
+        self.asr = asr
+        self.mmer_format = int(mmer_format)
+        super().__init__(**kwargs)
+
+    @property
+    def variant(self) -> str:
+        return self.model_config.get("run", "mmer")
+
+
+@dataclass
+class EmotionRecognitionOutput(ModelOutput):
+    """probabilities: the folds' softmax averaged [B, classes]; logits: their log, so a softmax
+    gives them back; ctc_logits and frame_lengths: the first fold's CTC head (cai_sota, mmer)."""
+    logits: torch.FloatTensor | None = None
+    probabilities: torch.FloatTensor | None = None
+    ctc_logits: torch.FloatTensor | None = None
+    frame_lengths: torch.LongTensor | None = None
+
+
+class MMERForEmotionRecognition(PreTrainedModel):
+    """The run's fold models (`folds`, each a models.variants network with its own encoder)."""
+    config_class = MMERConfig
+    base_model_prefix = "mmer"
+    main_input_name = "input_values"
+
+    def __init__(self, config: MMERConfig):
+        super().__init__(config)
+        fields = ModelConfig.__dataclass_fields__
+        settings = ModelConfig(**{key: value for key, value in config.model_config.items() if key in fields})
+        if not config.folds or not config.speech_encoder:
+            raise FolderFormatError("config.json names no folds or no speech encoder; export the run again with "
+                                    "export.py --format hf")
+        self.folds = nn.ModuleList(
+            build_model(settings, encoder=speech_encoder_from_config(config.speech_encoder,
+                                                                     settings.attn_implementation))
+            for _ in config.folds)
+        self.post_init()
+
+    def _init_weights(self, module):
+        """Every weight comes from model.safetensors (or, exporting, from the run's checkpoints)."""
+
+    @property
+    def uses_text(self) -> bool:
+        return self.folds[0].uses_text
+
+    @property
+    def has_ctc(self) -> bool:
+        return self.folds[0].has_ctc
+
+    def forward(self, input_values, attention_mask=None, text_features=None, text_lengths=None,
+                **_) -> EmotionRecognitionOutput:
+        """Normalised 16 kHz audio [B, samples] (and its attention mask where the feature extractor
+        gives one; without it every row is a whole recording), for mmer the transcript's text
+        features [B, T_text, D_text] and their lengths [B] -> the folds' averaged probabilities."""
+        sample_lengths = (attention_mask.sum(dim=-1) if attention_mask is not None
+                          else torch.full(input_values.shape[:1], input_values.shape[1], device=input_values.device))
+        probabilities, first = 0, None
+        for fold in self.folds:
+            audio = fold.encode_audio(input_values, sample_lengths, attention_mask)
+            output = fold.classify(audio, text_features, text_lengths)
+            probabilities = probabilities + torch.softmax(output.logits.float(), dim=-1)
+            first = output if first is None else first
+        probabilities = probabilities / len(self.folds)
+        return EmotionRecognitionOutput(logits=probabilities.log(), probabilities=probabilities,
+                                        ctc_logits=first.ctc_logits, frame_lengths=first.frame_lengths)
+
+    def ctc(self, input_values, attention_mask=None):
+        """The first fold's CTC head over the audio: (ctc_logits [B, T_audio, vocab], frame_lengths
+        [B]); what mmer reads as its transcript where none is given, as the Python API does."""
+        if not self.has_ctc:
+            raise FolderFormatError(f"a {self.config.variant} model has no CTC head")
+        sample_lengths = (attention_mask.sum(dim=-1) if attention_mask is not None
+                          else torch.full(input_values.shape[:1], input_values.shape[1], device=input_values.device))
+        audio = self.folds[0].encode_audio(input_values, sample_lengths, attention_mask)
+        return self.folds[0].ctc_head(audio), audio.lengths
