@@ -4,6 +4,7 @@ class probabilities (hap, ang, neu, sad; hap includes exc) and the predicted lab
     python predict.py --checkpoint_dir runs/mmer clip.wav [more.flac | folder/ | list.csv] \
         [--session N | --ensemble] [--transcript "..."] [--output predictions.json|.csv]
     python predict.py --backend onnxruntime --onnx_dir exported/mmer clip.wav [...]   # export.py's graphs
+    python predict.py --model_dir shared/mmer clip.wav [...]        # a folder of export.py --format hf
 
 The command line over inference.EmotionRecognizer (the Python API). Audio is read, resampled,
 normalised and scored exactly as in training's evaluation. mmer also reads the transcript:
@@ -201,6 +202,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("inputs", nargs="+", help="audio files, folders (their audio files) or csv files with a path "
                                              "(or FileName) column, optional transcript (or Sentences) and Label")
     p.add_argument("--checkpoint_dir", help="folder of <session>_model.pt files (--backend torch, required there)")
+    p.add_argument("--model_dir", help="instead of --checkpoint_dir: a shared model folder (export.py --format hf), "
+                                       "one fold or an ensemble, with its text encoder and recogniser recorded")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch: the checkpoints in PyTorch; onnxruntime: export.py's graphs in --onnx_dir (CPU)")
     p.add_argument("--onnx_dir", help="--backend onnxruntime: the folder export.py wrote (manifest.json, "
@@ -257,7 +260,13 @@ def backend_refusal(args: argparse.Namespace) -> str | None:
     if args.backend == "torch":
         if args.onnx_dir:
             return "--onnx_dir is read by --backend onnxruntime; add it, or give --checkpoint_dir instead"
-        return None if args.checkpoint_dir else "--checkpoint_dir is required (or --backend onnxruntime --onnx_dir DIR)"
+        if args.model_dir:
+            given = [flag for flag, value in (("--checkpoint_dir", args.checkpoint_dir), ("--run", args.run),
+                                              ("--wav2vec2", args.wav2vec2), ("--session", args.session),
+                                              ("--ensemble", args.ensemble)) if value]
+            return f"--model_dir holds its model(s) and settings; drop {', '.join(given)}" if given else None
+        return None if args.checkpoint_dir else ("--checkpoint_dir is required (or --model_dir DIR, or --backend "
+                                                 "onnxruntime --onnx_dir DIR)")
     if not args.onnx_dir:
         return "--backend onnxruntime needs --onnx_dir, the folder export.py wrote (python export.py RUN_DIR --out DIR)"
     given = [flag for flag, value in (("--checkpoint_dir", args.checkpoint_dir), ("--run", args.run),
@@ -273,6 +282,10 @@ def load_recognizer(args: argparse.Namespace) -> EmotionRecognizer:
     if args.backend == "onnxruntime":
         return EmotionRecognizer.from_onnx(args.onnx_dir, args.session, args.ensemble, args.roberta, args.batch_size,
                                            args.asr, args.language)
+    if args.model_dir:
+        return EmotionRecognizer.from_pretrained(args.model_dir, args.roberta, args.device, args.precision,
+                                                 args.batch_size, args.asr, args.language, asr_backend=args.asr_backend,
+                                                 embed_text=not args.data_path_roberta)
     return EmotionRecognizer.from_run(args.checkpoint_dir, args.session, args.ensemble, args.run, args.wav2vec2,
                                       args.roberta, args.device, args.precision, args.batch_size, args.asr,
                                       args.language, embed_text=not args.data_path_roberta, asr_backend=args.asr_backend)

@@ -35,11 +35,11 @@ from tqdm.auto import tqdm
 from dataio.audio import AudioError, audio_info, normalize, prepare_samples, read_audio
 from dataio.dataset import Collator, EmotionDataset, ExactBatchSampler, pad_rows
 from dataio.labels import LabelSet
-from dataio.text import sentence_case
+from models.text import sentence_case
 from dataio.text_features import TextFeatureError, agreed_text_encoder, embed_texts, load_text_encoder
 from inference.onnx_runtime import ONNX_MANIFEST, OnnxModel, OnnxTextEncoder, load_onnx_models, read_manifest
 from inference.prediction import Prediction, PredictError, predictions_table
-from inference.runs import DEFAULT_ROBERTA, default_batch_size, load_models, recorded_roberta
+from inference.runs import DEFAULT_ROBERTA, default_batch_size, load_folder, load_models, recorded_roberta
 from inference.transcripts import Recogniser, decode_ctc
 from inference.windows import WindowPrediction, Windows, WindowSource, summarise
 from models.checkpoint import CheckpointError
@@ -110,6 +110,26 @@ class EmotionRecognizer:
         models = load_models(checkpoint_dir, run, wav2vec2, session, ensemble, device)
         roberta = recorded_roberta(checkpoint_dir, roberta)
         return cls(models, roberta, device, precision, batch_size, asr, language, embed_text=embed_text,
+                   asr_backend=asr_backend)
+
+    @classmethod
+    def from_pretrained(cls, folder, roberta=None, device="auto", precision: str = "auto",
+                        batch_size: int | None = None, asr: str | None = None, language: str | None = None,
+                        asr_backend: str = "auto", embed_text: bool = True) -> "EmotionRecognizer":
+        """A shared model folder (export.py --format hf; what the Hub holds once downloaded): its
+        fold(s), an ensemble's averaged, with the text encoder it bundles or names and, for mmer's
+        missing transcripts, the speech recogniser it records (`asr` overrides it)."""
+        try:
+            device = resolve_device(str(device))
+        except ValueError as err:
+            raise PredictError(str(err)) from err
+        check_precision(device, precision)
+        models, config = load_folder(folder, device)
+        entry = config.text_encoder or {}
+        bundled = str(Path(folder) / entry["bundled"]) if entry.get("bundled") else entry.get("name")
+        recorded = config.asr or {}
+        return cls(models, roberta or bundled or DEFAULT_ROBERTA, device, precision, batch_size,
+                   asr or recorded.get("model"), language or recorded.get("language"), embed_text=embed_text,
                    asr_backend=asr_backend)
 
     @classmethod

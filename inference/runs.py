@@ -9,6 +9,7 @@ import torch
 from dataio.text_features import TextFeatureError, agreed_text_encoder
 from inference.prediction import PredictError
 from models.checkpoint import CheckpointError, find_checkpoints, restore_model
+from models.hf_model import FolderFormatError, MMERConfig, MMERForEmotionRecognition
 from utils.hub import check_model_name
 
 log = logging.getLogger("mmer.inference")
@@ -46,6 +47,36 @@ def load_models(checkpoint_dir, run=None, wav2vec2=None, session=None, ensemble=
         raise CheckpointError(f"{checkpoint_dir}: the checkpoints hold different models ({', '.join(sorted(runs))}); "
                               "an ensemble averages the folds of one run, pick one with --session")
     return models
+
+
+def load_folder(folder, device="cpu") -> tuple[dict, MMERConfig]:
+    """A shared model folder (export.py --format hf) -> ({"<folder>#<fold>": model in eval mode on
+    `device`}, its config); every weight of model.safetensors must fit the config's networks."""
+    folder = Path(folder)
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise PredictError(f"{folder}: no readable config.json ({err}); pass a folder export.py --format hf "
+                           "wrote") from err
+    if "mmer_format" not in raw:
+        raise PredictError(f"{folder}: not a shared MMER model folder (its config.json has no mmer_format); a run "
+                           "folder goes to --checkpoint_dir, export.py's ONNX graphs to --onnx_dir")
+    try:
+        network, info = MMERForEmotionRecognition.from_pretrained(folder, output_loading_info=True)
+    except FolderFormatError as err:
+        raise PredictError(f"{folder}: {err}") from err
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{folder}: cannot load the model ({err}); export the run again") from err
+    wrong = {kind: keys for kind, keys in info.items() if keys and kind in ("missing_keys", "unexpected_keys",
+                                                                           "mismatched_keys")}
+    if wrong:
+        raise CheckpointError(f"{folder}/model.safetensors does not fit its config.json ({wrong}); export the run again")
+    models = {}
+    for fold, model in zip(network.config.folds, network.folds):
+        model.config.wav2vec2 = str(folder)   # the speech encoder's feature extractor is the folder's
+        models[f"{folder}#{fold}"] = model.to(device).eval()
+    log.info("%s: %s, fold(s) %s", folder, network.config.variant, ", ".join(network.config.folds))
+    return models, network.config
 
 
 def recorded_roberta(checkpoint_dir, roberta: str | None = None) -> str:

@@ -1,0 +1,253 @@
+"""A trained run as a self-contained Hugging Face model folder (export.py --format hf is its
+command line): config.json (auto_map and the registered audio-classification pipeline point at
+the bundled code), model.safetensors, the models/ package itself (the code that loads them: it
+imports only torch and transformers, and its pipeline soundfile), the speech encoder's feature
+extractor, the CTC vocabulary, the text encoder (its name; with include_text_encoder its weights
+and tokenizer), the label set and a model card from the run's results. The folder is written
+under a temporary name, checked by loading it back against the run's own models, then moved
+into place; `push` uploads it with huggingface_hub."""
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from transformers import AutoFeatureExtractor
+
+import models
+from dataio.asr import TranscribeError, asr_backend, generate_kwargs, load_recogniser, model_stamp
+from dataio.labels import LabelSet
+from dataio.text import ctc_tokenizer
+from dataio.text_features import encoder_stamp
+from inference.model_card import model_card
+from inference.onnx_export import ExportError, checked_text_encoder
+from inference.onnx_runtime import ONNX_MANIFEST
+from inference.runs import load_models, recorded_roberta
+from models.hf_model import FORMAT_VERSION, MMERConfig, MMERForEmotionRecognition
+from utils.files import atomic_write_text
+from utils.provenance import git_commit, package_versions
+
+log = logging.getLogger("mmer.export")
+PIPELINE = {"impl": "hf_pipeline.MMERAudioClassificationPipeline", "pt": ["AutoModel"], "tf": [], "type": "audio"}
+AUTO_MAP = {"AutoConfig": "hf_model.MMERConfig", "AutoModel": "hf_model.MMERForEmotionRecognition"}
+TEXT_ENCODER_DIR, CTC_TOKENIZER_DIR, EXPORT_RECORD = "text_encoder", "ctc_tokenizer", "mmer_export.json"
+CHECK_TOLERANCE = 1e-5   # probabilities of the reloaded folder against the run's models (measured: 0)
+PUSH_TIMEOUT_S = 5
+
+
+# ---------------------------------------------------------------- what is exported
+def finished_results(run_dir: Path) -> dict:
+    """The run's results.json, or the reason this is no finished run folder of run.py."""
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: run folder not found; pass the folder run.py wrote (<save_path>/<run>)")
+    if (run_dir / ONNX_MANIFEST).is_file() or (run_dir / EXPORT_RECORD).is_file():
+        kind = "an ONNX export" if (run_dir / ONNX_MANIFEST).is_file() else "a shared model folder"
+        raise ExportError(f"{run_dir}: is {kind}, not a run folder; pass the folder run.py wrote (<save_path>/<run>)")
+    if not (run_dir / "config.json").is_file():
+        raise ExportError(f"{run_dir}: not a run folder of run.py (no config.json); published checkpoints are "
+                          "re-evaluated with run.py --eval_only, and a run folder is exported")
+    if not (run_dir / "results.json").is_file():
+        done = sorted(p.name[: -len("_result.json")] for p in run_dir.glob("*_result.json"))
+        raise ExportError(f"{run_dir}: the run has not finished (no results.json; folds finished: "
+                          f"{', '.join(done) or 'none'}); finish it with run.py ... --resume, then export")
+    try:
+        return json.loads((run_dir / "results.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ExportError(f"{run_dir / 'results.json'}: not valid JSON ({err}); run run.py --resume to rewrite it") from err
+
+
+def chosen_folds(results: dict, run_dir: Path, session, ensemble: bool) -> list[str]:
+    finished = list(results.get("folds", {}))
+    if ensemble:
+        return finished
+    if session is None:
+        if len(finished) > 1:
+            log.warning("exporting fold %s's model, the first of %d; --session picks another, --ensemble takes all",
+                        finished[0], len(finished))
+        return finished[:1]
+    if str(session) not in finished:
+        raise ExportError(f"{run_dir}: no fold {session} among the run's finished folds ({', '.join(finished)}); "
+                          "pass one of them to --session")
+    return [str(session)]
+
+
+def build_network(fold_models: dict, folds: list[str], extra: dict) -> MMERForEmotionRecognition:
+    """MMERForEmotionRecognition holding the folds' models' weights."""
+    first = next(iter(fold_models.values()))
+    encoders = {json.dumps(m.wav2vec2.config.to_dict(), sort_keys=True) for m in fold_models.values()}
+    if len(encoders) > 1:
+        raise ExportError("the folds' speech encoders differ; export one fold with --session")
+    classes = LabelSet.from_dict(first.config.labels).classes
+    config = MMERConfig(model_config=first.config.to_dict(), speech_encoder=first.wav2vec2.config.to_dict(),
+                        folds=folds, id2label=dict(enumerate(classes)),
+                        label2id={name: i for i, name in enumerate(classes)}, **extra)
+    config.auto_map, config.custom_pipelines = dict(AUTO_MAP), {"audio-classification": dict(PIPELINE)}
+    network = MMERForEmotionRecognition(config)
+    for target, model in zip(network.folds, fold_models.values()):
+        target.load_state_dict(model.state_dict(), strict=True)
+    return network.eval()
+
+
+def recorded_asr(asr: str | None, language: str | None) -> dict | None:
+    """A transformers speech recogniser for mmer's missing transcripts, with the decoding
+    settings the Python API would use (recorded, so the pipeline decodes alike)."""
+    if not asr:
+        return None
+    if asr_backend(asr) == "faster-whisper":
+        raise ExportError(f"{asr}: a CTranslate2 Whisper, which the folder's pipeline cannot run without "
+                          "faster-whisper; pass a transformers recogniser (e.g. openai/whisper-small)")
+    try:
+        stamp = model_stamp(asr, language, num_beams=1, backend="transformers")
+        settings = generate_kwargs(load_recogniser(stamp["model"], "cpu", stamp), stamp)
+    except TranscribeError as err:
+        raise ExportError(str(err)) from err
+    return {"model": stamp["model"], "language": stamp["language"], "generate_kwargs": settings}
+
+
+# ---------------------------------------------------------------- writing the folder
+def export_hf(run_dir, out, session=None, ensemble: bool = False, include_text_encoder: bool = False,
+              asr: str | None = None, language: str | None = None, license_id: str = "other",
+              overwrite: bool = False) -> dict:
+    """Write the model folder `out` for `run_dir`'s fold `session` (default: its first) or all its
+    folds (`ensemble`); -> the export record (also mmer_export.json in the folder)."""
+    run_dir, out = Path(run_dir), Path(out)
+    results = finished_results(run_dir)
+    folds = chosen_folds(results, run_dir, session, ensemble)
+    check_out(out, run_dir, overwrite)
+    fold_models = {fold: next(iter(load_models(run_dir, session=fold).values())) for fold in folds}
+    first = next(iter(fold_models.values()))
+    text_encoder = None
+    if first.uses_text:
+        name = recorded_roberta(run_dir)
+        tokenizer, encoder = checked_text_encoder(name, first.config.text_dim)
+        text_encoder = {"name": encoder_stamp(name)["roberta"], "config_sha256": encoder_stamp(name)["config_sha256"],
+                        "bundled": TEXT_ENCODER_DIR if include_text_encoder else None}
+    asr_entry = recorded_asr(asr, language) if first.uses_text else None
+    network = build_network(fold_models, folds, {"text_encoder": text_encoder, "asr": asr_entry})
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        network.save_pretrained(staging, safe_serialization=True)
+        copy_models_package(staging)
+        AutoFeatureExtractor.from_pretrained(first.config.wav2vec2).save_pretrained(staging)
+        if first.has_ctc:
+            ctc_tokenizer().save_pretrained(staging / CTC_TOKENIZER_DIR)
+        if text_encoder and include_text_encoder:
+            tokenizer.save_pretrained(staging / TEXT_ENCODER_DIR)
+            encoder.save_pretrained(staging / TEXT_ENCODER_DIR, safe_serialization=True)
+        classes = list(network.config.id2label.values())
+        config = json.loads((run_dir / "config.json").read_text())
+        atomic_write_text(staging / "README.md", model_card(results, config, first.config.run, folds, classes,
+                                                            license_id, text_encoder, asr_entry))
+        record = {"mmer_format": FORMAT_VERSION, "run": first.config.run, "folds": folds, "run_dir": str(run_dir.resolve()),
+                  "classes": classes, "max_abs_diff_vs_run": check_folder(staging, fold_models),
+                  "git_commit": git_commit(), "versions": package_versions()}
+        atomic_write_text(staging / EXPORT_RECORD, json.dumps(record, indent=1) + "\n")
+        readable(staging)
+        replace_out(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %s (%s, fold(s) %s)", out, first.config.run, ", ".join(folds))
+    return record
+
+
+def copy_models_package(folder: Path) -> None:
+    """The models/ package's modules, as they are: the code auto_map and the pipeline name."""
+    for path in sorted(Path(models.__file__).parent.glob("*.py")):
+        shutil.copyfile(path, folder / path.name)
+
+
+def check_folder(folder: Path, fold_models: dict) -> float:
+    """Load the folder back (its own config and weights) and score a probe with it and with the
+    run's models: the largest difference in probabilities; over CHECK_TOLERANCE fails the export."""
+    reloaded = MMERForEmotionRecognition.from_pretrained(folder).eval()
+    generator = torch.Generator().manual_seed(0)
+    audio = torch.randn(1, 16000, generator=generator)
+    first = next(iter(fold_models.values()))
+    text = {}
+    if first.uses_text:
+        features = torch.randn(1, 7, first.config.text_dim, generator=generator)
+        text = {"text_features": features, "text_lengths": torch.tensor([7])}
+    with torch.inference_mode():
+        ours = reloaded(audio, **text).probabilities
+        lengths = torch.tensor([audio.shape[1]])
+        theirs = torch.stack([torch.softmax(m.classify(m.encode_audio(audio, lengths), text.get("text_features"),
+                                                       text.get("text_lengths")).logits, -1)
+                              for m in fold_models.values()]).mean(0)
+    worst = float((ours - theirs).abs().max())
+    if not np.isfinite(worst) or worst > CHECK_TOLERANCE:
+        raise ExportError(f"{folder}: the reloaded folder's probabilities differ from the run's by {worst:.2e}; "
+                          "nothing was written")
+    return worst
+
+
+def readable(folder: Path) -> None:
+    """Files of a folder meant for sharing are readable by all (some writers create them 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.rglob("*"):
+        path.chmod((0o755 if path.is_dir() else 0o644) & ~mask)
+
+
+def check_out(out: Path, run_dir: Path, overwrite: bool) -> None:
+    """`out` must not hold the run (nothing an export reads is removed) nor, unless --overwrite,
+    another non-empty folder."""
+    if out.resolve() == run_dir.resolve() or run_dir.resolve().is_relative_to(out.resolve()):
+        raise ExportError(f"{out}: would replace the run folder {run_dir} it exports; pass another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ExportError(f"{out}: exists and is not empty; pass --overwrite to replace it, or another --out")
+
+
+def replace_out(staging: Path, out: Path) -> None:
+    if out.exists():
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, out)
+
+
+# ---------------------------------------------------------------- the Hub
+def push(folder, repo_id: str, private: bool = False) -> str:
+    """Upload the folder to the Hugging Face Hub as repo_id (created if needed); -> its URL. Fails
+    at once, naming the fix, where the Hub cannot be reached (offline mode, no network)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+    folder = Path(folder)
+    later = f"the folder is complete at {folder}: upload it from a machine with network (hf upload {repo_id} {folder})"
+    if constants.HF_HUB_OFFLINE:
+        raise ExportError(f"--push {repo_id}: HF_HUB_OFFLINE is set; {later}")
+    endpoint = urlparse(constants.ENDPOINT)
+    reached = reachable(endpoint.hostname, endpoint.port or 443, PUSH_TIMEOUT_S)
+    if reached is not True:
+        raise ExportError(f"--push {repo_id}: cannot reach {constants.ENDPOINT} ({reached}); {later}")
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="MMER model folder"))
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        raise ExportError(f"--push {repo_id}: the upload failed ({err}); {later}") from err
+
+
+def reachable(host: str, port: int, timeout: float):
+    """True, or why a TCP connection to host:port did not open within `timeout` seconds (name
+    resolution included, which a socket's own timeout does not bound)."""
+    outcome = ["no answer in %.0f s" % timeout]
+
+    def attempt():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome[0] = True
+        except OSError as err:
+            outcome[0] = str(err)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return outcome[0]
