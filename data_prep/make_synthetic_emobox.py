@@ -1,26 +1,10 @@
 """Write a synthetic corpus in EmoBox's layout (github.com/emo-box/EmoBox) for the tests and the
-offline demo: `data/<corpus>/` metadata as EmoBox publishes it and the audio under `downloads/<corpus>/`,
-spoken by the letter vocoder of make_synthetic_iemocap.py with the class in the prosody only.
+offline demo: `data/<corpus>/` metadata as EmoBox publishes it and the audio under `downloads/<corpus>/`.
 
-The layout copies what EmoBox's repository holds (read there: README.md, EmoBox/EmoDataset.py,
-EmoBox/utils/preprocess_utils.py, data/cremad/, data/cafe/, data/meld/, data/msppodcast/):
-- `data/<corpus>/fold_<k>/<corpus>_{train,test}_fold_<k>.jsonl`, k = 1..K; a corpus with an official
-  dev set (MSP-Podcast, MELD) has one fold with `<corpus>_valid_fold_1.jsonl` too (`--layout split`).
-- One JSON object a line, in EmoBox's key order: key (`<corpus>-<id>`), dataset, wav, type ("raw"),
-  sample_rate, num_frame (a float), task ("category"), length (seconds), emo (the corpus's own code),
-  channel (EmoBox writes 1 whatever the file holds; here too, some files are stereo).
-- `wav` is relative to the EmoBox root and starts with `downloads/<corpus>/`: the user downloads the
-  corpus into `<root>/downloads/<corpus>/` (EmoBox README, "Prepare datasets").
-- `data/<corpus>/label_map.json`: emo code -> class name (CREMA-D's: ANG -> Angry, ...).
-- `data/<corpus>/<corpus>.jsonl`: every utterance; `data/<corpus>/data.seg.wrd.stm`: one line per
-  utterance, `<key> <channel> <speaker> <start> <end> <id=..,lang=..,spk=..,emotion=..> <emo>`,
-  the only EmoBox file that names speakers.
-- Folds are speaker-independent: with K folds, each fold tests on a group of speakers and trains on
-  the rest (EmoBox's write_folds: one speaker per fold for 4-6 speakers, groups of about 4 above).
+    python data_prep/make_synthetic_emobox.py --out data/emobox_demo [--layout split]
 
-Differences from IEMOCAP on purpose: six classes spelt CREMA-D's way (upper-case codes, class names
-not IEMOCAP's), speakers but no sessions, no transcripts, 22.05 kHz audio (synthesised at 16 kHz and
-resampled, so nothing lies above 8 kHz), every STEREO_EVERY-th file in two channels."""
+The command line of synthetic/emobox.py, whose docstring says which of EmoBox's files it copies and
+where it differs from IEMOCAP on purpose."""
 import sys
 from pathlib import Path
 
