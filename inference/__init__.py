@@ -1,5 +1,6 @@
 """Layer 3, inference: a trained run's recognizer (the Python API), long recordings in windows,
-the ONNX runtime backend. Never imports `training`.
+the ONNX export and runtime backend, the shared Hugging Face model folder (export and model
+card), the HTTP service. Never imports `training`.
 
     from inference import EmotionRecognizer
 """
