@@ -20,7 +20,7 @@ import torch
 from transformers import AutoFeatureExtractor
 
 import models
-from dataio.asr import TranscribeError, asr_backend, generate_kwargs, load_recogniser, model_stamp
+from dataio.asr import asr_backend
 from dataio.labels import LabelSet
 from dataio.text import ctc_tokenizer
 from dataio.text_features import encoder_stamp
@@ -28,6 +28,7 @@ from inference.model_card import model_card
 from inference.onnx_export import ExportError, checked_text_encoder
 from inference.onnx_runtime import ONNX_MANIFEST
 from inference.runs import load_models, recorded_roberta
+from inference.transcripts import Recogniser
 from models.hf_model import FORMAT_VERSION, MMERConfig, MMERForEmotionRecognition
 from utils.files import atomic_write_text
 from utils.provenance import git_commit, package_versions
@@ -101,12 +102,8 @@ def recorded_asr(asr: str | None, language: str | None) -> dict | None:
     if asr_backend(asr) == "faster-whisper":
         raise ExportError(f"{asr}: a CTranslate2 Whisper, which the folder's pipeline cannot run without "
                           "faster-whisper; pass a transformers recogniser (e.g. openai/whisper-small)")
-    try:
-        stamp = model_stamp(asr, language, num_beams=1, backend="transformers")
-        settings = generate_kwargs(load_recogniser(stamp["model"], "cpu", stamp), stamp)
-    except TranscribeError as err:
-        raise ExportError(str(err)) from err
-    return {"model": stamp["model"], "language": stamp["language"], "generate_kwargs": settings}
+    recogniser = Recogniser(asr, language, "cpu", backend="transformers")
+    return {"model": recogniser.name, "language": recogniser.language, "generate_kwargs": recogniser.settings}
 
 
 # ---------------------------------------------------------------- writing the folder
@@ -125,7 +122,8 @@ def export_hf(run_dir, out, session=None, ensemble: bool = False, include_text_e
     if first.uses_text:
         name = recorded_roberta(run_dir)
         tokenizer, encoder = checked_text_encoder(name, first.config.text_dim)
-        text_encoder = {"name": encoder_stamp(name)["roberta"], "config_sha256": encoder_stamp(name)["config_sha256"],
+        stamp = encoder_stamp(name)
+        text_encoder = {"name": stamp["roberta"], "config_sha256": stamp["config_sha256"],
                         "bundled": TEXT_ENCODER_DIR if include_text_encoder else None}
     asr_entry = recorded_asr(asr, language) if first.uses_text else None
     network = build_network(fold_models, folds, {"text_encoder": text_encoder, "asr": asr_entry})

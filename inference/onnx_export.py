@@ -20,7 +20,7 @@ from inference.onnx_runtime import ONNX_MANIFEST, ONNX_MANIFEST_VERSIONS
 from inference.runs import recorded_roberta
 from models.base import AudioFrames
 from models.checkpoint import find_checkpoints, restore_model
-from models.encoders import audio_input_spec, min_samples_of, padding_is_exact
+from models.encoders import audio_input_spec, min_samples_of, padding_is_exact, sample_counts
 from models.errors import MMERError
 from models.fusion import lengths_to_mask
 from utils.files import atomic_write_text
@@ -52,11 +52,7 @@ class ModelGraph(nn.Module):
         self.model = model
 
     def forward(self, input_values, attention_mask=None, text_features=None, text_lengths=None):
-        if attention_mask is None:
-            sample_lengths = torch.ones_like(input_values[:, 0], dtype=torch.long) * input_values.shape[1]
-        else:
-            sample_lengths = attention_mask.sum(dim=-1)
-        audio = self.model.encode_audio(input_values, sample_lengths, attention_mask)
+        audio = self.model.encode_audio(input_values, sample_counts(input_values, attention_mask), attention_mask)
         output = self.model.classify(audio, text_features, text_lengths)
         outputs = {"probabilities": torch.softmax(output.logits, dim=-1), "logits": output.logits,
                    "frame_lengths": output.frame_lengths, "ctc_logits": output.ctc_logits,

@@ -67,6 +67,16 @@ def shared_input_spec(models: dict):
     return specs.pop()
 
 
+def checked_device(device, precision: str) -> torch.device:
+    """The device a flag names, refused (PredictError) where it or the precision cannot run."""
+    try:
+        device = resolve_device(str(device))
+    except ValueError as err:
+        raise PredictError(str(err)) from err
+    check_precision(device, precision)
+    return device
+
+
 class EmotionRecognizer:
     """A run's model(s), the audio preparation of their encoder and, for mmer, the text
     encoder, loaded once. Safe to call from several threads: calls take turns (the tokenizers
@@ -102,11 +112,7 @@ class EmotionRecognizer:
         with `ensemble`; settings not given come from the checkpoints and the run's config.json.
         asr: a transformers speech recogniser (e.g. openai/whisper-small) for mmer's missing
         transcripts, instead of the model's own CTC head."""
-        try:
-            device = resolve_device(str(device))
-        except ValueError as err:
-            raise PredictError(str(err)) from err
-        check_precision(device, precision)
+        device = checked_device(device, precision)
         models = load_models(checkpoint_dir, run, wav2vec2, session, ensemble, device)
         roberta = recorded_roberta(checkpoint_dir, roberta)
         return cls(models, roberta, device, precision, batch_size, asr, language, embed_text=embed_text,
@@ -119,11 +125,7 @@ class EmotionRecognizer:
         """A shared model folder (export.py --format hf; what the Hub holds once downloaded): its
         fold(s), an ensemble's averaged, with the text encoder it bundles or names and, for mmer's
         missing transcripts, the speech recogniser it records (`asr` overrides it)."""
-        try:
-            device = resolve_device(str(device))
-        except ValueError as err:
-            raise PredictError(str(err)) from err
-        check_precision(device, precision)
+        device = checked_device(device, precision)
         models, config = load_folder(folder, device)
         entry = config.text_encoder or {}
         bundled = str(Path(folder) / entry["bundled"]) if entry.get("bundled") else entry.get("name")

@@ -23,7 +23,7 @@ class Recogniser:
         except TranscribeError as err:
             raise PredictError(str(err)) from err
         self.settings = generate_kwargs(self.pipeline, stamp)
-        self.name = stamp["model"]
+        self.name, self.language = stamp["model"], stamp["language"]
 
     def __call__(self, samples: list, sample_rate: int) -> list[str]:
         log.info("transcribing %d recording(s) with %s", len(samples), self.name)

@@ -87,6 +87,14 @@ def prepare_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
     return encoder
 
 
+def sample_counts(input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The true sample counts [B] of a batch of audio [B, samples]: its attention mask's sums, or,
+    without a mask, every row whole (written so that an exported graph keeps the batch dynamic)."""
+    if attention_mask is not None:
+        return attention_mask.sum(dim=-1)
+    return torch.ones_like(input_values[:, 0], dtype=torch.long) * input_values.shape[1]
+
+
 def frame_lengths(encoder: torch.nn.Module, sample_lengths: torch.Tensor) -> torch.Tensor:
     """Valid frame counts from the encoder's own length formula on the true sample counts."""
     return encoder._get_feat_extract_output_lengths(sample_lengths).to(torch.long)

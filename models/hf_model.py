@@ -12,7 +12,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .base import ModelConfig
-from .encoders import speech_encoder_from_config
+from .encoders import sample_counts, speech_encoder_from_config
 from .errors import MMERError
 from .variants import build_model
 
@@ -97,8 +97,7 @@ class MMERForEmotionRecognition(PreTrainedModel):
         """Normalised 16 kHz audio [B, samples] (and its attention mask where the feature extractor
         gives one; without it every row is a whole recording), for mmer the transcript's text
         features [B, T_text, D_text] and their lengths [B] -> the folds' averaged probabilities."""
-        sample_lengths = (attention_mask.sum(dim=-1) if attention_mask is not None
-                          else torch.full(input_values.shape[:1], input_values.shape[1], device=input_values.device))
+        sample_lengths = sample_counts(input_values, attention_mask)
         probabilities, first = 0, None
         for fold in self.folds:
             audio = fold.encode_audio(input_values, sample_lengths, attention_mask)
@@ -114,7 +113,5 @@ class MMERForEmotionRecognition(PreTrainedModel):
         [B]); what mmer reads as its transcript where none is given, as the Python API does."""
         if not self.has_ctc:
             raise FolderFormatError(f"a {self.config.variant} model has no CTC head")
-        sample_lengths = (attention_mask.sum(dim=-1) if attention_mask is not None
-                          else torch.full(input_values.shape[:1], input_values.shape[1], device=input_values.device))
-        audio = self.folds[0].encode_audio(input_values, sample_lengths, attention_mask)
+        audio = self.folds[0].encode_audio(input_values, sample_counts(input_values, attention_mask), attention_mask)
         return self.folds[0].ctc_head(audio), audio.lengths
