@@ -3,8 +3,12 @@ like the encoder's feature extractor. One reader for every caller: libsndfile (s
 it reads the file (wav, flac, ogg, mp3, ...), FFmpeg through PyAV (its wheel bundles FFmpeg's
 libraries) for the containers it does not (mp4, mkv, avi, mov, webm, m4a/aac, opus, wma): the
 first audio stream, its channels averaged, resampled with soxr. A segment (start, end in seconds)
-is read by seeking, not by decoding the whole file."""
+is read by seeking, not by decoding the whole file. A header no recording has (a wav data chunk
+longer than the file, an absurd rate or length) is refused before anything is decoded."""
+import contextlib
 import logging
+import struct
+from collections import defaultdict
 from pathlib import Path
 
 from dataclasses import dataclass
@@ -31,6 +35,9 @@ _SUFFIXES = {"WAV": (".wav",), "FLAC": (".flac",), "OGG": (".ogg", ".oga", ".opu
 # ...and those FFmpeg (PyAV) reads: audio in video and streaming containers.
 FFMPEG_SUFFIXES = (".mp4", ".m4a", ".aac", ".mkv", ".mka", ".avi", ".mov", ".webm", ".opus", ".wma", ".mp3")
 TRUNCATION_TOLERANCE = 0.05  # a stream this much shorter than its header says is truncated
+MIN_RATE, MAX_RATE = 1000, 768_000  # Hz: a header's rate outside these is damage, not a recording
+MIN_BYTES_PER_SECOND = 8     # digital silence as FLAC takes 23 B/s at 8 kHz: a header claiming fewer lies
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)    # a wav data size left by a streaming writer: the data runs to the end
 # Containers where a seek's timestamp places a segment's samples exactly (tests/test_containers.py).
 # Elsewhere a segment is counted from the first sample, decoding from the start: matroska/webm and
 # asf stamp in milliseconds (off by up to 16 samples), avi's audio stamps are not sample positions.
@@ -77,31 +84,85 @@ class AudioInfo:
         return self.frames / self.samplerate
 
 
-def _soundfile_info(path):
+def _soundfile_info(path) -> AudioInfo | None:
     try:
-        return sf.info(_opened(path))
+        info = sf.info(_opened(path))
     except (sf.LibsndfileError, RuntimeError):
         return None
+    return AudioInfo(info.samplerate, info.channels, info.frames, "soundfile", info.format, info.subtype)
 
 
 def audio_info(path) -> AudioInfo:
     """The header of any file read_audio reads, without decoding it (AudioError: the file and
-    the fix)."""
+    the fix), refused where no recording has such a header (check_header)."""
     path = _existing(path)
     info = _soundfile_info(path)
-    if info is not None:
-        return AudioInfo(info.samplerate, info.channels, info.frames, "soundfile", info.format, info.subtype)
-    with _open_container(path) as container:
-        stream = _audio_stream(container, path)
-        return AudioInfo(stream.sample_rate, stream.channels, _header_frames(container, stream), "ffmpeg",
-                         container.format.name, stream.codec_context.name)
+    if info is None:
+        with _open_container(path) as container:
+            stream = _audio_stream(container, path)
+            info = AudioInfo(stream.sample_rate, stream.channels, _header_frames(container, stream, path), "ffmpeg",
+                             container.format.name, stream.codec_context.name)
+    check_header(path, info)
+    return info
+
+
+def check_header(path, info: AudioInfo) -> None:
+    """AudioError for a header no recording has: a sample rate outside MIN_RATE..MAX_RATE, more
+    seconds than the file's bytes can hold (MIN_BYTES_PER_SECOND), a wav whose data chunk is over
+    TRUNCATION_TOLERANCE longer than the bytes after it (libsndfile counts only those)."""
+    if not MIN_RATE <= info.samplerate <= MAX_RATE:
+        raise _problem(path, f"its header declares a sample rate of {info.samplerate} Hz, which no recording has "
+                             "(a corrupt header)", "copy the file again from the corpus, or re-export it")
+    with _binary(path) as handle:
+        size = handle.seek(0, 2)
+        chunk = _wav_data_chunk(handle, size)
+    if info.frames and size < info.duration * MIN_BYTES_PER_SECOND:
+        raise _problem(path, f"its header declares {info.duration:,.0f} s of audio in {size:,} bytes (a corrupt "
+                             "header)", "copy the file again from the corpus, or re-export it")
+    if chunk is not None:
+        declared, present, byte_rate = chunk
+        if present < declared * (1 - TRUNCATION_TOLERANCE):
+            raise _truncated(path, present / byte_rate, declared / byte_rate)
+
+
+@contextlib.contextmanager
+def _binary(path):
+    """The file open for reading bytes: a path opened (and closed), a file object rewound."""
+    if hasattr(path, "read"):
+        yield _opened(path)
+        path.seek(0)
+    else:
+        with open(path, "rb") as handle:
+            yield handle
+
+
+def _wav_data_chunk(handle, size: int) -> tuple[int, int, int] | None:
+    """(bytes of samples the data chunk declares, bytes after its header, the fmt chunk's byte
+    rate) of a RIFF/WAVE file, walking its chunks; None for other formats, a data size a streaming
+    writer left unknown, or a fmt chunk without a byte rate."""
+    handle.seek(0)
+    head = handle.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+        return None
+    byte_rate = 0
+    while len(header := handle.read(8)) == 8:
+        name, length = header[:4], struct.unpack("<I", header[4:])[0]
+        if name == b"data":
+            known = length not in _UNKNOWN_SIZES and byte_rate
+            return (length, size - handle.tell(), byte_rate) if known else None
+        body = handle.read(min(length, 16)) if name == b"fmt " else b""
+        if len(body) >= 12:
+            byte_rate = struct.unpack_from("<I", body, 8)[0]
+        handle.seek(length + (length & 1) - len(body), 1)
+    return None
 
 
 def read_audio(path, target_sr: int = TARGET_SR, start: float | None = None, end: float | None = None) -> np.ndarray:
     """The file's samples as float32 mono at target_sr (see prepare_samples): all of them, or the
     segment from `start` to `end` seconds, frames int(start * rate) to int(end * rate) as EmoBox's
     EmoDataset cuts them (read by seeking). AudioError names the file and the fix: missing,
-    unreadable, corrupt or truncated, no audio stream, a codec this FFmpeg cannot decode."""
+    unreadable, corrupt or truncated, a header no recording has, no audio stream, a codec this
+    FFmpeg cannot decode."""
     if start is None and end is None:
         samples, rate = read_frames(path)     # one open: the rate comes with the samples
     else:
@@ -119,19 +180,24 @@ def read_frames(path, first: int = 0, last: int | None = None, info: AudioInfo |
                 ) -> tuple[np.ndarray, int]:
     """Frames first to last (default: the end) of the file at its own rate: ([n, channels] float32,
     rate). A whole file that decodes over TRUNCATION_TOLERANCE short of its header is refused.
-    `info` (audio_info's) says which reader; without it, libsndfile is tried first."""
+    `info` (audio_info's) says which reader; without it, libsndfile is tried first, and the
+    header it opens is checked (check_header) before a sample is read."""
     path = _existing(path)
+    if info is None and hasattr(path, "read"):
+        info = audio_info(path)      # an upload: checked before libsndfile shares the file object
     if info is not None and info.reader == "ffmpeg":
-        return _ffmpeg_read(path, first, last)
+        return _ffmpeg_read(path, first, last, info.frames)
     try:
         with sf.SoundFile(_opened(path)) as handle:
+            if info is None:
+                check_header(path, AudioInfo(handle.samplerate, handle.channels, handle.frames, "soundfile"))
             if first:
                 handle.seek(first)
             samples = handle.read(-1 if last is None else max(0, last - first), dtype="float32", always_2d=True)
             rate, frames = handle.samplerate, handle.frames
     except (sf.LibsndfileError, RuntimeError) as err:
         if info is None:             # not a file libsndfile reads: FFmpeg's
-            return _ffmpeg_read(path, first, last)
+            return _ffmpeg_read(path, first, last, audio_info(path).frames)
         raise _problem(path, f"unreadable audio ({err})", "re-export it as a 16 kHz PCM wav") from err
     if first == 0 and last is None and len(samples) < frames * (1 - TRUNCATION_TOLERANCE):
         raise _truncated(path, len(samples) / rate, frames / rate)
@@ -149,7 +215,7 @@ def _existing(path):
 
 
 def _truncated(path, got: float, header: float) -> AudioError:
-    return _problem(path, f"truncated or corrupt audio: {got:.2f} s decode of the {header:.2f} s its header says",
+    return _problem(path, f"truncated or corrupt audio: {got:.2f} s of the {header:.2f} s its header says",
                     "copy the file again from the corpus, or re-export it")
 
 
@@ -181,24 +247,56 @@ def _audio_stream(container, path: Path):
     return stream
 
 
-def _header_frames(container, stream) -> int:
-    """Samples per channel the header announces (stream duration, else the container's)."""
+def _header_frames(container, stream, path) -> int:
+    """Samples per channel of the audio stream by its own length: its duration, its DURATION tag
+    (matroska), the container's where it holds audio alone; else up to its last packet (a
+    video may outlast the audio, as the container's duration does)."""
+    seconds = _stream_seconds(stream)
+    if seconds is None and len(container.streams.audio) == len(container.streams) and container.duration:
+        seconds = container.duration / av.time_base
+    if seconds is None:
+        seconds = _packets_end(container, stream, path)
+    return int(round(seconds * stream.sample_rate))
+
+
+def _stream_seconds(stream) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
-        return int(round(float(stream.duration * stream.time_base) * stream.sample_rate))
-    if container.duration is not None:
-        return int(round(container.duration / av.time_base * stream.sample_rate))
-    return 0
+        return float(stream.duration * stream.time_base)
+    try:
+        hours, minutes, seconds = stream.metadata["DURATION"].split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except (KeyError, ValueError):
+        return None
 
 
-def _ffmpeg_read(path: Path, first: int, last: int | None) -> tuple[np.ndarray, int]:
+def _packets_end(container, stream, path) -> float:
+    """Seconds to the end of the stream's last packet, demuxed, not decoded. A file whose streams
+    all end over TRUNCATION_TOLERANCE before the container's duration is cut short: refused."""
+    ends = defaultdict(float)
+    try:
+        for packet in container.demux():
+            if packet.pts is not None and packet.time_base is not None:
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                ends[packet.stream.index] = max(ends[packet.stream.index], end)
+    except av.FFmpegError as err:
+        raise _problem(path, f"corrupt audio ({getattr(err, 'strerror', None) or err})",
+                       "copy the file again from the corpus, or re-export it") from err
+    whole = (container.duration or 0) / av.time_base
+    if max(ends.values(), default=0.0) < whole * (1 - TRUNCATION_TOLERANCE):
+        raise _truncated(path, ends[stream.index], whole)
+    return ends[stream.index]
+
+
+def _ffmpeg_read(path: Path, first: int, last: int | None, header: int) -> tuple[np.ndarray, int]:
     """Decode the first audio stream into [samples, channels] float32: frames first to last, from
     the keyframe before `first`. The first decoded frame's timestamp places the samples, the rest
     follow it (a seek that lands past `first` falls back to decoding from the beginning, as do
     containers outside SEEK_EXACT). mp4/mov audio ends where its header says (the encoder pads its
-    last frame); a whole stream that ends over TRUNCATION_TOLERANCE before its header is refused."""
+    last frame); a whole stream that ends over TRUNCATION_TOLERANCE before `header` (audio_info's
+    frames) is refused."""
     with _open_container(path) as container:
         stream = _audio_stream(container, path)
-        rate, header = stream.sample_rate, _header_frames(container, stream)
+        rate = stream.sample_rate
         whole, formats = first == 0 and last is None, container.format.name.split(",")
         if last is None and "mp4" in formats:
             last = header or None

@@ -43,11 +43,13 @@ def readable_headers(paths, read_header, errors, kinds: tuple, problems):
 
 
 def audio_problems(paths, min_samples: int = 1) -> dict:
-    """Missing, unreadable or empty audio files, and files shorter than the encoder's receptive
-    field (min_samples at 16 kHz), from their headers (nothing is decoded)."""
+    """Missing, unreadable or empty audio files (a wav cut short or a header declaring an absurd rate
+    or length among the unreadable: dataio.audio.check_header), and files shorter than the encoder's
+    receptive field (min_samples at 16 kHz), from their headers (nothing is decoded)."""
     problems = defaultdict(list)
     kinds = ("missing audio files (check --data_path_audio)",
-             "unreadable audio files (no audio stream, corrupt, or a codec FFmpeg cannot decode: re-export as 16 kHz PCM wav)")
+             "unreadable audio files (cut short, a header no recording has, no audio stream, corrupt, or a codec "
+             "FFmpeg cannot decode: copy them again or re-export as 16 kHz PCM wav)")
     for path, info in readable_headers(paths, audio_info, (AudioError,), kinds, problems):
         if info.frames == 0:
             problems["empty audio files (re-export or drop the row)"].append(str(path))

@@ -75,6 +75,37 @@ def write_container(path, samples: np.ndarray, rate: int, fmt: str, codec: str, 
     return path
 
 
+def write_video_outlasting_audio(path, samples: np.ndarray, rate: int, fmt: str, codec: str, after: float = 0.2,
+                                 fps: int = 5) -> Path:
+    """samples [n] as mono `codec` audio in container `fmt`, beside a black `fps` video that runs
+    on `after` seconds past the audio's end (as a camera's recording outlasts its microphone's)."""
+    path = Path(path)
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        picture = container.add_stream("mpeg4", rate=fps)
+        picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+        size = stream.codec_context.frame_size or 1024
+        to_codec = av.AudioResampler(format=stream.codec_context.format.name, layout="mono", rate=rate)
+        for begin in range(0, len(samples), size):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, begin:begin + size]),
+                                               format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, begin, Fraction(1, rate)
+            for converted in to_codec.resample(frame):
+                for packet in stream.encode(converted):
+                    container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+        for index in range(int(round((len(samples) / rate + after) * fps))):
+            image = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            image.pts = index
+            for packet in picture.encode(image.reformat(format="yuv420p")):
+                container.mux(packet)
+        for packet in picture.encode(None):
+            container.mux(packet)
+    return path
+
+
 def delay(reference: np.ndarray, got: np.ndarray, span: int) -> int:
     """The lag (samples) at which `got` best matches `reference`, by cross-correlation."""
     n = min(len(reference), len(got)) - 2 * span

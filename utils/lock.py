@@ -6,8 +6,12 @@ systems (NFS included), holding its holder's host, pid, process start time and c
 holder refreshes the file's modification time every HEARTBEAT seconds. A lock is dead when
 its holder ran on this host and that process is gone (pid absent, or reused by a process
 that started later), or, for a holder on another host (torchrun across nodes, a shared
-folder), when its heartbeat is older than STALE seconds. A dead lock is renamed aside
-(atomic: of two processes taking it over, one wins) and created anew."""
+folder), when its heartbeat is older than STALE seconds. A dead lock is taken over in place:
+under an flock on that very file (released by the kernel if its taker dies; NFS carries it
+as a byte-range lock), the taker checks that the path still names it and that its record is
+still dead, then writes its own. Of several processes taking it over, one wins; the others
+find the winner's live record."""
+import fcntl
 import json
 import os
 import socket
@@ -78,11 +82,20 @@ def is_dead(holder: dict, path: Path) -> bool:
 
 def read_holder(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        return _parse(path.read_text())
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, OSError):
-        return {}  # being written, or cut short by a crash: judged by its age below
+    except OSError:
+        return {}
+
+
+def _parse(text: str) -> dict:
+    """A holder record; {} for one being written or cut short by a crash (judged by its age)."""
+    try:
+        holder = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
 
 
 class RunLock:
@@ -98,27 +111,31 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.wait
         for _ in range(100_000):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = read_holder(self.path)
-                if holder is None:
-                    continue  # released meanwhile
-                dead = is_dead(holder, self.path) if holder else time.time() - self._mtime() > STALE
-                if dead:
-                    self._take_over()
-                elif time.monotonic() < deadline:
-                    time.sleep(0.05)
-                else:
-                    raise LockedError(f"{self.what} is in use by {describe(holder) if holder else 'another process'} "
-                                      f"(lock {self.path}); wait for it to finish, or stop it first") from None
-                continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(holder_record(), handle)
-            self._beat = threading.Thread(target=self._heartbeat, daemon=True, name=f"lock {self.path.name}")
-            self._beat.start()
-            return self
+            if self._create() or self._take_over_if_dead():
+                self._beat = threading.Thread(target=self._heartbeat, daemon=True, name=f"lock {self.path.name}")
+                self._beat.start()
+                return self
+            holder = read_holder(self.path)
+            if holder is None or self._dead(holder):
+                continue  # released meanwhile, or a dead one a rival is taking over
+            if time.monotonic() >= deadline:
+                raise LockedError(f"{self.what} is in use by {describe(holder) if holder else 'another process'} "
+                                  f"(lock {self.path}); wait for it to finish, or stop it first")
+            time.sleep(0.05)
         raise LockedError(f"{self.what}: could not take the lock {self.path}; retry")
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            json.dump(holder_record(), handle)
+        return True
+
+    def _dead(self, holder: dict) -> bool:
+        """An unreadable record (being written, or cut short by a crash) is judged by its age."""
+        return is_dead(holder, self.path) if holder else time.time() - self._mtime() > STALE
 
     def _mtime(self) -> float:
         try:
@@ -126,14 +143,40 @@ class RunLock:
         except FileNotFoundError:
             return 0.0
 
-    def _take_over(self) -> None:
-        """Rename the dead holder's file aside, so only one of several contenders removes it."""
-        aside = self.path.with_name(f"{self.path.name}.dead.{os.getpid()}.{time.monotonic_ns()}")
+    def _take_over_if_dead(self) -> bool:
+        """Write our record over a dead holder's, judged under an flock on its file: a rival that
+        took it first has left its live record there, and the judgement says so."""
+        holder = read_holder(self.path)
+        if holder is None or not self._dead(holder):
+            return False
         try:
-            os.rename(self.path, aside)
+            handle = open(self.path, "r+")
         except FileNotFoundError:
-            return
-        aside.unlink(missing_ok=True)
+            return False
+        except PermissionError as err:
+            raise LockedError(f"{self.what}: the lock {self.path} of a dead holder "
+                              f"({describe(holder) if holder else 'unreadable'}) cannot be taken over "
+                              f"({err.strerror}); remove that file") from err
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)   # held for a read and a write; released on close
+            if not self._names(handle):
+                return False
+            holder = _parse(handle.read())
+            if not self._dead(holder):
+                return False
+            handle.seek(0)
+            handle.truncate()
+            json.dump(holder_record(), handle)
+        return True
+
+    def _names(self, handle) -> bool:
+        """Whether the lock's path still names the open file (not released and created anew)."""
+        try:
+            here = self.path.stat()
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(handle.fileno())
+        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT):
