@@ -2,7 +2,9 @@
 4-class task, `iemocap.csv` + `audio/<FileName>.wav` (data_prep/iemocap_prep.py is its command line).
 One file for the one release format: its pure parsers of the release's label and transcript files
 and its thin layer that validates the whole release, copies (or links) the audio and writes the csv
-last read the same layout. Problem, ReleaseError and write_audio serve the EmoBox importer too."""
+last read the same layout. Each utterance keeps its label line's `[V, A, D]`, IEMOCAP's 1-5 means of
+the annotators' valence, activation and dominance ratings, as given: columns valence, arousal,
+dominance. Problem, ReleaseError and write_audio serve the EmoBox and MSP-Podcast importers too."""
 import logging
 import os
 import re
@@ -24,14 +26,17 @@ from models.errors import MMERError
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["FileName", "Sentences", "Label", "text", "session", "speaker", "gender", "start", "end", "duration"]
+COLUMNS = ["FileName", "Sentences", "Label", "valence", "arousal", "dominance", "text", "session", "speaker", "gender",
+           "start", "end", "duration"]
 CSV_NAME = "iemocap.csv"
 SESSIONS = (1, 2, 3, 4, 5)
 RESTORE = "restore it from the IEMOCAP_full_release archive"
 
-# `[6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]`
+# `[6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]`: [V, A, D] last
+_NUMBER = r"\d+(?:\.\d+)?"
 _LABEL_LINE = re.compile(
-    r"^\[(?P<start>\d+(?:\.\d+)?)\s*-\s*(?P<end>\d+(?:\.\d+)?)\]\s+(?P<utt>\S+)\s+(?P<label>\S+)\s+\[.*\]\s*$")
+    rf"^\[(?P<start>{_NUMBER})\s*-\s*(?P<end>{_NUMBER})\]\s+(?P<utt>\S+)\s+(?P<label>\S+)\s+"
+    rf"\[\s*(?P<valence>{_NUMBER})\s*,\s*(?P<arousal>{_NUMBER})\s*,\s*(?P<dominance>{_NUMBER})\s*\]\s*$")
 # `Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me.`; only the first `]:` ends the
 # time stamp, so transcripts may hold brackets of their own (`[LAUGHTER]`).
 _TRANSCRIPT_LINE = re.compile(r"^(?P<utt>\S+)\s+\[[^\]]*\]:\s*(?P<text>.*?)\s*$")
@@ -63,6 +68,9 @@ class LabelRecord:
     label: str
     start: float
     end: float
+    valence: float    # the line's [V, A, D]: means of the annotators' 1-5 ratings
+    arousal: float
+    dominance: float
 
 
 class Source(NamedTuple):
@@ -86,7 +94,8 @@ def parse_emo_evaluation(text: str) -> list[LabelRecord]:
         if match is None:
             raise ValueError(f"line {number}: cannot read label line {line!r} "
                              "(expected '[start - end]<TAB>utterance<TAB>label<TAB>[v, a, d]')")
-        records.append(LabelRecord(match["utt"], match["label"], float(match["start"]), float(match["end"])))
+        records.append(LabelRecord(match["utt"], match["label"], float(match["start"]), float(match["end"]),
+                                   float(match["valence"]), float(match["arousal"]), float(match["dominance"])))
     return records
 
 
@@ -123,6 +132,7 @@ def join_dialog(records: list[LabelRecord], transcripts: dict[str, str],
                                     f"{record.utterance}", RESTORE))
         else:
             rows.append({"FileName": record.utterance, "Sentences": sentence, "Label": record.label,
+                         "valence": record.valence, "arousal": record.arousal, "dominance": record.dominance,
                          "text": sentence.upper(), **fields, "start": record.start, "end": record.end})
     return rows, problems
 
@@ -324,15 +334,16 @@ def audio_done(source, dest: Path, link: bool) -> bool:
     return (written.samplerate, written.channels) == (TARGET_SR, 1) and abs(written.duration - seconds) < 1e-3
 
 
-def place_audio(source: Source, dest: Path, link: bool) -> None:
-    """Convert, link or copy one wav; always under a temporary name, then renamed."""
+def place_audio(source: Source, dest: Path, link: bool, todo: str = RESTORE) -> None:
+    """Convert, link or copy one wav; always under a temporary name, then renamed. todo: the fix
+    named for a file that cannot be converted (the release's own)."""
     if source.convert:
         try:
             write_wav(dest, read_audio(source.path))
         except AudioError as err:
             # Only a body corrupt past a valid header gets here: the scan read every header.
             what = f"could not be converted to 16 kHz mono ({err.__cause__ or err})"
-            raise ReleaseError([Problem(source.path, what, RESTORE)]) from err
+            raise ReleaseError([Problem(source.path, what, todo)]) from err
         return
     link_or_copy(source.path, dest, link)
 

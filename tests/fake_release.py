@@ -14,6 +14,8 @@ CATEGORY = {"neu": "Neutral", "hap": "Happiness", "exc": "Excited", "ang": "Ange
             "fru": "Frustration", "sur": "Surprise", "fea": "Fear", "dis": "Disgust", "oth": "Other",
             "xxx": "Frustration"}
 LABEL_HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+# [V, A, D] as the release writes them: means of several annotators' 1-5 ratings, in thirds and sixths.
+VADS = (("2.5000", "2.5000", "2.5000"), ("3.3333", "2.1667", "4.0000"), ("1.6667", "4.8333", "3.5000"))
 
 
 @dataclass
@@ -45,8 +47,13 @@ def write_noise_wav(path, n_samples: int, rng, sample_rate: int = 16000, channel
     sf.write(str(path), noise, sample_rate, subtype="PCM_16", format="WAV")
 
 
+def vad_of(utterance: str) -> tuple[str, str, str]:
+    """The [V, A, D] the fake release writes for an utterance, one of VADS chosen by its id."""
+    return VADS[sum(map(ord, utterance)) % len(VADS)]
+
+
 def label_block(utt: str, label: str, start: float, end: float) -> str:
-    return (f"[{start:.4f} - {end:.4f}]\t{utt}\t{label}\t[2.5000, 3.0000, 2.5000]\n"
+    return (f"[{start:.4f} - {end:.4f}]\t{utt}\t{label}\t[{', '.join(vad_of(utt))}]\n"
             f"C-E1:\t{CATEGORY[label]};\t()\nC-E2:\t{CATEGORY[label]};\t()\nC-F1:\tNeutral;\t()\n"
             f"A-E1:\tval 3; act 2; dom  2;\t()\nA-F1:\tval 2; act 3; dom  3;\t(tired)\n\n")
 

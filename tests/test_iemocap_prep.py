@@ -15,7 +15,8 @@ import soundfile as sf
 from data_prep.iemocap_prep import main
 from dataio.iemocap import (COLUMNS, LabelRecord, ReleaseError, count_differences, join_dialog, parse_emo_evaluation,
                             parse_transcriptions, prepare, with_augmented_text)
-from tests.fake_release import UPSTREAM_CSV, FakeRelease, build_fake_release, write_noise_wav
+from dataio.corpus import read_table
+from tests.fake_release import UPSTREAM_CSV, FakeRelease, build_fake_release, vad_of, write_noise_wav
 
 REPO = Path(__file__).resolve().parents[1]
 LOGGER = "dataio.iemocap"
@@ -86,10 +87,24 @@ def small_release(tmp_path) -> FakeRelease:
 
 def test_emo_evaluation_parser_reads_every_utterance_line_and_skips_annotator_lines():
     assert parse_emo_evaluation(EMO_SNIPPET) == [
-        LabelRecord("Ses01F_impro01_F000", "neu", 6.2901, 8.2357),
-        LabelRecord("Ses01F_impro01_M001", "fru", 10.01, 11.3925),
-        LabelRecord("Ses01F_impro01_F002", "exc", 12.5, 14.0),
+        LabelRecord("Ses01F_impro01_F000", "neu", 6.2901, 8.2357, 2.5, 2.5, 2.5),
+        LabelRecord("Ses01F_impro01_M001", "fru", 10.01, 11.3925, 2.0, 3.5, 3.0),
+        LabelRecord("Ses01F_impro01_F002", "exc", 12.5, 14.0, 4.0, 4.0, 3.5),
     ]
+
+
+def test_emo_evaluation_parser_keeps_v_a_d_in_thirds_and_sixths_as_the_release_gives_them():
+    text = ("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+            "[15.8100 - 19.2300]\tSes03M_script02_2_F012\tsad\t[1.6667, 2.1667, 3.3333]\n"
+            "C-E1:\tSadness;\t()\nA-E1:\tval 2; act 2; dom  3;\t()\n\n"
+            "[20.0000 - 21.5000]\tSes03M_script02_2_M013\tang\t[2.8333, 4.6667, 4.1667]\n")
+    assert [(r.valence, r.arousal, r.dominance) for r in parse_emo_evaluation(text)] == [
+        (1.6667, 2.1667, 3.3333), (2.8333, 4.6667, 4.1667)]
+
+
+def test_emo_evaluation_parser_names_a_label_line_whose_v_a_d_is_not_three_numbers():
+    with pytest.raises(ValueError, match="line 2: cannot read label line"):
+        parse_emo_evaluation("% header\n[1.0 - 2.0]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000]\n")
 
 
 def test_emo_evaluation_parser_names_the_line_of_a_malformed_label_line():
@@ -116,12 +131,13 @@ def test_join_keeps_the_4class_labels_exc_unmerged_and_drops_unlabelled_turns():
     assert [(r["FileName"], r["Label"]) for r in rows] == [("Ses01F_impro01_F000", "neu"),
                                                            ("Ses01F_impro01_F002", "exc")]
     assert rows[1]["text"] == "YES: I DO [LAUGHTER] RIGHT HERE."
+    assert (rows[1]["valence"], rows[1]["arousal"], rows[1]["dominance"]) == (4.0, 4.0, 3.5)
     assert (rows[1]["session"], rows[1]["speaker"], rows[1]["gender"]) == (1, "Ses01_F", "F")
     assert (rows[1]["start"], rows[1]["end"]) == (12.5, 14.0)
 
 
 def test_join_reports_a_labelled_utterance_without_transcript_naming_the_transcript_file():
-    records = [LabelRecord("Ses02M_script01_1_M003", "sad", 1.0, 2.0)]
+    records = [LabelRecord("Ses02M_script01_1_M003", "sad", 1.0, 2.0, 2.0, 2.0, 2.0)]
     rows, problems = join_dialog(records, {}, "labels.txt", "Session2/transcripts.txt")
     assert rows == []
     assert str(problems[0]).startswith("ERROR Session2/transcripts.txt: no transcript for labelled "
@@ -145,6 +161,23 @@ def test_full_release_yields_exactly_the_upstream_4class_rows(prepared):
     assert set(table.gender) == {"F", "M"}
     # The fake release writes each label line's span as its wav's length.
     assert np.allclose(table.duration, table.end - table.start, atol=1e-4)
+
+
+def test_full_release_writes_each_label_lines_v_a_d_unrounded(prepared, full_release):
+    out_dir, _ = prepared
+    text = (out_dir / "iemocap.csv").read_text()
+    table = pd.read_csv(out_dir / "iemocap.csv", keep_default_na=False)
+    given = [vad_of(name) for name in table.FileName]  # what each label line of the fake release says
+    assert table[["valence", "arousal", "dominance"]].to_numpy().tolist() == [[float(x) for x in v] for v in given]
+    assert ",3.3333,2.1667,4.0," in text and ",1.6667,4.8333,3.5," in text  # thirds and sixths, not rounded
+
+
+def test_the_corpus_reader_keeps_the_v_a_d_columns_of_a_prepared_table(prepared):
+    out_dir, _ = prepared
+    table, label_set = read_table(out_dir / "iemocap.csv")
+    assert label_set.classes == ("hap", "ang", "neu", "sad") and len(table) == 5531
+    assert set(table.valence) | set(table.arousal) | set(table.dominance) == {
+        1.6667, 2.1667, 2.5, 3.3333, 3.5, 4.0, 4.8333}
 
 
 def test_full_release_writes_one_wav_per_row(prepared, full_release):
