@@ -1,6 +1,7 @@
 """Several runs side by side (compare.py is its command line): their results.json found and
-checked, one row per run (comparison.csv, comparison.md, comparison.png) and, over seeds, one
-row per configuration (seeds.csv, seeds.md)."""
+checked, one row per run with 95 % intervals (comparison.csv, comparison.md, comparison.png),
+over seeds one row per configuration (seeds.csv, seeds.md), and with --paired whether their
+differences are real (significance.csv, significance.md; training/significance.py)."""
 import json
 import logging
 import math
@@ -10,10 +11,14 @@ import pandas as pd
 
 from training.figures import optimistic, plot_comparison, session_key
 from training.report import METRIC_KEYS, TYPE_NAMES, ReportError, run_label
+from training.significance import COLUMNS as SIGNIFICANCE_COLUMNS
+from training.significance import (SignificanceError, read_predictions, run_intervals, seed_tests, seeds_section,
+                                   significance_markdown, significance_table)
 from utils.files import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 RUN_ORDER = ("unimodal_baseline", "cai_sota", "mmer")  # baselines first, as in the paper's tables
+RESAMPLES, SEED = 1000, 0  # bootstrap resamples and permutations, and their seed (compare.py --resamples, --seed)
 
 
 def find_results(paths) -> list:
@@ -57,8 +62,9 @@ def selection_tag(results: dict) -> str:
     return f"{tag}, re-evaluated" if results.get("eval_only") else tag
 
 
-def comparison_frame(result_files) -> pd.DataFrame:
-    """One row per run: mean and std over folds of WA, UA and macro-F1 (percent), sorted
+def comparison_frame(result_files, resamples: int = RESAMPLES, seed: int = SEED) -> pd.DataFrame:
+    """One row per run: mean and std over folds of WA, UA and macro-F1 (percent) with a 95 %
+    bootstrap interval of the mean (NaN for a run without its predictions files), sorted
     baselines first then by alpha, each with a label that tells it from the others."""
     rows = []
     for path in map(Path, result_files):
@@ -72,6 +78,7 @@ def comparison_frame(result_files) -> pd.DataFrame:
         for key in METRIC_KEYS:
             row[key] = 100 * results["mean"][key]
             row[f"{key}_std"] = 100 * results["std"].get(key, math.nan)
+        row.update(intervals(path, results, resamples, seed))
         for kind in TYPE_NAMES:
             typed = results.get("by_type", {}).get(kind)
             row[f"ua_{kind}"] = 100 * typed["mean"]["ua"] if typed else math.nan
@@ -84,6 +91,16 @@ def comparison_frame(result_files) -> pd.DataFrame:
     frame = frame.drop(columns=["_order", "_alpha"]).reset_index(drop=True)
     frame.insert(0, "label", unique_labels(frame))
     return frame
+
+
+def intervals(path: Path, results: dict, resamples: int, seed: int) -> dict:
+    """{wa_ci_low: ..., wa_ci_high: ..., ...} from the run's predictions; NaN, with a warning
+    that says why, where they cannot be had."""
+    try:
+        return run_intervals(read_predictions(path.parent, results), resamples, seed)
+    except SignificanceError as err:
+        log.warning("no 95 %% intervals for %s: %s", path.parent, err)
+        return {f"{key}_ci_{end}": math.nan for key in METRIC_KEYS for end in ("low", "high")}
 
 
 def unique_labels(frame: pd.DataFrame) -> list:
@@ -115,12 +132,17 @@ def markdown_table(frame: pd.DataFrame) -> str:
         cells = []
         for key in METRIC_KEYS:
             text = f"{getattr(r, key):.2f} ± {getattr(r, key + '_std'):.2f}"
+            if not math.isnan(getattr(r, f"{key}_ci_low", math.nan)):
+                text += f" [{getattr(r, key + '_ci_low'):.1f}, {getattr(r, key + '_ci_high'):.1f}]"
             is_best = getattr(r, key) == best[key] and len(frame) > 1 and "OPTIMISTIC" not in r.selection
             cells.append(f"**{text}**" if is_best else text)
         cells += ["-" if math.isnan(getattr(r, column)) else f"{getattr(r, column):.2f}" for column, _ in typed]
         selection = f"**{r.selection}**" if "OPTIMISTIC" in r.selection else r.selection
         lines.append(f"| {r.label} | {' | '.join(cells)} | {selection} | {r.sessions} |")
     notes = ["", "Mean ± population std over the folds. WA = overall accuracy, UA = mean of the per-class recalls."]
+    if "wa_ci_low" in frame and frame["wa_ci_low"].notna().any():
+        notes.append("[low, high]: 95 % percentile-bootstrap interval of the mean over the folds, the test utterances "
+                     "resampled within each fold (docs/SIGNIFICANCE.md); compare.py --paired tests the differences.")
     if typed:
         notes.append("UA impro / UA script: mean over the folds of the UA of the improvised and of the scripted test "
                      "utterances (IEMOCAP's scripted lines recur in every session).")
@@ -166,10 +188,8 @@ def over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
     """Runs of one configuration with different seeds as one row: the mean and (population)
     std over the seeds of each run's mean over its folds, in percent. Runs recorded with
     different settings are different configurations."""
-    configuration = configurations(frame)
-    grouped = frame.assign(configuration=configuration).groupby("configuration", sort=False)
     rows = []
-    for name, group in grouped:
+    for name, group in seed_groups(frame).items():
         row = {"configuration": name, "seeds": " ".join(str(s) for s in group["seed"]), "runs": len(group),
                "sessions": " ".join(sorted(set(group["sessions"]))), "selection": " / ".join(sorted(set(group["selection"]))),
                "unit": group["unit"].iloc[0] if group["unit"].nunique() == 1 else "fold"}
@@ -179,6 +199,12 @@ def over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
             row[column], row[f"{column}_std"] = group[column].mean(), group[column].std(ddof=0)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def seed_groups(frame: pd.DataFrame) -> dict:
+    """{configuration: its runs' rows}, in the table's order."""
+    grouped = frame.assign(configuration=configurations(frame)).groupby("configuration", sort=False)
+    return {name: group for name, group in grouped}
 
 
 def seeds_markdown(table: pd.DataFrame) -> str:
@@ -202,24 +228,52 @@ def typed_columns(frame: pd.DataFrame) -> list[tuple[str, str]]:
             if f"ua_{kind}" in frame and frame[f"ua_{kind}"].notna().any()]
 
 
-def compare(paths, out_dir, seeds: bool = False) -> pd.DataFrame:
+def compare(paths, out_dir, seeds: bool = False, paired: bool = False, resamples: int = RESAMPLES,
+            seed: int = SEED) -> pd.DataFrame:
     """Write comparison.csv, comparison.md and comparison.png for the runs under `paths`; with
-    `seeds`, also seeds.csv and seeds.md: one row per configuration over its seeds."""
-    frame = comparison_frame(find_results(paths))
+    `seeds`, also seeds.csv and seeds.md (one row per configuration over its seeds, and the
+    seed-level tests, seeds_significance.csv); with `paired`, significance.csv and .md (every
+    pair of runs tested utterance by utterance). Runs that cannot be paired are refused before
+    anything is written."""
+    files = find_results(paths)
+    frame = comparison_frame(files, resamples, seed)
+    significance = paired_significance(files, frame, resamples, seed) if paired else None
+    out_dir = Path(out_dir)
     if seeds:
-        table = over_seeds(frame)
-        with atomic_path(Path(out_dir) / "seeds.csv", suffix=".csv") as tmp:
-            table.to_csv(tmp, index=False, float_format="%.4f")
-        atomic_write_text(Path(out_dir) / "seeds.md", seeds_markdown(table))
+        write_seeds(frame, out_dir)
+    if significance is not None:
+        table, utterances = significance
+        with atomic_path(out_dir / "significance.csv", suffix=".csv") as tmp:
+            table[SIGNIFICANCE_COLUMNS].to_csv(tmp, index=False, float_format="%.4f")
+        atomic_write_text(out_dir / "significance.md", significance_markdown(table, utterances, resamples, seed))
     if frame["sessions"].nunique() > 1:
         log.warning("the runs were tested on different sessions (%s); their means are not comparable",
                     "; ".join(f"{label}: {s}" for label, s in zip(frame["label"], frame["sessions"])))
-    out_dir = Path(out_dir)
     with atomic_path(out_dir / "comparison.csv", suffix=".csv") as tmp:
         frame.drop(columns="settings").to_csv(tmp, index=False, float_format="%.4f")
     atomic_write_text(out_dir / "comparison.md", markdown_table(frame))
     plot_comparison(frame, out_dir / "comparison.png")
     return frame
+
+
+def paired_significance(files, frame: pd.DataFrame, resamples: int, seed: int) -> tuple:
+    """significance_table over the runs of the frame, in its order, read from their predictions."""
+    by_dir = {str(Path(path).parent): Path(path) for path in files}
+    runs = [(r.label, read_predictions(r.path, load_results(by_dir[r.path]))) for r in frame.itertuples()]
+    return significance_table(runs, resamples, seed)
+
+
+def write_seeds(frame: pd.DataFrame, out_dir: Path) -> None:
+    """seeds.csv and seeds.md, one row per configuration; seeds_significance.csv and seeds.md's
+    last section: Welch's t-test between the configurations with enough seeds."""
+    table, groups = over_seeds(frame), seed_groups(frame)
+    tests = seed_tests(groups)
+    with atomic_path(out_dir / "seeds.csv", suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    with atomic_path(out_dir / "seeds_significance.csv", suffix=".csv") as tmp:
+        tests.to_csv(tmp, index=False, float_format="%.4f")
+    counts = {name: len(group) for name, group in groups.items()}
+    atomic_write_text(out_dir / "seeds.md", seeds_markdown(table) + seeds_section(tests, counts))
 
 
 def default_out(first) -> Path:
