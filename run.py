@@ -11,6 +11,8 @@ torchrun from reading --run as its own --run-path):
 """
 import argparse
 import contextlib
+import copy
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -19,26 +21,14 @@ from utils.threads import before_torch, configure_threads
 
 before_torch()  # OpenMP reads its waiting policy when torch loads it (utils/threads.py)
 
-import transformers  # noqa: E402
-from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
-
-from dataio.corpus import UTTERANCE_TYPES  # noqa: E402
-from dataio.text import CTC_TEXT  # noqa: E402
-from models import MODELS, ModelConfig  # noqa: E402
-from models.base import AUDIO_DROPOUT, CTC_REDUCTIONS  # noqa: E402
+# the flags need no torch: they are checked before it loads (below), so nonsense is refused at once
+from dataio.schema import CTC_TEXT_FORMS, UTTERANCE_TYPES  # noqa: E402
 from models.errors import MMERError  # noqa: E402
-from models.objectives import CONTRASTIVE_FORMS, POOLING_METHODS, TEXT_POOLING_METHODS  # noqa: E402
-from training import runinfo  # noqa: E402
-from training.config import (MODEL_FLAGS, RunConfig, presets, read_recipe, recipe_file, record_config,  # noqa: E402
-                             resolve_configs, resolve_precision)
-from training.folds import evaluate_checkpoint, finished_folds, folds_to_run, run_fold  # noqa: E402
-from training.inputs import check_inputs, load_corpus, read_corpus_table  # noqa: E402
-from training.results import report  # noqa: E402
-from training.views import AUDIO_VIEWS  # noqa: E402
-from utils import distributed  # noqa: E402
+from models.settings import (AUDIO_DROPOUT, CONTRASTIVE_FORMS, CTC_REDUCTIONS, POOLING_METHODS,  # noqa: E402
+                             TEXT_POOLING_METHODS, VARIANTS, ModelConfig)
+from training.settings import (AUDIO_VIEWS, CALIBRATION, MODEL_FLAGS, RunConfig, presets, read_recipe,  # noqa: E402
+                               recipe_file)
 from utils.cli import HelpFormatter, Parser, add_number  # noqa: E402
-from utils.device import check_precision  # noqa: E402
-from utils.lock import RunLock  # noqa: E402
 
 log = logging.getLogger("mmer")
 
@@ -48,6 +38,16 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
     """Flags -> the two configurations. A recipe (--preset NAME or --config FILE) sets defaults
     that flags given beside it override. Nonsense is refused here (exit code 2, one line), before
     any data is read; --eval_only fills what is not given from the run it re-evaluates."""
+    p, args, recipe = read_flags(argv)
+    try:
+        return resolve_configs(args, {key: value for key, value in recipe.items() if key in MODEL_FLAGS})
+    except (MMERError, OSError) as err:
+        p.error(str(err))
+
+
+def read_flags(argv=None) -> tuple[Parser, argparse.Namespace, dict]:
+    """The flags and the recipe's settings as given, each checked against its type and range
+    (exit code 2, one line): no torch, no files but the recipe."""
     p = Parser(description=__doc__, formatter_class=HelpFormatter)
     d, m = RunConfig(), ModelConfig()
     for add in (add_recipe_flags, add_data_flags, add_model_flags, add_objective_flags, add_optimisation_flags,
@@ -55,11 +55,10 @@ def parse_args(argv=None) -> tuple[ModelConfig, RunConfig]:
         add(p, d, m)
     try:
         recipe = recipe_settings(p, argv)
-        p.set_defaults(**{key: value for key, value in recipe.items() if key not in MODEL_FLAGS})
-        args = p.parse_args(argv)
-        return resolve_configs(args, {key: value for key, value in recipe.items() if key in MODEL_FLAGS})
     except (MMERError, OSError) as err:
         p.error(str(err))
+    p.set_defaults(**{key: value for key, value in recipe.items() if key not in MODEL_FLAGS})
+    return p, p.parse_args(argv), recipe
 
 
 def recipe_settings(p, argv) -> dict:
@@ -118,11 +117,12 @@ def add_data_flags(p, d: RunConfig, m: ModelConfig) -> None:
                                                      "replaces --audio_view")
     data.add_argument("--data_path_roberta_view", help="2023 views: features of each utterance's augmented transcript "
                                                        "(extract_roberta.py --text_column AugmentedText)")
-    data.add_argument("--ctc_text", choices=list(CTC_TEXT), default=d.ctc_text,
+    data.add_argument("--ctc_text", choices=CTC_TEXT_FORMS, default=d.ctc_text,
                       help="the CTC targets: clean (non-speech tags removed, punctuation a word boundary) or upstream "
                            "(upstream's: characters outside the vocabulary deleted, so {LG} is spelled LG)")
-    data.add_argument("--utterance_types", choices=UTTERANCE_TYPES, default=d.utterance_types,
-                      help="IEMOCAP: train and test on improvised (impro) or scripted (script) dialogues only, or all")
+    data.add_argument("--utterance_types", choices=UTTERANCE_TYPES, default=None,
+                      help="IEMOCAP: train and test on improvised (impro) or scripted (script) dialogues only, or all "
+                           f"(default {d.utterance_types})")
     data.add_argument("--sessions", "--folds", nargs="+", default=None,
                       help="test folds to run, by name (IEMOCAP: its sessions 1-5; default: all the table's; with "
                            "--eval_only, those that have a checkpoint)")
@@ -150,7 +150,7 @@ def add_data_flags(p, d: RunConfig, m: ModelConfig) -> None:
 def add_model_flags(p, d: RunConfig, m: ModelConfig) -> None:
     """The variant, its encoders and regularisation (ModelConfig)."""
     model = p.add_argument_group("model")
-    model.add_argument("--run", choices=list(MODELS), help=f"which variant (default {m.run})")
+    model.add_argument("--run", choices=VARIANTS, help=f"which variant (default {m.run})")
     add_number(model, "--alpha", float, 0, default=None,
                help="weight of the CTC loss (mmer, cai_sota): loss = CE + alpha * (2 / B) * sum of the B utterances' "
                     f"CTC losses, upstream's CE + alpha * CTC_sum at its micro-batch of 2 (default {m.alpha})")
@@ -206,7 +206,11 @@ def add_optimisation_flags(p, d: RunConfig, m: ModelConfig) -> None:
     add_number(opt, "--learning_rate", float, 0, low_open=True, default=d.learning_rate, help="AdamW learning rate")
     opt.add_argument("--batching", choices=["bucket", "random"], default=d.batching,
                      help="bucket: length-grouped batches in shuffled order (less padding); random: upstream's")
-    add_number(opt, "--seed", int, 0, default=d.seed, help="seeds the model, the dev split and the batch order")
+    add_number(opt, "--seed", int, 0, default=None,
+               help=f"seeds the model, the dev split, --kfold's folds and the batch order (default {d.seed})")
+    opt.add_argument("--seeds", nargs="+", type=int, default=None,
+                     help="run the configuration once per seed, into <save_path>/<run>/seed_<s>/, and write the "
+                          "seed table (seeds.md/.csv: mean ± std over the seeds) into <save_path>/<run>/")
     opt.add_argument("--gradient_checkpointing", action="store_true",
                      help="recompute encoder activations in the backward pass (less memory, ~30%% slower)")
     opt.add_argument("--compile", action="store_true",
@@ -238,11 +242,18 @@ def add_run_control_flags(p, d: RunConfig, m: ModelConfig) -> None:
                     "shared among torchrun's processes on the machine)")
     ctl.add_argument("--select_on", choices=["dev", "test"], default=d.select_on,
                      help="pick the best epoch on the dev split; 'test' reproduces upstream (optimistic, no dev split)")
+    ctl.add_argument("--calibrate", choices=CALIBRATION, default=d.calibrate,
+                     help="dev: after the best epoch is chosen, fit one temperature per fold on its dev split "
+                          "(minimising NLL), store it in the checkpoint and apply it to the test predictions, "
+                          "predict.py, the service and the exports (ECE, NLL and Brier reported before and after; "
+                          "the argmax never changes). none: the plain softmax, as upstream (docs/CALIBRATION.md)")
     add_number(ctl, "--eval_batch_size", int, 1, default=d.eval_batch_size,
                help="at most this many utterances per evaluation pass; results do not depend on it")
     ctl.add_argument("--eval_only", action="store_true",
-                     help="evaluate <checkpoint_dir>/<session>_model.pt; flags not given are read from the "
-                          "checkpoints and the run's config.json")
+                     help="evaluate <checkpoint_dir>/<session>_model.pt on the test set of its fold; flags not given "
+                          "are read from the checkpoints and the run's config.json, which also fixes the folds "
+                          "(--kfold, --seed, --fold_by, --utterance_types, --label_map, --limit_utterances: a "
+                          "contradicting one is refused)")
     ctl.add_argument("--checkpoint_dir", default=None, help="folder of <session>_model.pt (.safetensors) files")
     ctl.add_argument("--cross_corpus", action="store_true",
                      help="--eval_only on another corpus: every checkpoint scores the whole table (its labels mapped "
@@ -257,25 +268,59 @@ def add_run_control_flags(p, d: RunConfig, m: ModelConfig) -> None:
                      help="also write TensorBoard scalars to <save_path>/<run>/tensorboard/ (pip install tensorboard)")
 
 
+if __name__ == "__main__":
+    read_flags()  # nonsense is refused here, in a second: the imports below load torch
+
+import transformers  # noqa: E402
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
+
+from training import runinfo  # noqa: E402
+from training.comparison import compare, markdown_table  # noqa: E402
+from training.config import record_config, resolve_configs, resolve_precision  # noqa: E402
+from training.folds import evaluate_checkpoint, finished_folds, folds_to_run, run_fold  # noqa: E402
+from training.inputs import check_inputs, load_corpus, read_corpus_table  # noqa: E402
+from training.results import report  # noqa: E402
+from utils import distributed  # noqa: E402
+from utils.device import check_precision  # noqa: E402
+from utils.lock import RunLock  # noqa: E402
+
+
 # ---------------------------------------------------------------- the fold loop
 def main(argv=None) -> dict | None:
-    """Run the folds and write the results; -> the results (None on ranks other than 0)."""
+    """Run the folds and write the results; -> the results (None on ranks other than 0; with
+    --seeds, {seed: results})."""
     model_cfg, run_cfg = parse_args(argv)
     run_cfg.threads = configure_threads(run_cfg.threads)
     device = distributed.init_distributed(run_cfg.device)
     try:
-        return run_folds(model_cfg, run_cfg, device)
+        if run_cfg.seeds:
+            return run_seeds(model_cfg, run_cfg, device)
+        return run_folds(model_cfg, run_cfg, device, Path(run_cfg.save_path) / model_cfg.run)
     finally:
         distributed.shutdown()
 
 
-def run_folds(model_cfg: ModelConfig, run_cfg: RunConfig, device) -> dict | None:
+def run_seeds(model_cfg: ModelConfig, run_cfg: RunConfig, device) -> dict | None:
+    """--seeds: the configuration once per seed, each a whole run in <run>/seed_<s>/ (its own
+    config.json and recipe.yaml, which re-run that seed), then the seed table beside them."""
+    parent, results = Path(run_cfg.save_path) / model_cfg.run, {}
+    for seed in run_cfg.seeds:
+        log.info("--seeds: seed %d of %s", seed, " ".join(map(str, run_cfg.seeds)))
+        results[seed] = run_folds(copy.deepcopy(model_cfg), dataclasses.replace(run_cfg, seed=seed, seeds=None),
+                                  device, parent / f"seed_{seed}")
+    if distributed.is_main():
+        table = compare([parent / f"seed_{seed}" for seed in run_cfg.seeds], parent, seeds=True)
+        log.info("the seed table: %s\n%s", parent / "seeds.md", markdown_table(table))
+        return results
+    return None
+
+
+def run_folds(model_cfg: ModelConfig, run_cfg: RunConfig, device, run_dir: Path) -> dict | None:
     """Read and check the inputs, take the run folder (rank 0: a lock per fold, held to the
     end), run the folds, write the results. Nothing is written into the folder before the
     inputs pass."""
     transformers.logging.disable_progress_bar()
     run_cfg.world_size = distributed.world_size()
-    run_dir = Path(run_cfg.save_path) / model_cfg.run
     table = read_corpus_table(model_cfg, run_cfg)
     todo = folds_to_run(run_dir, run_cfg)
     if todo:  # a final `--resume` over finished folds only writes the results: no files to check or load

@@ -19,6 +19,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from dataio.labels import LabelError, LabelSet, corpus_label_set, utterance_fields
 from dataio.dataset import DataError
+from dataio.schema import UTTERANCE_TYPES
 from dataio.text import clean_transcript
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,6 @@ SPLIT_COLUMN = re.compile(r"^split_(\w+)$")
 UNKNOWN = -1  # label_index of a label the label set has no class for (a problem, reported with the others)
 STRING_COLUMNS = ("FileName", "Label", "Sentences", "transcript", "text", "speaker", "path", "split", "fold",
                   "utterance_type")
-# IEMOCAP's dialogues are improvised or scripted; the scripted ones repeat the same lines in every
-# session, so a text branch can meet a test sentence in training. Other tables may give the column.
-UTTERANCE_TYPES = ("all", "impro", "script")
 
 
 # ---------------------------------------------------------------- the table
@@ -46,12 +44,22 @@ def read_table(csv_path, label_map: dict | None = None, label_set: LabelSet | No
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: csv not found; prepare it with data_prep/iemocap_prep.py or "
                         "data_prep/import_emobox.py, or write one as docs/CORPUS.md describes")
-    table = pd.read_csv(csv_path, keep_default_na=False, dtype={c: str for c in STRING_COLUMNS})
+    try:
+        table = pd.read_csv(csv_path, keep_default_na=False, dtype={c: str for c in STRING_COLUMNS})
+    except pd.errors.EmptyDataError as err:
+        raise DataError(f"{csv_path}: the file is empty; a corpus table is a csv with a header (FileName,Label,...) "
+                        "and one row per utterance (docs/CORPUS.md)") from err
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"{csv_path}: not a readable csv ({err}); a corpus table is a comma-separated UTF-8 text "
+                        "file (docs/CORPUS.md)") from err
     table = table.drop(columns=[c for c in table.columns if c.startswith("Unnamed")])
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{csv_path}: missing column(s) {missing}; found {list(table.columns)}. A corpus table "
                         "needs FileName and Label (docs/CORPUS.md)")
+    if table.empty:
+        raise DataError(f"{csv_path}: a header but no rows; add one row per utterance (docs/CORPUS.md)")
+    check_empty_cells(csv_path, table)
     table = add_iemocap_fields(table)
     if "text" not in table.columns:
         source = next((c for c in TEXT_COLUMNS if c in table.columns), None)
@@ -79,6 +87,20 @@ def read_table(csv_path, label_map: dict | None = None, label_set: LabelSet | No
         table = table[~left_out]
     table["label_index"] = table["label_index"].astype(int)
     return table.reset_index(drop=True), label_set
+
+
+def check_empty_cells(csv_path, table: pd.DataFrame) -> None:
+    """Every row needs a FileName and a Label, and a value in the fold column that groups it
+    (session, fold): empty cells are named by csv line and column, all at once."""
+    problems = []
+    for column in [c for c in (*REQUIRED_COLUMNS, "session", "fold") if c in table.columns]:
+        empty = table[column].astype(str).str.strip() == ""
+        if empty.any():
+            lines = [str(i + 2) for i in np.flatnonzero(empty)]  # line 1 is the header
+            shown = ", ".join(lines[:10]) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+            problems.append(f"empty {column} on line{'s' if len(lines) > 1 else ''} {shown}")
+    if problems:
+        raise DataError(f"{csv_path}: {'; '.join(problems)}; fill them in or drop those rows (docs/CORPUS.md)")
 
 
 def add_iemocap_fields(table: pd.DataFrame) -> pd.DataFrame:
@@ -181,7 +203,8 @@ def fold_scheme(table: pd.DataFrame, fold_by: str | None = None, kfold: int | No
             raise DataError("--kfold makes speaker-independent folds and needs a speaker column in the table")
         return FoldScheme("kfold", "speaker", tuple(str(k) for k in range(1, kfold + 1)))
     if fold_by:
-        if fold_by not in table.columns or table[fold_by].isna().any():
+        if fold_by not in table.columns or table[fold_by].isna().any() or (table[fold_by].astype(str).str.strip()
+                                                                          == "").any():
             raise DataError(f"--fold_by {fold_by}: the table has no such column with a value in every row "
                             f"(columns: {', '.join(table.columns)})")
         return FoldScheme("group", fold_by, tuple(sorted({str(v) for v in table[fold_by]}, key=natural_key)))
@@ -222,8 +245,10 @@ def make_fold(table: pd.DataFrame, scheme: FoldScheme, name: str, dev_fraction: 
         test = np.flatnonzero(splits.to_numpy() == "test")
         rest = np.flatnonzero(splits.to_numpy() == "train")
         dev = np.flatnonzero(splits.to_numpy() == "dev")
-        if len(dev) or dev_fraction <= 0:
-            return Fold(name, rest, dev if dev_fraction > 0 else np.array([], dtype=int), test)
+        if dev_fraction <= 0:  # no selection on dev (--select_on test): the table's dev rows are trained on
+            return Fold(name, np.sort(np.concatenate([rest, dev])), np.array([], dtype=int), test)
+        if len(dev):
+            return Fold(name, rest, dev, test)
     else:
         in_test = (kfold_test(table, scheme, name, seed) if scheme.kind == "kfold"
                    else table[scheme.column].astype(str).to_numpy() == name)

@@ -127,7 +127,7 @@ def read_label_map(spec: str) -> dict:
 
 def corpus_label_set(labels, label_map: dict | None = None, table_dir=None, iemocap: bool = False) -> LabelSet:
     """The label set of a corpus whose labels are `labels`: from `label_map` when given, else
-    IEMOCAP's for IEMOCAP (its utterance ids, or only its labels), else the table folder's
+    IEMOCAP's for IEMOCAP's own table (its utterance ids), else the table folder's
     label_map.json (EmoBox), else the labels themselves in sorted order. A label the set has
     no class for is the caller's to report (LabelSet.unknown)."""
     present = sorted({str(label) for label in labels})
@@ -135,6 +135,6 @@ def corpus_label_set(labels, label_map: dict | None = None, table_dir=None, iemo
         label_map = read_label_map(str(Path(table_dir) / LABEL_MAP_FILE))
     if label_map is not None:
         return LabelSet.from_mapping(label_map)
-    if iemocap or set(present) <= KEPT_LABELS:
+    if iemocap:  # IEMOCAP's own table only: another corpus with a subset of these labels gets its own classes
         return LabelSet.iemocap()
     return LabelSet(tuple(present), {})

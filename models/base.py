@@ -15,7 +15,7 @@ each utterance and its augmented view (projection(e) against view_projection(e')
 which runs through the model in its own pass of the same forward call, as upstream's).
 With the three weights at 0.1 this is upstream's 2023 loss
 cls_loss + 0.1 * (cl_loss + cl_self_loss + ctc_loss) (src/run_iemocap.py:423)."""
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,40 +23,10 @@ from torch import nn
 
 from .encoders import encode_conv_features, frame_lengths
 from .fusion import lengths_to_mask
-from .objectives import (AUGMENTATION_CONTRASTIVE, CONTRASTIVE_FORMS, SELF_CONTRASTIVE, TEMPERATURE,
-                         TEXT_POOLING_METHODS, AudioPooling, ProjectionHead, gather_pool)
-
-UPSTREAM_MICRO_BATCH = 2  # upstream summed the CTC loss over micro-batches of 2 utterances
-CTC_REDUCTIONS = ("sum", "batch_sum", "mean")
-AUDIO_DROPOUT = ("all", "ctc")
-
-
-@dataclass
-class ModelConfig:
-    """Model settings; saved in every checkpoint so it can be rebuilt without flags."""
-    run: str = "mmer"
-    wav2vec2: str = "facebook/wav2vec2-base"
-    alpha: float = 0.1                # weight of the auxiliary CTC loss
-    ctc_reduction: str = "sum"        # sum: (2 / B) x upstream's sum; batch_sum: upstream's sum; mean: / target length
-    dropout: float = 0.1              # on the encoder's last hidden state, the text embeddings and the fusion layers
-    num_classes: int = 4
-    labels: dict | None = None        # the label set (labels.LabelSet.to_dict); None: IEMOCAP's 4 classes
-    vocab_size: int = 32              # CTC symbols, <pad>=0 is the blank
-    text_dim: int = 768               # RoBERTa hidden size (mmer only)
-    specaugment: bool = False
-    attn_implementation: str = "sdpa"
-    # the 2023 configuration (run.py --preset mmer2023); these defaults are the 2022 one
-    pooling: str = "mean"             # of the audio frames: mean, max, attention, statistics
-    text_pooling: str = "mean"        # of mmer's fused text stream: mean, max (upstream 2023's fuse_type pools both)
-    audio_dropout: str = "all"        # all: dropout before fusion, pooling and CTC (2022); ctc: the CTC head's input only
-    supcon_weight: float = 0.0        # self-contrastive loss over the batch's labels
-    aug_weight: float = 0.0           # contrastive loss between each utterance and its augmented view
-    temperature: float = TEMPERATURE  # of both contrastive losses
-    contrastive: str = "upstream"     # upstream: upstream's losses as they are; normalised: SupCon / InfoNCE (ours)
-    max_audio_samples: int | None = None  # audio cut to this many samples (2023: 210,000, about 13 s)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .objectives import (AUGMENTATION_CONTRASTIVE, SELF_CONTRASTIVE, AudioPooling, ProjectionHead, gather_pool,
+                         stand_in_loss)
+from .settings import (AUDIO_DROPOUT, CONTRASTIVE_FORMS, CTC_REDUCTIONS, TEXT_POOLING_METHODS,  # noqa: F401
+                       UPSTREAM_MICRO_BATCH, ModelConfig)
 
 
 @dataclass
@@ -158,7 +128,8 @@ class SpeechEmotionModel(nn.Module):
         """CE + alpha * CTC (upstream's scale, module docstring) + the 2023 contrastive terms
         whose weights are set. With alpha = 0 the CTC term is computed for the log only,
         detached, so the CTC head receives no gradient. rows_count: False for a stand-in shard
-        (utils/distributed.py, loss scale 0), which still takes part in gathering the batch."""
+        (utils/distributed.py, loss scale 0), which still takes part in gathering the batch and
+        in the gathered pools' backward, its contrastive terms exactly 0 (objectives.stand_in_loss)."""
         ce = F.cross_entropy(output.logits.float(), labels)
         losses = {"ce": ce, "total": ce}
         if self.has_ctc and ctc_targets is not None:
@@ -192,8 +163,8 @@ class SpeechEmotionModel(nn.Module):
             pool = gather_pool(output.view.projection, labels, rows_count)
             losses["aug"] = AUGMENTATION_CONTRASTIVE[self.config.contrastive](anchors, output.view.projection,
                                                                                self.config.temperature, pool=pool)
-        if not rows_count:  # a stand-in shard: in step with the others, adding nothing
-            losses = {name: anchors.sum() * 0.0 for name in losses}
+        if not rows_count:  # a stand-in shard: in step with the others (its pool's backward too), adding nothing
+            losses = {name: stand_in_loss(value) for name, value in losses.items()}
         return losses
 
 

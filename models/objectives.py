@@ -23,11 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fusion import masked_mean
+from .settings import CONTRASTIVE_FORMS, POOLING_METHODS, TEMPERATURE, TEXT_POOLING_METHODS  # noqa: F401
 
-TEMPERATURE = 0.07        # upstream's self.temperature for both losses
-CONTRASTIVE_FORMS = ("upstream", "normalised")
-POOLING_METHODS = ("max", "mean", "attention", "statistics")
-TEXT_POOLING_METHODS = ("mean", "max")
 STD_FLOOR = 1e-6          # statistics pooling: variance floor, so a one-frame utterance has a finite gradient
 
 
@@ -84,6 +81,16 @@ def gather_pool(features: torch.Tensor, labels: torch.Tensor, valid: bool = True
     valid_rows = torch.cat([(row < size) & flag for size, flag in zip(sizes, flags)])
     return Pool(torch.cat(all_gather(padded)), torch.cat(label_parts), valid_rows,
                 rank * width + torch.arange(b, device=features.device))
+
+
+def stand_in_loss(loss: torch.Tensor) -> torch.Tensor:
+    """A stand-in shard's contrastive term (utils/distributed.py: a copy of the batch's first
+    utterance, loss scale 0): exactly 0, yet computed from its pool, so that its backward runs
+    the all-gather's backward collective as every other process does (without it they wait
+    forever). A select, not `loss * 0`: the stand-in's own rows are no keys of the pool, so its
+    augmentation term is inf, and inf * 0 is NaN; the select passes back a gradient of exactly
+    0, which stays finite through every node of the loss."""
+    return torch.where(torch.zeros((), dtype=torch.bool, device=loss.device), loss, torch.zeros_like(loss))
 
 
 def _masked_logits(logits: torch.Tensor, pool: Pool) -> torch.Tensor:

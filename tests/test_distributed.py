@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -197,16 +198,41 @@ def probe_main(argv: list[str]) -> None:
 
 
 # ---------------------------------------------------------------- the tests (launcher side)
-def torchrun(argv, probe_dir: Path, nproc: int = 2, **env):
+def torchrun(argv, probe_dir: Path, nproc: int = 2, timeout: float = 300, **env):
     """Launch this file under torchrun (standalone rendezvous on a free port, gloo on CPU).
-    `--` ends torchrun's own flags: its parser would take run.py's --run for its --run-path."""
+    `--` ends torchrun's own flags: its parser would take run.py's --run for its --run-path.
+    A launch still running after `timeout` seconds (processes waiting on each other) is
+    stopped, workers included, and fails the test."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                "--", __file__, *map(str, argv)]
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PROBE_DIR": str(probe_dir),
                    **{k: str(v) for k, v in env.items()}}
-    done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    with subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as launch:
+        try:
+            _, stderr = launch.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stderr = stop(launch)
+            pytest.fail(f"{nproc} processes still running after {timeout} s (waiting on each other?): "
+                        f"{stderr[-4000:]}")
+    assert launch.returncode == 0, stderr[-4000:]
     return [json.loads((probe_dir / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def stop(launch: subprocess.Popen) -> str:
+    """End a torchrun launch and its workers -> its stderr. The workers run in sessions of their
+    own, which outlive a killed torchrun and keep its pipes open; on SIGTERM torchrun stops them
+    itself (SIGTERM, SIGKILL 30 s later). Should it not, they are killed by process id."""
+    children = Path(f"/proc/{launch.pid}/task/{launch.pid}/children")
+    workers = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+    launch.terminate()
+    try:
+        return launch.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        for pid in [launch.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return launch.communicate()[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -295,6 +321,34 @@ def test_contrastive_terms_span_the_processes_so_two_at_b_equal_one_at_2b(two_vs
     np.testing.assert_allclose(merged, single["epochs"][0]["losses"], rtol=1e-4)  # every step: the same training
     assert ranks[0]["epochs"][0]["weights"] == ranks[1]["epochs"][0]["weights"]
     assert ranks[0]["epochs"][0]["weights"] == pytest.approx(single["epochs"][0]["weights"], rel=1e-5)
+
+
+def test_a_stand_in_shard_with_the_2023_terms_neither_hangs_nor_changes_the_training(demo, exact_encoder,
+                                                                                     tmp_path):
+    """Two utterances of session 1 and session 2's six: fold 1 holds one of session 2's out for
+    dev and trains on 5, so at 2 processes x batch 2 one global batch holds a single utterance and
+    rank 1 runs a stand-in shard (loss scale 0). Its contrastive terms must still reach back
+    through the gathered pools (whose backward is a collective), or rank 0 waits forever; and
+    they must add exactly nothing: the run is one process at batch 4's."""
+    table = pd.read_csv(demo.csv)
+    pd.concat([table[table["session"] == 1].head(2), table[table["session"] == 2]]).to_csv(
+        tmp_path / "eight.csv", index=False)
+    flags = dict(run="mmer", epochs=1, sessions="1", accum_grad=1, dropout=0, wav2vec2=exact_encoder,
+                 supcon_weight=0.1, aug_weight=0.1, csv_path=tmp_path / "eight.csv")
+    ranks = torchrun(demo.flags(**flags, batch_size=2, save_path=tmp_path / "two"), tmp_path / "probe", timeout=180)
+    single = {}
+    with probe(single):
+        run.main(demo.flags(**flags, batch_size=4, save_path=tmp_path / "one"))
+    epochs = [rank["epochs"][0] for rank in ranks]
+    sizes = [len(names) for names, _ in single["epochs"][0]["batches"]]  # in the shuffled order
+    assert sorted(sizes) == [1, 4]
+    assert [scale == 0 for _, scale in epochs[1]["batches"]] == [size == 1 for size in sizes]  # the stand-in
+    assert np.isfinite(epochs[1]["losses"]).all()  # its terms add exactly 0, never NaN
+    steps = zip(*[zip(epoch["batches"], epoch["losses"]) for epoch in epochs])
+    merged = [sum(scale / 2 * loss for (_, scale), loss in step) for step in steps]
+    np.testing.assert_allclose(merged, single["epochs"][0]["losses"], rtol=1e-4)
+    assert epochs[0]["weights"] == epochs[1]["weights"]
+    assert epochs[0]["weights"] == pytest.approx(single["epochs"][0]["weights"], rel=1e-5)
 
 
 def test_only_rank_0_writes_and_it_writes_what_one_process_writes(two_vs_one):

@@ -169,6 +169,26 @@ def test_nonsense_flags_are_refused_with_one_line_and_exit_code_2(demo, tmp_path
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("argv, says", [(["--alpha", "-1"], "outside [0, inf]"),
+                                        (["--run", "mmer2"], "invalid choice"),
+                                        (["--preset", "mmer2023", "--ctc_text", "x"], "invalid choice")])
+def test_a_nonsense_flag_is_refused_before_torch_loads(argv, says):
+    # a fresh interpreter runs run.py as a script; what it imported tells whether torch loaded first
+    probe = ("import runpy, sys\nsys.argv = ['run.py', *sys.argv[1:]]\ntry:\n    runpy.run_path('run.py', "
+             "run_name='__main__')\nexcept SystemExit as stop:\n    print(stop.code, sorted({'torch', 'pandas', "
+             "'transformers'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split("\n")[-2] == "2 []" and says in done.stderr
+
+
+def test_the_flags_choices_name_what_the_code_offers():
+    from dataio.schema import CTC_TEXT_FORMS
+    from dataio.text import CTC_TEXT
+    from models import MODELS
+    from models.settings import VARIANTS
+    assert tuple(MODELS) == VARIANTS and tuple(CTC_TEXT) == CTC_TEXT_FORMS
+
+
 def test_features_of_another_width_than_the_text_encoder_are_refused_before_training(demo, tmp_path):
     roberta = tmp_path / "upstream_features"  # no encoder.json, as upstream's files
     shutil.copytree(demo.roberta, roberta, ignore=shutil.ignore_patterns("encoder.json"))

@@ -152,7 +152,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 # Recorded settings that do not make a different configuration when comparing seeds.
-NOT_CONFIGURATION = {"seed", "save_path", "device", "threads", "num_workers", "overwrite", "resume", "eval_only",
+NOT_CONFIGURATION = {"seed", "seeds", "save_path", "device", "threads", "num_workers", "overwrite", "resume", "eval_only",
                      "checkpoint_dir", "log_every", "tensorboard", "world_size", "eval_batch_size", "compile",
                      "gradient_checkpointing"}
 

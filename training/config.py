@@ -4,7 +4,7 @@ beside the model's (models.ModelConfig), resolved from the flags, a recipe (reci
 and the recipe a run writes beside its results, which `--config` reads back."""
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -15,118 +15,18 @@ from dataio.labels import read_label_map
 from models import MODELS, ModelConfig
 from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint, model_settings
 from models.encoders import audio_input_spec, conv_cache_changes_training, conv_cache_refusal, encoder_config
-from models.errors import MMERError
 from training import runinfo
+from training.settings import (EVAL_OVERRIDABLE, MODEL_FLAGS, NOT_IN_RECIPE, RECIPE_FILE, RECIPES,  # noqa: F401
+                               RECORDED_FOLDS, RECORDED_RUN, ConfigError, RunConfig, presets, read_recipe, recipe_file)
 from training.views import audio_view_settings
 from utils.device import evaluation_precision, training_precision
 from utils.files import atomic_write_text
 from utils.hub import check_model_name
 
 log = logging.getLogger("mmer")
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-RECIPE_FILE = "recipe.yaml"   # the resolved recipe in a run folder: `run.py --config <run>/recipe.yaml` re-runs it
-# run settings that are no flags, or that say where and how, not what, a run computes
-NOT_IN_RECIPE = ("preset", "config", "world_size", "precision_resolved", "resume", "overwrite")
 
 
-class ConfigError(MMERError):
-    """Flags or a recipe that contradict each other or the files they name (run.py: exit code 2)."""
-
-
-@dataclass
-class RunConfig:
-    """Run settings (paths, folds, schedule, devices); written beside the results."""
-    csv_path: str = "data/iemocap.csv"
-    data_path_audio: str = "data/audio"
-    data_path_roberta: str = "data/roberta"
-    roberta: str | None = None   # the text encoder of the features (their encoder.json), else roberta-base
-    save_path: str = "runs"
-    sessions: list | None = None  # the folds to run (IEMOCAP: its sessions); None: all the table's
-    label_map: str | None = None
-    fold_by: str | None = None
-    kfold: int | None = None
-    dev_split: str = "utterance"
-    epochs: int = 100
-    batch_size: int = 2
-    accum_grad: int = 4
-    learning_rate: float = 1e-5
-    dev_fraction: float = 0.1
-    select_on: str = "dev"
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None   # torch CPU threads; None: the CPUs this process may use
-    num_workers: int = 0
-    cache_dir: str | None = None   # the decoded audio and gathered features; None: <save_path>/cache
-    batching: str = "bucket"
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    cache_conv_features: bool | None = None   # None: on where it changes nothing (see conv_cache_setting)
-    eval_batch_size: int = 8
-    eval_only: bool = False
-    checkpoint_dir: str | None = None
-    cross_corpus: bool = False
-    preset: str | None = None
-    config: str | None = None     # the recipe file read (--config)
-    audio_view: str = "speed,noise,mask"
-    data_path_audio_view: str | None = None
-    data_path_roberta_view: str | None = None
-    ctc_text: str = "clean"
-    utterance_types: str = "all"
-    resume: bool = False
-    overwrite: bool = False
-    max_skipped_fraction: float = 0.05
-    max_steps: int | None = None
-    limit_utterances: int | None = None
-    log_every: int = 25
-    tensorboard: bool = False
-    world_size: int = 1   # processes training each fold (torchrun), not a flag; the global batch depends on it
-    precision_resolved: dict | None = None  # what --precision became on this device: {"training": ..., "evaluation": ...}
-
-
-# Model settings given by flags (defaults: ModelConfig's). Under --eval_only the checkpoints'
-# recorded values win (they hold that model); of a contradicting flag only these are honoured:
-MODEL_FLAGS = ("run", "wav2vec2", "alpha", "ctc_reduction", "dropout", "specaugment", "pooling", "text_pooling",
-               "audio_dropout", "supcon_weight", "aug_weight", "temperature", "contrastive", "max_audio_samples")
-
-
-EVAL_OVERRIDABLE = ("wav2vec2", "max_audio_samples")
-
-
-# run settings whose default, under --eval_only, is what the run being re-evaluated recorded
-RECORDED_RUN = ("csv_path", "data_path_audio", "data_path_roberta", "roberta")
-
-
-
-# ---------------------------------------------------------------- recipes
-def presets() -> list[str]:
-    """The papers' recipes by name: recipes/<corpus>/<name>.yaml."""
-    return sorted(path.stem for path in RECIPES.glob("*/*.yaml"))
-
-
-def recipe_file(preset: str | None, config: str | None) -> Path | None:
-    """The recipe --preset or --config names (None: neither); both at once are refused."""
-    if preset and config:
-        raise ConfigError(f"--preset {preset} and --config {config} both give a whole configuration; give one")
-    if preset:
-        return next(iter(sorted(RECIPES.glob(f"*/{preset}.yaml"))))
-    if config and not Path(config).is_file():
-        raise ConfigError(f"--config {config}: no such file; give a recipe (YAML), e.g. recipes/iemocap/mmer2023.yaml "
-                          f"or a run folder's {RECIPE_FILE}")
-    return Path(config) if config else None
-
-
-def read_recipe(path: Path) -> dict:
-    """A recipe file: a YAML mapping of flag names (without dashes) to values."""
-    try:
-        recipe = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not YAML ({err}); a recipe maps flag names to values, e.g. `alpha: 0.1`") from err
-    if not isinstance(recipe, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of flag names to values, not a {type(recipe).__name__}")
-    return recipe
-
-
+# ---------------------------------------------------------------- the recipe a run writes
 def resolved_recipe(model_cfg: ModelConfig, run_cfg: RunConfig) -> dict:
     """Every setting of a run as a recipe: model settings first, then the run's; what `--config`
     reads back to re-run it (not --resume or --overwrite, which say how to start, not what)."""
@@ -148,10 +48,24 @@ def resolve_configs(args, preset_model: dict) -> tuple[ModelConfig, RunConfig]:
     d = RunConfig()
     if args.eval_only and not args.checkpoint_dir:
         raise ConfigError("--eval_only needs --checkpoint_dir DIR holding <session>_model.pt files")
+    check_calibration(args)
+    if args.seeds is not None:
+        if args.seed is not None or args.eval_only or len(set(args.seeds)) < len(args.seeds):
+            raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))}: give each seed once, without --seed, and "
+                              "not with --eval_only (re-evaluate each <run>/seed_<s> folder instead)")
+        if any(seed < 0 for seed in args.seeds):
+            raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))}: seeds are integers >= 0")
     recorded_model, recorded_run = recorded_settings(args.checkpoint_dir) if args.eval_only else ({}, {})
     for key in RECORDED_RUN:
         if getattr(args, key) is None:
             setattr(args, key, recorded_run.get(key, getattr(d, key)))
+    if args.label_map and Path(args.label_map).expanduser().is_file():
+        args.label_map = absolute(args.label_map)  # recorded so that --eval_only finds it from anywhere
+    if args.eval_only and not args.cross_corpus:
+        restore_folds(args, recorded_run.get("folds"))
+    for key in RECORDED_FOLDS:
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(d, key))
     if args.sessions is not None and len(set(args.sessions)) < len(args.sessions):
         raise ConfigError(f"--sessions {' '.join(map(str, args.sessions))}: a session is named twice; name each once")
     if args.kfold and args.fold_by:
@@ -175,6 +89,37 @@ def resolve_configs(args, preset_model: dict) -> tuple[ModelConfig, RunConfig]:
     if MODELS[model_cfg.run].uses_text:
         run_cfg.roberta = features_text_encoder(run_cfg.data_path_roberta, run_cfg.roberta)
     return model_cfg, run_cfg
+
+
+def check_calibration(args) -> None:
+    """--calibrate dev fits a temperature on the dev split while training a fold."""
+    if getattr(args, "calibrate", "none") != "dev":
+        return
+    if args.eval_only:
+        raise ConfigError("--calibrate dev fits each fold's temperature while training it; --eval_only applies the "
+                          "temperature each checkpoint stores already: drop --calibrate")
+    if args.select_on == "test":
+        raise ConfigError("--calibrate dev fits the temperature on the dev split, and --select_on test holds none out "
+                          "(upstream's protocol trains on every training utterance); use --select_on dev, or drop "
+                          "--calibrate")
+    if args.dev_fraction <= 0:
+        raise ConfigError("--calibrate dev needs a dev split: --dev_fraction > 0")
+
+
+def restore_folds(args, recorded: dict | None) -> None:
+    """--eval_only: the settings that made the run's folds (RECORDED_FOLDS) from its config.json,
+    so that each checkpoint scores the test set of its own fold, not utterances it trained on.
+    A flag that contradicts the record is refused, naming both values."""
+    if recorded is None:  # published checkpoints, or a folder without run.py's config.json
+        return
+    for key in RECORDED_FOLDS:
+        given, saved = getattr(args, key), recorded.get(key)
+        if given is not None and str(given) != str(saved):
+            raise ConfigError(f"--{key} {given}: the run in {args.checkpoint_dir} made its folds with {key} "
+                              f"{saved} (its config.json), so its checkpoints would score utterances they were "
+                              f"trained on; drop --{key} to re-create the run's folds, or pass --cross_corpus to "
+                              "score every checkpoint on the whole table")
+        setattr(args, key, saved)
 
 
 def model_config(args, preset: dict, recorded: dict) -> ModelConfig:
@@ -256,21 +201,21 @@ def check_views(args, model_cfg: ModelConfig) -> None:
 def recorded_settings(checkpoint_dir) -> tuple[dict, dict]:
     """What the run in checkpoint_dir recorded -> (model settings, run settings): the model
     settings of its first checkpoint (ours: their ModelConfig; published: what their layout
-    says, models.checkpoint.model_settings), and the data paths and text encoder of its
-    config.json (run.py's runs)."""
+    says, models.checkpoint.model_settings), and the data paths, text encoder and, under
+    "folds", the settings that made its folds, from its config.json (run.py's runs)."""
     folder = Path(checkpoint_dir)
     run_part = {}
     config = folder / "config.json"
     if config.is_file():
         try:
             saved = json.loads(config.read_text())
-            run_part = {key: saved["run"].get(key) for key in RECORDED_RUN}
+            run_part = {key: saved["run"].get(key) for key in RECORDED_RUN if saved["run"].get(key) is not None}
+            run_part["folds"] = {key: saved["run"].get(key, getattr(RunConfig(), key)) for key in RECORDED_FOLDS}
         except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as err:
             raise CheckpointError(f"{config}: not the config.json run.py writes ({err}); give the settings as flags "
                                   "or remove the file") from err
     checkpoint = next(iter(find_checkpoints(folder).values()))
-    return model_settings(load_checkpoint(checkpoint)), {key: value for key, value in run_part.items()
-                                                           if value is not None}
+    return model_settings(load_checkpoint(checkpoint)), run_part
 
 
 def absolute(path: str | None) -> str | None:

@@ -6,12 +6,10 @@ from typing import TYPE_CHECKING
 
 from dataio.audio import normalize, read_audio
 from dataio.augment import AudioViewSettings, make_view, view_rng
+from training.settings import AUDIO_VIEWS
 
 if TYPE_CHECKING:
     from training.inputs import Corpus
-
-
-AUDIO_VIEWS = ("speed", "tempo", "noise", "mask")
 
 
 def audio_view_settings(spec: str) -> AudioViewSettings | None:
@@ -63,9 +61,9 @@ class Views:
         elif self.audio is not None:
             own = item["wave"] if item["wave"] is not None else self.corpus.dataset.waves[index]  # conv cache on
             wave = make_view(own, rng, self.audio)
-        if wave is not None:
-            wave = normalize(wave) if self.spec.do_normalize else wave
-            view["wave"], view["conv_features"] = wave[: self.max_samples], None
+        if wave is not None:  # cut, then normalised over what is kept: upstream's order, as the utterances'
+            wave = wave[: self.max_samples]
+            view["wave"], view["conv_features"] = normalize(wave) if self.spec.do_normalize else wave, None
         if self.corpus.view_text is not None:
             view["text"] = self.corpus.view_text[index]
         return view

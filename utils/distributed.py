@@ -111,9 +111,10 @@ class DistributedBucketSampler(torch.utils.data.Sampler):
     into `world` contiguous shards and rank r takes shard r, so within an epoch the ranks
     together see every utterance exactly once, all ranks take the same number of steps, and
     the shards of a length-sorted bucket hold similar lengths. A global batch with fewer than
-    `world` utterances (only an epoch's last one can be) leaves some ranks an empty shard:
+    `world` utterances (at most one per epoch, the remainder) leaves some ranks an empty shard:
     they get a copy of the batch's first utterance with loss scale 0, which keeps them in step
-    without changing any gradient."""
+    (the 2023 contrastive terms' collectives included: models.objectives.stand_in_loss) without
+    changing any gradient."""
 
     def __init__(self, base, rank: int, world: int):
         self.base, self.rank, self.world = base, rank, world

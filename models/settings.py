@@ -1,0 +1,42 @@
+"""The model settings and their choices, with no torch: run.py checks its flags against them
+before torch loads (a refusal in a second, not after the import), and every module of the
+networks reads them from here."""
+from dataclasses import asdict, dataclass
+
+VARIANTS = ("mmer", "cai_sota", "unimodal_baseline")   # --run: variants.MODELS has one class each
+TEMPERATURE = 0.07        # upstream's self.temperature for both losses
+CONTRASTIVE_FORMS = ("upstream", "normalised")
+POOLING_METHODS = ("max", "mean", "attention", "statistics")
+TEXT_POOLING_METHODS = ("mean", "max")
+
+UPSTREAM_MICRO_BATCH = 2  # upstream summed the CTC loss over micro-batches of 2 utterances
+CTC_REDUCTIONS = ("sum", "batch_sum", "mean")
+AUDIO_DROPOUT = ("all", "ctc")
+
+
+@dataclass
+class ModelConfig:
+    """Model settings; saved in every checkpoint so it can be rebuilt without flags."""
+    run: str = "mmer"
+    wav2vec2: str = "facebook/wav2vec2-base"
+    alpha: float = 0.1                # weight of the auxiliary CTC loss
+    ctc_reduction: str = "sum"        # sum: (2 / B) x upstream's sum; batch_sum: upstream's sum; mean: / target length
+    dropout: float = 0.1              # on the encoder's last hidden state, the text embeddings and the fusion layers
+    num_classes: int = 4
+    labels: dict | None = None        # the label set (labels.LabelSet.to_dict); None: IEMOCAP's 4 classes
+    vocab_size: int = 32              # CTC symbols, <pad>=0 is the blank
+    text_dim: int = 768               # RoBERTa hidden size (mmer only)
+    specaugment: bool = False
+    attn_implementation: str = "sdpa"
+    # the 2023 configuration (run.py --preset mmer2023); these defaults are the 2022 one
+    pooling: str = "mean"             # of the audio frames: mean, max, attention, statistics
+    text_pooling: str = "mean"        # of mmer's fused text stream: mean, max (upstream 2023's fuse_type pools both)
+    audio_dropout: str = "all"        # all: dropout before fusion, pooling and CTC (2022); ctc: the CTC head's input only
+    supcon_weight: float = 0.0        # self-contrastive loss over the batch's labels
+    aug_weight: float = 0.0           # contrastive loss between each utterance and its augmented view
+    temperature: float = TEMPERATURE  # of both contrastive losses
+    contrastive: str = "upstream"     # upstream: upstream's losses as they are; normalised: SupCon / InfoNCE (ours)
+    max_audio_samples: int | None = None  # audio cut to this many samples (2023: 210,000, about 13 s)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
