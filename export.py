@@ -16,10 +16,15 @@ PyTorch with onnxruntime on other lengths than the traced ones; the differences 
 torch, transformers, safetensors and soundfile: transformers.AutoModel.from_pretrained(DIR,
 trust_remote_code=True), or pipeline("audio-classification", model=DIR, trust_remote_code=True)
 -> [{"label", "score"}, ...]. It holds config.json, model.safetensors, the models/ package, the
-speech encoder's feature extractor, the CTC vocabulary, the text encoder's name (its weights and
-tokenizer with --include_text_encoder), a model card from the run's results and
-mmer_export.json. The run must have finished (results.json); one fold (--session, default the
-first) or all (--ensemble, probabilities averaged). --push uploads it to the Hub.
+speech encoder's feature extractor, the CTC vocabulary, the text encoder's Hub name (its weights
+and tokenizer with --include_text_encoder, which a local text encoder needs), a model card from
+the run's results and mmer_export.json. The run must have finished (results.json); one fold
+(--session, default the first) or all (--ensemble, probabilities averaged). --push uploads it to
+the Hub.
+
+Both formats name models as another machine would: a Hub id as it is, a local folder as
+`local:<folder name>`; no path of the exporting machine is written into the export. A local
+--asr recogniser (a transformers folder) is copied into the folder's asr/ and loaded from there.
 """
 import argparse
 import logging
@@ -54,9 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     hf = p.add_argument_group("hf")
     hf.add_argument("--ensemble", action="store_true", help="all the run's folds in one model, probabilities averaged")
     hf.add_argument("--include_text_encoder", action="store_true",
-                    help="mmer: copy the text encoder's weights and tokenizer into the folder (else its name is recorded)")
+                    help="mmer: copy the text encoder's weights and tokenizer into the folder (else its Hub name is "
+                         "recorded); needed for a local text encoder")
     hf.add_argument("--asr", help="mmer: a transformers speech recogniser the folder's pipeline runs where no "
-                                  "transcript is given (else the model's own CTC head), e.g. openai/whisper-small")
+                                  "transcript is given (else the model's own CTC head), e.g. openai/whisper-small; "
+                                  "a local folder is copied into the folder (asr/)")
     hf.add_argument("--language", help="the recogniser's language (Whisper), e.g. en")
     hf.add_argument("--license", dest="license_id", default="other",
                     help="the model card's license (a Hub license id; default other: the corpus's terms apply)")
@@ -65,7 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     misplaced = [name for name in (ONNX_ONLY if args.format == "hf" else HF_ONLY) if getattr(args, name)]
     if misplaced:
-        p.error(f"--{', --'.join(misplaced)}: not a flag of --format {args.format}")
+        always = " (the ONNX export always holds the text encoder, as text_encoder.onnx)" \
+            if "include_text_encoder" in misplaced else ""
+        p.error(f"--{', --'.join(misplaced)}: not a flag of --format {args.format}{always}")
     if args.ensemble and args.session:
         p.error("--ensemble exports every fold; drop --session, or --ensemble")
     return args

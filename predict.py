@@ -2,17 +2,21 @@ r"""Emotion of new recordings from the checkpoints run.py saved (or the publishe
 class probabilities (hap, ang, neu, sad; hap includes exc) and the predicted label per file.
 
     python predict.py --checkpoint_dir runs/mmer clip.wav [more.flac | folder/ | list.csv] \
-        [--session N | --ensemble] [--transcript "..."] [--output predictions.json|.csv]
+        [--session N | --ensemble] [--transcript "..."] [--output predictions.json|.csv] [--skip_bad]
     python predict.py --backend onnxruntime --onnx_dir exported/mmer clip.wav [...]   # export.py's graphs
     python predict.py --model_dir shared/mmer clip.wav [...]        # a folder of export.py --format hf
 
 The command line over inference.EmotionRecognizer (the Python API). Audio is read, resampled,
 normalised and scored exactly as in training's evaluation. mmer also reads the transcript:
---transcript, a csv's transcript column, or else the model's own CTC head transcribes the
-audio (greedy); RoBERTa embeds the text on the fly. A csv with a Label column also gets its
-accuracy (WA), UA, macro-F1 and confusion matrix. `--backend onnxruntime` runs a run exported
-by export.py (graphs and text encoder) with onnxruntime on the CPU instead of PyTorch; the
-probabilities agree within 1e-4 (the tests; about 1e-7 measured on tiny models).
+--transcript, a csv's transcript column (the one the run's text features were made from, as
+its config.json records, else transcript, then Sentences; --text_column picks another, and
+the log says which and why), or else the model's own CTC head transcribes the audio (greedy;
+a recording where it heard no words is said once, by name); RoBERTa embeds the text on the
+fly. A csv with a Label column also gets its accuracy (WA), UA, macro-F1 and confusion matrix.
+Every input, label and the --output are checked before any compute: all problems are named
+at once, or --skip_bad predicts the rest and lists the ones it skipped. `--backend onnxruntime`
+runs a run exported by export.py (graphs and text encoder) with onnxruntime on the CPU instead
+of PyTorch; the probabilities agree within 1e-4 (the tests; about 1e-7 measured on tiny models).
 """
 import argparse
 import json
@@ -29,80 +33,22 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers.utils import logging as hf_logging
 
 from dataio.asr import ASR_BACKENDS
-from dataio.audio import audio_suffixes
 from dataio.dataset import read_text_feature
-from inference.prediction import PredictError, predictions_table
-from inference.recognizer import EmotionRecognizer
+from inference.prediction import predictions_table
+from inference.inputs import (check_recordings, collect_inputs, drop_bad, feature_paths, label_problems,  # noqa: F401
+                              read_inputs, transcript_column)
+from inference.recognizer import EmotionRecognizer, UnusableInputs
+from inference.transcripts import recorded_text_column
 from inference.windows import Windows, plot_timeline, timeline_table
 from models import MODELS
 from models.errors import MMERError
 from training.metrics import emotion_metrics
-from utils.cli import HelpFormatter, Parser, add_number, some
+from utils.cli import HelpFormatter, Parser, add_number
 from utils.files import atomic_path, atomic_write_text
 
 log = logging.getLogger("mmer.predict")
-PATH_COLUMNS = ("path", "FileName")            # FileName: IEMOCAP id, the audio is <FileName>.wav
-TRANSCRIPT_COLUMNS = ("transcript", "Sentences")
 OUTPUT_SUFFIXES = (".json", ".csv")
 BACKENDS = ("torch", "onnxruntime")
-
-
-# ---------------------------------------------------------------- inputs
-def collect_inputs(sources, transcript: str | None = None, audio_dir=None) -> pd.DataFrame:
-    """One row per recording: `path`, `transcript` (None where none was given) and `label`
-    (a csv's Label column, else None). Sources are audio files, folders (their audio files of
-    every format dataio.audio reads, libsndfile's and FFmpeg's, sorted) or csv files (see
-    read_input_csv)."""
-    rows = [row for source in sources for row in read_source(Path(source), audio_dir)]
-    if not rows:
-        raise PredictError(f"no recordings in {[str(s) for s in sources]}; pass audio files, folders or a csv "
-                           "with a path column")
-    if transcript is not None:
-        if len(rows) != 1:
-            raise PredictError(f"--transcript is the text of one recording, but {len(rows)} were given; put "
-                               "the transcripts in a csv with columns path and transcript")
-        rows = [(rows[0][0], transcript, rows[0][2])]
-    missing = [path for path, _, _ in rows if not Path(path).is_file()]
-    if missing:
-        raise PredictError(f"audio not found: {some(missing, most=5)}; check the paths (a csv's paths are relative "
-                           "to its folder, or to --audio_dir when given)")
-    return pd.DataFrame(rows, columns=["path", "transcript", "label"], dtype=object)
-
-
-def read_source(source: Path, audio_dir=None) -> list[tuple]:
-    """(path, transcript or None, label or None) for each recording a command-line input names."""
-    if source.is_dir():
-        suffixes = audio_suffixes()
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in suffixes and p.is_file())
-        if not files:
-            raise PredictError(f"{source}: no audio files in this folder (looked for {', '.join(suffixes)})")
-        return [(str(path), None, None) for path in files]
-    if source.suffix.lower() == ".csv":
-        return read_input_csv(source, audio_dir)
-    if not source.exists():
-        raise PredictError(f"{source}: no such file or folder; pass audio files, folders or a csv")
-    return [(str(source), None, None)]
-
-
-def read_input_csv(csv: Path, audio_dir=None) -> list[tuple]:
-    """Rows of a csv with a `path` column (or IEMOCAP's `FileName`, the audio being
-    <FileName>.wav), resolved against --audio_dir or else the csv's folder, an optional
-    `transcript` (or `Sentences`) column, an empty cell counting as none, and an optional
-    `Label` column."""
-    if not csv.is_file():
-        raise PredictError(f"{csv}: csv not found")
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    column = next((c for c in PATH_COLUMNS if c in table.columns), None)
-    if column is None:
-        raise PredictError(f"{csv}: no path column (found {list(table.columns)}); name the audio column 'path' "
-                           "(a file path) or 'FileName' (an IEMOCAP id, read as <FileName>.wav)")
-    base = Path(audio_dir) if audio_dir else csv.parent
-    names = [n if column == "path" or n.lower().endswith(".wav") else f"{n}.wav" for n in table[column]]
-    text_column = next((c for c in TRANSCRIPT_COLUMNS if c in table.columns), None)
-    texts = table[text_column] if text_column else [""] * len(table)
-    labels = table["Label"] if "Label" in table.columns else [None] * len(table)
-    return [(str(base / Path(n).expanduser()), t if t.strip() else None, label or None)
-            for n, t, label in zip(names, texts, labels)]
 
 
 # ---------------------------------------------------------------- prediction
@@ -118,14 +64,8 @@ def predict_recordings(inputs: pd.DataFrame, recognizer: EmotionRecognizer, prog
 
 
 def text_features(inputs: pd.DataFrame, folder) -> list:
-    """--data_path_roberta: each recording's `<stem>.npy` ([1, T, H] or [T, H]); all missing ones named at once."""
-    paths = [Path(folder) / f"{Path(path).stem}.npy" for path in inputs["path"]]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise PredictError(f"--data_path_roberta: no text features for {len(missing)} recording(s): "
-                           f"{some(missing, most=5)}; extract them with data_prep/extract_roberta.py, or drop the flag "
-                           "to embed the transcripts")
-    return [read_text_feature(p) for p in paths]
+    """--data_path_roberta: each recording's features ([1, T, H] or [T, H]; check_recordings found them all)."""
+    return [read_text_feature(p) for p in feature_paths(inputs, folder)]
 
 
 def write_timelines(predictions, output: Path | None) -> None:
@@ -151,11 +91,10 @@ def labelled_metrics(inputs: pd.DataFrame, table: pd.DataFrame, label_set) -> di
     not counted."""
     if "label" not in inputs or inputs["label"].isna().all():
         return None
+    problems = label_problems(inputs, label_set)
+    if problems:
+        raise UnusableInputs(list(problems.values()))
     labels = inputs["label"]
-    unknown = label_set.unknown(labels.dropna())
-    if labels.isna().any() or unknown:
-        raise PredictError(f"the csv's Label column must name a class of the run for every row "
-                           f"({', '.join(label_set.classes)}); found {', '.join(unknown) or 'empty cells'}")
     kept = [i for i, label in enumerate(labels) if label_set.index(label) is not None]
     y_true = [label_set.index(labels.iloc[i]) for i in kept]
     y_pred = [label_set.classes.index(table["predicted_label"].iloc[i]) for i in kept]
@@ -170,14 +109,22 @@ def format_metrics(metrics: dict, classes: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- output and command line
-def check_output(path: Path) -> None:
-    """Refuse an output path that cannot be written, before any compute."""
+def output_problem(path: Path | None) -> str | None:
+    """What keeps --output (and the long recordings' timelines beside it) from being written,
+    found before any model is loaded; None: nothing."""
+    if path is None:
+        return None
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise PredictError(f"--output {path}: cannot write there ({folder} is not a writable folder); "
-                           "give a .json or .csv path in a folder you can write")
+        why = "it is a folder" if path.is_dir() else f"{folder} is not a writable folder"
+        return f"--output {path}: cannot write there ({why}); give a .json or .csv path in a folder you can write"
+    timelines = path.parent / f"{path.stem}_timelines"
+    if timelines.exists() and not timelines.is_dir():
+        return (f"--output {path}: {timelines}, where long recordings' timelines go, is a file; move it or "
+                "give another --output")
+    return None
 
 
 def write_output(table: pd.DataFrame, path: Path, info: dict) -> None:
@@ -218,6 +165,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                "(<name>: the csv's FileName, else the file's stem), as run.py reads "
                                                "them; used instead of embedding transcripts (no text encoder loaded)")
     p.add_argument("--audio_dir", help="folder the csv's paths are relative to (default: the csv's folder)")
+    p.add_argument("--text_column", help="mmer: the csv column of the transcripts (default: the column the run's "
+                                         "text features were made from, recorded in its config.json, else "
+                                         "transcript, then Sentences); another than the recorded one is said")
+    p.add_argument("--skip_bad", action="store_true",
+                   help="predict the usable inputs and list the others (missing, unreadable, too short, a bad "
+                        "Label), instead of stopping; without it every problem is named and nothing is predicted")
     p.add_argument("--roberta", help="text encoder for mmer (default: the one recorded in <checkpoint_dir>/config.json, "
                                      "else roberta-base); refused when it contradicts the record")
     p.add_argument("--wav2vec2", help="speech encoder architecture (default: the checkpoint's; needed for the "
@@ -292,12 +245,18 @@ def load_recognizer(args: argparse.Namespace) -> EmotionRecognizer:
 
 
 def run_prediction(args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
+    """Every input and the output checked first (all problems named at once, or with --skip_bad
+    the bad inputs left out), then the predictions."""
     configure_threads(args.threads)
-    if args.output is not None:
-        check_output(args.output)
-    inputs = collect_inputs(args.inputs, args.transcript, args.audio_dir)
+    recorded = recorded_text_column(args.checkpoint_dir) if args.backend == "torch" and args.checkpoint_dir else None
+    inputs, problems = read_inputs(args.inputs, args.transcript, args.audio_dir, recorded, args.text_column)
+    output = output_problem(args.output)
+    if output:
+        raise UnusableInputs([output, *problems.messages()])  # before any model is loaded
     recognizer = load_recognizer(args)
     recognizer.windows = Windows(args.window_seconds, args.hop_seconds, args.long_seconds)
+    check_recordings(inputs, recognizer, problems, args.data_path_roberta)
+    inputs, skipped = drop_bad(inputs, problems, args.skip_bad)
     features = text_features(inputs, args.data_path_roberta) if args.data_path_roberta else None
     with logging_redirect_tqdm():
         predictions = predict_recordings(inputs, recognizer, progress=len(inputs) > recognizer.batch_size,
@@ -309,6 +268,8 @@ def run_prediction(args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
     metrics = labelled_metrics(inputs, table, recognizer.label_set)
     if metrics is not None:
         info["metrics"] = metrics
+    if skipped:
+        info["skipped"] = skipped
     return table, info
 
 
@@ -325,6 +286,9 @@ def main(argv=None) -> pd.DataFrame:
     print(format_predictions(table))
     if "metrics" in info:
         print(format_metrics(info["metrics"], info["class_names"]))
+    if "skipped" in info:
+        print(f"skipped {len(info['skipped'])} input(s) (--skip_bad):")
+        print("\n".join(f"  {item['problem']}" for item in info["skipped"]))
     return table
 
 

@@ -4,6 +4,6 @@ card), the HTTP service. Never imports `training`.
 
     from inference import EmotionRecognizer
 """
-from inference.recognizer import EmotionRecognizer, PredictError, Prediction
+from inference.recognizer import EmotionRecognizer, PredictError, Prediction, UnusableInputs
 
-__all__ = ["EmotionRecognizer", "PredictError", "Prediction"]
+__all__ = ["EmotionRecognizer", "PredictError", "Prediction", "UnusableInputs"]

@@ -2,10 +2,13 @@
 command line): config.json (auto_map and the registered audio-classification pipeline point at
 the bundled code), model.safetensors, the models/ package itself (the code that loads them: it
 imports only torch and transformers, and its pipeline soundfile), the speech encoder's feature
-extractor, the CTC vocabulary, the text encoder (its name; with include_text_encoder its weights
-and tokenizer), the label set and a model card from the run's results. The folder is written
-under a temporary name, checked by loading it back against the run's own models, then moved
-into place; `push` uploads it with huggingface_hub."""
+extractor, the CTC vocabulary, the text encoder (its Hub name; with include_text_encoder, which a
+local text encoder needs, its weights and tokenizer), the speech recogniser for missing
+transcripts (a Hub name; a local folder copied into asr/), the label set and a model card from the
+run's results. Models are named as another machine reads them (onnx_export.shared_name): no path
+of the exporting machine is written. The folder is written under a temporary name, checked by
+loading it back against the run's own models, then moved into place; `push` uploads it with
+huggingface_hub."""
 import json
 import logging
 import os
@@ -25,18 +28,26 @@ from dataio.labels import LabelSet
 from dataio.text import ctc_tokenizer
 from dataio.text_features import encoder_stamp
 from inference.model_card import model_card
-from inference.onnx_export import ExportError, checked_text_encoder
+from inference.onnx_export import ExportError, checked_text_encoder, is_local_model, shared_name
 from inference.onnx_runtime import ONNX_MANIFEST
 from inference.runs import load_models, recorded_roberta
 from inference.transcripts import Recogniser
-from models.hf_model import FORMAT_VERSION, MMERConfig, MMERForEmotionRecognition
+from models.checkpoint import scaled_probabilities
+from models.hf_model import MMERConfig, MMERForEmotionRecognition
 from utils.files import atomic_write_text
 from utils.provenance import git_commit, package_versions
 
 log = logging.getLogger("mmer.export")
 PIPELINE = {"impl": "hf_pipeline.MMERAudioClassificationPipeline", "pt": ["AutoModel"], "tf": [], "type": "audio"}
 AUTO_MAP = {"AutoConfig": "hf_model.MMERConfig", "AutoModel": "hf_model.MMERForEmotionRecognition"}
-TEXT_ENCODER_DIR, CTC_TOKENIZER_DIR, EXPORT_RECORD = "text_encoder", "ctc_tokenizer", "mmer_export.json"
+TEXT_ENCODER_DIR, CTC_TOKENIZER_DIR, ASR_DIR, EXPORT_RECORD = "text_encoder", "ctc_tokenizer", "asr", "mmer_export.json"
+# Not copied with a local recogniser: a clone's history, huggingface_hub's download records, bytecode,
+# and a transformers Trainer checkpoint's training state (it records this machine's paths; inference
+# reads none of it).
+NOT_BUNDLED = (".git", ".cache", "__pycache__", "training_args.bin", "trainer_state.json", "optimizer.pt",
+               "scheduler.pt", "scaler.pt", "rng_state*.pth")
+# Keys of a model folder's json files naming where it was loaded from (transformers 4 saved them).
+ORIGIN_KEYS = ("_name_or_path", "name_or_path")
 CHECK_TOLERANCE = 1e-5   # probabilities of the reloaded folder against the run's models (measured: 0)
 PUSH_TIMEOUT_S = 5
 
@@ -84,7 +95,11 @@ def build_network(fold_models: dict, folds: list[str], extra: dict) -> MMERForEm
     if len(encoders) > 1:
         raise ExportError("the folds' speech encoders differ; export one fold with --session")
     classes = LabelSet.from_dict(first.config.labels).classes
-    config = MMERConfig(model_config=first.config.to_dict(), speech_encoder=first.wav2vec2.config.to_dict(),
+    name = shared_name(first.config.wav2vec2)   # the folder's own speech encoder is built from its configuration
+    temperatures = [m.calibration_temperature for m in fold_models.values()]   # run.py --calibrate dev
+    config = MMERConfig(model_config={**first.config.to_dict(), "wav2vec2": name},
+                        speech_encoder={**first.wav2vec2.config.to_dict(), "_name_or_path": name},
+                        calibration_temperatures=temperatures if any(t != 1.0 for t in temperatures) else None,
                         folds=folds, id2label=dict(enumerate(classes)),
                         label2id={name: i for i, name in enumerate(classes)}, **extra)
     config.auto_map, config.custom_pipelines = dict(AUTO_MAP), {"audio-classification": dict(PIPELINE)}
@@ -96,14 +111,36 @@ def build_network(fold_models: dict, folds: list[str], extra: dict) -> MMERForEm
 
 def recorded_asr(asr: str | None, language: str | None) -> dict | None:
     """A transformers speech recogniser for mmer's missing transcripts, with the decoding
-    settings the Python API would use (recorded, so the pipeline decodes alike)."""
+    settings the Python API would use (recorded, so the pipeline decodes alike): a Hub name as it
+    is; a local folder as `local:<its name>`, bundled in the folder's asr/ (bundle_recogniser)."""
     if not asr:
         return None
     if asr_backend(asr) == "faster-whisper":
         raise ExportError(f"{asr}: a CTranslate2 Whisper, which the folder's pipeline cannot run without "
-                          "faster-whisper; pass a transformers recogniser (e.g. openai/whisper-small)")
+                          "faster-whisper; pass a transformers recogniser (e.g. openai/whisper-small, or the local "
+                          "transformers Whisper it was converted from, which is bundled)")
     recogniser = Recogniser(asr, language, "cpu", backend="transformers")
-    return {"model": recogniser.name, "language": recogniser.language, "generate_kwargs": recogniser.settings}
+    local = is_local_model(asr)
+    return {"model": shared_name(asr) if local else recogniser.name, "bundled": ASR_DIR if local else None,
+            "language": recogniser.language, "generate_kwargs": recogniser.settings}
+
+
+def bundle_recogniser(source, folder: Path) -> None:
+    """A local speech recogniser copied as it is into `folder` (the files links point to, as in a
+    Hub cache's snapshot), but for NOT_BUNDLED; an ORIGIN_KEYS entry naming a folder of this
+    machine (transformers 4 wrote the path a model was loaded from) becomes its shared name."""
+    log.info("bundling the speech recogniser %s as %s/", source, folder.name)
+    shutil.copytree(Path(str(source)).expanduser(), folder, ignore=shutil.ignore_patterns(*NOT_BUNDLED))
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        named = record if isinstance(record, dict) else {}
+        origins = {key: shared_name(named[key]) for key in ORIGIN_KEYS
+                   if isinstance(named.get(key), str) and named[key] and is_local_model(named[key])}
+        if origins:
+            atomic_write_text(path, json.dumps({**record, **origins}, indent=2, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------- writing the folder
@@ -121,9 +158,11 @@ def export_hf(run_dir, out, session=None, ensemble: bool = False, include_text_e
     text_encoder = None
     if first.uses_text:
         name = recorded_roberta(run_dir)
+        if is_local_model(name) and not include_text_encoder:
+            raise ExportError(f"{run_dir}: the run's text encoder is the local folder {name}, which no other machine "
+                              "can load by name; pass --include_text_encoder to bundle it in the folder")
         tokenizer, encoder = checked_text_encoder(name, first.config.text_dim)
-        stamp = encoder_stamp(name)
-        text_encoder = {"name": stamp["roberta"], "config_sha256": stamp["config_sha256"],
+        text_encoder = {"name": shared_name(name), "config_sha256": encoder_stamp(name)["config_sha256"],
                         "bundled": TEXT_ENCODER_DIR if include_text_encoder else None}
     asr_entry = recorded_asr(asr, language) if first.uses_text else None
     network = build_network(fold_models, folds, {"text_encoder": text_encoder, "asr": asr_entry})
@@ -138,11 +177,14 @@ def export_hf(run_dir, out, session=None, ensemble: bool = False, include_text_e
         if text_encoder and include_text_encoder:
             tokenizer.save_pretrained(staging / TEXT_ENCODER_DIR)
             encoder.save_pretrained(staging / TEXT_ENCODER_DIR, safe_serialization=True)
+        if asr_entry and asr_entry["bundled"]:
+            bundle_recogniser(asr, staging / ASR_DIR)
         classes = list(network.config.id2label.values())
         config = json.loads((run_dir / "config.json").read_text())
-        atomic_write_text(staging / "README.md", model_card(results, config, first.config.run, folds, classes,
-                                                            license_id, text_encoder, asr_entry))
-        record = {"mmer_format": FORMAT_VERSION, "run": first.config.run, "folds": folds, "run_dir": str(run_dir.resolve()),
+        atomic_write_text(staging / "README.md", model_card(shared_results(results), config, first.config.run, folds,
+                                                            classes, license_id, text_encoder, asr_entry))
+        record = {"mmer_format": network.config.mmer_format, "run": first.config.run, "folds": folds,
+                  "run_folder": run_dir.resolve().name,
                   "classes": classes, "max_abs_diff_vs_run": check_folder(staging, fold_models),
                   "git_commit": git_commit(), "versions": package_versions()}
         atomic_write_text(staging / EXPORT_RECORD, json.dumps(record, indent=1) + "\n")
@@ -152,6 +194,16 @@ def export_hf(run_dir, out, session=None, ensemble: bool = False, include_text_e
         shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote %s (%s, fold(s) %s)", out, first.config.run, ", ".join(folds))
     return record
+
+
+def shared_results(results: dict) -> dict:
+    """results.json as the model card reads it: the speech recogniser of the corpus's transcripts
+    (data_prep/transcribe.py's record) by its shared name."""
+    transcripts = results.get("transcripts") or {}
+    if not (transcripts.get("asr") or {}).get("model"):
+        return results
+    asr = {**transcripts["asr"], "model": shared_name(transcripts["asr"]["model"])}
+    return {**results, "transcripts": {**transcripts, "asr": asr}}
 
 
 def copy_models_package(folder: Path) -> None:
@@ -174,9 +226,10 @@ def check_folder(folder: Path, fold_models: dict) -> float:
     with torch.inference_mode():
         ours = reloaded(audio, **text).probabilities
         lengths = torch.tensor([audio.shape[1]])
-        theirs = torch.stack([torch.softmax(m.classify(m.encode_audio(audio, lengths), text.get("text_features"),
-                                                       text.get("text_lengths")).logits, -1)
-                              for m in fold_models.values()]).mean(0)
+        logits = [m.classify(m.encode_audio(audio, lengths), text.get("text_features"), text.get("text_lengths")).logits
+                  for m in fold_models.values()]
+        theirs = torch.stack([scaled_probabilities(z, m.calibration_temperature)
+                              for z, m in zip(logits, fold_models.values())]).mean(0)
     worst = float((ours - theirs).abs().max())
     if not np.isfinite(worst) or worst > CHECK_TOLERANCE:
         raise ExportError(f"{folder}: the reloaded folder's probabilities differ from the run's by {worst:.2e}; "

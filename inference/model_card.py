@@ -68,7 +68,8 @@ def transcripts_line(results: dict, run: str, text_encoder: dict | None, asr: di
     if record.get("asr"):
         line += f" (speech recogniser {record['asr'].get('model')}, WER {record['asr'].get('wer')})"
     line += f", embedded by `{(text_encoder or {}).get('name')}`."
-    fallback = (f"the recorded speech recogniser `{asr['model']}`" if asr else
+    bundled = f", bundled in `{asr['bundled']}/`" if asr and asr.get("bundled") else ""
+    fallback = (f"the recorded speech recogniser `{asr['model']}`{bundled}" if asr else
                 "the model's own CTC head (greedy), whose transcripts are worse than a recogniser's")
     return line + f" Without a transcript, the pipeline reads {fallback}, and says so."
 

@@ -1,6 +1,8 @@
 """The ONNX export of a trained run (export.py is its command line): the graphs a fold's model,
 mmer's fusion and its text encoder become, their example inputs, the check of every graph against
-PyTorch with onnxruntime, and the manifest a runtime reads (inference.EmotionRecognizer.from_onnx)."""
+PyTorch with onnxruntime, and the manifest a runtime reads (inference.EmotionRecognizer.from_onnx).
+An export names models as another machine would (shared_name): no path of the exporting machine
+is written, neither in the manifest nor in the graphs' node metadata."""
 import json
 import logging
 import shutil
@@ -28,33 +30,60 @@ from utils.provenance import git_commit, package_versions
 
 log = logging.getLogger("mmer.export")
 MANIFEST = ONNX_MANIFEST  # what inference.EmotionRecognizer.from_onnx reads
-MANIFEST_VERSION = ONNX_MANIFEST_VERSIONS[-1]
+# version 2 only where a fold has a calibration temperature, which a version-1 runtime would ignore
+MANIFEST_VERSION = ONNX_MANIFEST_VERSIONS[0]
 TEXT_ENCODER = "text_encoder.onnx"
 TOKENIZER_DIR = "text_encoder_tokenizer"
 MIN_OPSET = 18  # the dynamo exporter's lowest
 # Probabilities of a graph further than this from PyTorch's fail the export (measured: ~1e-7).
 CHECK_TOLERANCE = 1e-4
 EXPORT_VERSIONS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy")
+STACK_TRACE = "pkg.torch.onnx.stack_trace"  # node metadata: the exporting machine's source paths
+LOCAL = "local:"  # a local folder's name in an export, e.g. local:roberta
 
 
 class ExportError(MMERError, RuntimeError):
     """An export that cannot be done or would be wrong; the message names the file and the fix."""
 
 
+def is_local_model(name) -> bool:
+    """Whether a model name is a folder of this machine (as transformers reads it: an existing
+    path first) rather than a Hub id."""
+    path = Path(str(name)).expanduser()
+    return path.is_absolute() or path.exists()
+
+
+def shared_name(name) -> str:
+    """How an export names a model: a Hub id as it is; a local folder, whose path means nothing
+    on another machine, as `local:<its folder's name>` (its files are in the export, or are not
+    needed there)."""
+    if not is_local_model(name):
+        return str(name)
+    return LOCAL + Path(str(name)).expanduser().resolve().name
+
+
 # ---------------------------------------------------------------- what the graphs compute
+def calibrated_softmax(logits, temperature: float):
+    """The graphs' probabilities: softmax(logits / T) with the fold's calibration temperature (run.py
+    --calibrate dev); T = 1 adds no node, so an uncalibrated run's graphs are as before."""
+    return torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+
+
 class ModelGraph(nn.Module):
     """`<fold>_model.onnx`: the model's forward in eval mode on normalised audio. Without an
     attention mask every row is a whole recording (wav2vec2-base: never pad, see manifest);
-    with one, the true sample counts are the mask's sums."""
+    with one, the true sample counts are the mask's sums. `logits` are the model's, and
+    `probabilities` those of its checkpoint's calibration temperature."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.temperature = float(getattr(model, "calibration_temperature", 1.0))
 
     def forward(self, input_values, attention_mask=None, text_features=None, text_lengths=None):
         audio = self.model.encode_audio(input_values, sample_counts(input_values, attention_mask), attention_mask)
         output = self.model.classify(audio, text_features, text_lengths)
-        outputs = {"probabilities": torch.softmax(output.logits, dim=-1), "logits": output.logits,
+        outputs = {"probabilities": calibrated_softmax(output.logits, self.temperature), "logits": output.logits,
                    "frame_lengths": output.frame_lengths, "ctc_logits": output.ctc_logits,
                    "audio_frames": audio.frames if self.model.uses_text else None}
         return tuple(outputs[name] for name in model_outputs(self.model))
@@ -67,11 +96,12 @@ class FusionGraph(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.temperature = float(getattr(model, "calibration_temperature", 1.0))
 
     def forward(self, audio_frames, frame_lengths, text_features, text_lengths):
         audio = AudioFrames(audio_frames, lengths_to_mask(frame_lengths, audio_frames.shape[1]), frame_lengths)
         logits = self.model.classify(audio, text_features, text_lengths).logits
-        return torch.softmax(logits, dim=-1), logits
+        return calibrated_softmax(logits, self.temperature), logits
 
 
 class TextEncoderGraph(nn.Module):
@@ -167,11 +197,20 @@ def export_graph(module: nn.Module, example: dict, outputs: list[str], path: Pat
         raise ExportError(f"{path}: torch.onnx.export returned no program; check the torch version")
     for value in [*program.model.graph.inputs, *program.model.graph.outputs]:
         value.shape = type(value.shape)([named or size for named, size in zip(axes[value.name], value.shape)])
+    drop_stack_traces(program.model)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))
     return {"opset": int(program.model.opset_imports[""]),
             "inputs": [describe(v) for v in program.model.graph.inputs],
             "outputs": [describe(v) for v in program.model.graph.outputs]}
+
+
+def drop_stack_traces(model) -> None:
+    """The exporter records each node's Python stack trace, file paths of the exporting machine
+    (this repository, its packages) among it; a runtime reads none of it."""
+    functions = model.functions.values()
+    for node in [*model.graph.all_nodes(), *(node for function in functions for node in function.all_nodes())]:
+        node.metadata_props.pop(STACK_TRACE, None)
 
 
 def describe(value) -> dict:
@@ -275,7 +314,9 @@ def export_text_encoder(roberta: str, tokenizer, encoder, out: Path, opset: int 
     checked = check_graph(out / TEXT_ENCODER, graph, checks, ["last_hidden_state"])
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
     encoder.config.save_pretrained(out / TOKENIZER_DIR)
-    return {"name": roberta, "stamp": encoder_stamp(roberta), "file": TEXT_ENCODER, "tokenizer": TOKENIZER_DIR,
+    name = shared_name(roberta)
+    return {"name": name, "stamp": {**encoder_stamp(roberta), "roberta": name}, "file": TEXT_ENCODER,
+            "tokenizer": TOKENIZER_DIR,
             "hidden_size": int(encoder.config.hidden_size), "max_tokens": max_tokens(tokenizer, encoder),
             "max_abs_diff_vs_torch": checked}, described
 
@@ -312,8 +353,9 @@ def export_run(run_dir, out, session=None, opset: int | None = None, run=None, w
         spec = audio_input_spec(model.config.wav2vec2)
         log.info("fold %s: exporting %s", fold, path)
         entry, graphs = export_fold(model, fold, out, opset, spec, min_samples_of(model.wav2vec2.config))
-        folds[fold] = {**entry, "checkpoint": str(path.resolve()), "epoch": payload.get("epoch"),
-                       "model_config": model.config.to_dict()}
+        folds[fold] = {**entry, "checkpoint": path.name, "epoch": payload.get("epoch"),
+                       "model_config": {**model.config.to_dict(), "wav2vec2": shared_name(model.config.wav2vec2)},
+                       "calibration_temperature": model.calibration_temperature}
     text = None
     if text_source is not None:
         log.info("exporting the text encoder %s", text_source[0])
@@ -340,8 +382,10 @@ def build_manifest(model, spec, folds: dict, text: dict | None, graphs: dict) ->
     """What a runtime needs besides the graphs: classes, audio preparation, inputs and outputs,
     CTC decoding, the text encoder, and how the graphs chain."""
     encoder_config = model.wav2vec2.config
+    calibrated = any(entry["calibration_temperature"] != 1.0 for entry in folds.values())
     return {
-        "manifest_version": MANIFEST_VERSION, "format": "onnx", "run": model.config.run,
+        "manifest_version": ONNX_MANIFEST_VERSIONS[-1] if calibrated else MANIFEST_VERSION,
+        "format": "onnx", "run": model.config.run,
         "classes": list(LabelSet.from_dict(model.config.labels).classes), "labels": model.config.labels,
         "sample_rate": spec.sampling_rate,
         "normalisation": {"where": "before the graph", "per_recording": bool(spec.do_normalize), "eps": NORMALIZE_EPS,
@@ -352,7 +396,7 @@ def build_manifest(model, spec, folds: dict, text: dict | None, graphs: dict) ->
                   "batching": ("rows may be padded (with padding_value) and masked"
                                if padding_is_exact(encoder_config, spec) else
                                "no padding: one recording per run, or rows of exactly equal length")},
-        "speech_encoder": model.config.wav2vec2,
+        "speech_encoder": shared_name(model.config.wav2vec2),
         "text_encoder": text, "text_dim": model.config.text_dim if model.uses_text else None,
         "folds": folds,
         "inputs": {name: graph["inputs"] for name, graph in graphs.items()},
@@ -362,15 +406,19 @@ def build_manifest(model, spec, folds: dict, text: dict | None, graphs: dict) ->
                  "decoding": "greedy: argmax per frame over the first frame_lengths frames, merge repeats, drop "
                              "<pad> (the blank) and <s> </s> <unk>, '|' is a space; mmer embeds it in sentence case"}
                 if model.has_ctc else None),
-        "how_to_run": how_to_run(model, spec),
+        "how_to_run": how_to_run(model, spec, calibrated),
         "versions": package_versions(EXPORT_VERSIONS), "git_commit": git_commit(),
     }
 
 
-def how_to_run(model, spec) -> list[str]:
+def how_to_run(model, spec, calibrated: bool = False) -> list[str]:
     mask = " and attention_mask [batch, samples] (int64, 1 on the samples)" if spec.return_attention_mask else ""
     steps = [(f"audio: {spec.sampling_rate} Hz mono float32, normalised per recording (see normalisation), as "
               f"input_values [batch, samples]{mask}; audio.batching says what may share a run")]
+    if calibrated:
+        steps.append("calibration: each graph's probabilities are softmax(logits / T) with its fold's "
+                     "calibration_temperature T (run.py --calibrate dev); its logits are the model's, so divide them "
+                     "by T before a softmax of your own")
     if not model.uses_text:
         return [*steps, "<fold>_model.onnx -> probabilities [batch, classes], in the order of classes"]
     return [

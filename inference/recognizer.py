@@ -14,16 +14,19 @@ times. predict.py is the command line over this module.
 Audio is a file path or a 1-D (or [samples, channels]) array with its sample rate; it is
 resampled, downmixed and normalised exactly as in training. mmer reads a transcript: the one
 given, else a speech recogniser's (`asr=`, e.g. openai/whisper-small), else its own CTC head's
-(greedy, in sentence case), and says which. Every result is padding-exact: a recording gets what
-the model gives it alone, whatever it is batched with. A recording longer than
-`recognizer.windows.long_seconds` (30 s) is scored in windows read one batch at a time (6 s,
-one every 3 s): its result is the duration-weighted summary, with the timeline in `.windows`
-(`timeline_table`, `plot_timeline`).
+(greedy, in sentence case), and says which; a recording whose transcript came out empty is
+said once, by name, with the fix. Every recording is checked before any compute
+(`audio_problems`; UnusableInputs names all that cannot be scored). Every result is
+padding-exact: a recording gets what the model gives it alone, whatever it is batched with. A
+recording longer than `recognizer.windows.long_seconds` (30 s) is scored in windows read one
+batch at a time (6 s, one every 3 s): its result is the duration-weighted summary, with the
+timeline in `.windows` (`timeline_table`, `plot_timeline`).
 
 The same recognizer runs a run exported by export.py with onnxruntime instead of PyTorch
 (`EmotionRecognizer.from_onnx(EXPORT_DIR)`): only the model calls differ (OnnxModel,
 OnnxTextEncoder); windows, transcripts, batching and labels are this module's one path.
 """
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -40,13 +43,47 @@ from dataio.text_features import TextFeatureError, agreed_text_encoder, embed_te
 from inference.onnx_runtime import ONNX_MANIFEST, OnnxModel, OnnxTextEncoder, load_onnx_models, read_manifest
 from inference.prediction import Prediction, PredictError, predictions_table
 from inference.runs import DEFAULT_ROBERTA, default_batch_size, load_folder, load_models, recorded_roberta
-from inference.transcripts import Recogniser, decode_ctc
+from inference.transcripts import Recogniser, decode_ctc, empty_transcript_note
 from inference.windows import WindowPrediction, Windows, WindowSource, summarise
-from models.checkpoint import CheckpointError
+from models.checkpoint import CheckpointError, scaled_probabilities
 from models.encoders import AudioInputSpec, audio_input_spec, min_samples_of, padding_is_exact
 from utils.device import autocast, check_precision, evaluation_precision, resolve_device
 
 log = logging.getLogger("mmer.inference")
+
+
+class UnusableInputs(PredictError):
+    """Inputs that cannot be predicted, all named at once, found before any compute; `problems`
+    holds one message per problem, each naming its input, what is wrong and the fix."""
+
+    def __init__(self, problems: list[str], fix: str = "", most: int = 20):
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            listed = self.problems[:most] + ([f"... ({len(self.problems) - most} more)"]
+                                             if len(self.problems) > most else [])
+            message = f"{len(self.problems)} problems, nothing predicted:\n  " + "\n  ".join(listed)
+        super().__init__(message + (f"\n{fix}" if fix else ""))
+
+
+class _EmptyTextSaidOncePerRecording(logging.Filter):
+    """The text encoder warns about an empty text at every call, without a name: once per window
+    of a long recording. The recognizer names each such recording once instead
+    (empty_transcript_note), so the encoder's own warning is held back while it embeds."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("empty transcript")
+
+
+@contextlib.contextmanager
+def _empty_text_said_by_the_recognizer():
+    logger, quiet = logging.getLogger("dataio.text_features"), _EmptyTextSaidOncePerRecording()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def audio_settings(models: dict) -> tuple[AudioInputSpec, bool, int]:
@@ -124,14 +161,15 @@ class EmotionRecognizer:
                         asr_backend: str = "auto", embed_text: bool = True) -> "EmotionRecognizer":
         """A shared model folder (export.py --format hf; what the Hub holds once downloaded): its
         fold(s), an ensemble's averaged, with the text encoder it bundles or names and, for mmer's
-        missing transcripts, the speech recogniser it records (`asr` overrides it)."""
+        missing transcripts, the speech recogniser it bundles or names (`asr` overrides it)."""
         device = checked_device(device, precision)
         models, config = load_folder(folder, device)
         entry = config.text_encoder or {}
         bundled = str(Path(folder) / entry["bundled"]) if entry.get("bundled") else entry.get("name")
         recorded = config.asr or {}
+        recogniser = str(Path(folder) / recorded["bundled"]) if recorded.get("bundled") else recorded.get("model")
         return cls(models, roberta or bundled or DEFAULT_ROBERTA, device, precision, batch_size,
-                   asr or recorded.get("model"), language or recorded.get("language"), embed_text=embed_text,
+                   asr or recogniser, language or recorded.get("language"), embed_text=embed_text,
                    asr_backend=asr_backend)
 
     @classmethod
@@ -193,11 +231,47 @@ class EmotionRecognizer:
                             name)
 
     def checked(self, samples: np.ndarray, name: str) -> np.ndarray:
-        if len(samples) < self.min_samples:
-            raise PredictError(f"{name}: {len(samples) / self.sample_rate * 1000:.1f} ms of audio, shorter than the "
-                               f"speech encoder's receptive field ({self.min_samples} samples, "
-                               f"{self.min_samples / self.sample_rate * 1000:.0f} ms); give a longer recording")
+        problem = self._length_problem(len(samples), name)
+        if problem:
+            raise PredictError(problem)
         return samples
+
+    def _length_problem(self, samples: int, name: str) -> str | None:
+        """samples: the recording's length at the model's rate."""
+        if samples == 0:
+            return f"{name}: the audio holds no samples; re-export it, or drop it"
+        if samples < self.min_samples:
+            return (f"{name}: {samples / self.sample_rate * 1000:.1f} ms of audio, shorter than the speech "
+                    f"encoder's receptive field ({self.min_samples} samples, "
+                    f"{self.min_samples / self.sample_rate * 1000:.0f} ms); give a longer recording")
+        return None
+
+    def audio_problems(self, audios, sample_rates=None, names=None) -> dict[int, str]:
+        """What keeps each recording from being scored, {index: its name, what is wrong and the
+        fix}, from file headers and array lengths alone, before any compute: a file missing,
+        unreadable or without samples, an array without its sample rate, a recording shorter
+        than the speech encoder's receptive field (its length at the model's rate estimated from
+        the header, as the resampler gives it to within a sample)."""
+        sample_rates = list(sample_rates) if sample_rates is not None else [None] * len(audios)
+        names = list(names) if names is not None else default_names(audios)
+        problems = {}
+        for i, (audio, rate, name) in enumerate(zip(audios, sample_rates, names)):
+            if isinstance(audio, (str, Path)):
+                try:
+                    info = audio_info(audio)
+                except AudioError as err:
+                    problems[i] = str(err)
+                    continue
+                frames, rate = info.frames, info.samplerate
+            elif rate is None:
+                problems[i] = f"{name}: an array needs its sample_rate"
+                continue
+            else:
+                frames = np.shape(audio)[0] if np.ndim(audio) else 0
+            problem = self._length_problem(round(frames * self.sample_rate / rate), name)
+            if problem:
+                problems[i] = problem
+        return problems
 
     def seconds(self, audio, sample_rate: int | None = None) -> float:
         """A recording's duration, from its header (a path) or its length (an array)."""
@@ -206,38 +280,65 @@ class EmotionRecognizer:
         return len(audio) / (sample_rate or self.sample_rate)
 
     # ------------------------------------------------------------ prediction
-    def predict(self, audio, transcript: str | None = None, sample_rate: int | None = None) -> Prediction:
-        """One recording (a path, or an array with its sample rate)."""
-        return self.predict_many([audio], [transcript], [sample_rate])[0]
+    def predict(self, audio, transcript: str | None = None, sample_rate: int | None = None,
+                name: str | None = None) -> Prediction:
+        """One recording (a path, or an array with its sample rate; `name` names it in messages)."""
+        return self.predict_many([audio], [transcript], [sample_rate], names=None if name is None else [name])[0]
 
     def predict_many(self, audios, transcripts=None, sample_rates=None, progress: bool = False,
-                     text_features=None) -> list[Prediction]:
+                     text_features=None, names=None) -> list[Prediction]:
         """Many recordings; transcripts and sample rates per recording (None where not given).
         text_features: mmer's text features per recording ([T, H] arrays, e.g. the .npy files
-        run.py reads; None where not given), used instead of embedding a transcript.
-        A recording longer than `windows.long_seconds` is scored in windows (see Windows): its
-        Prediction is the duration-weighted summary and carries the per-window timeline."""
+        run.py reads; None where not given), used instead of embedding a transcript. names: what
+        messages call them (default: a file's path, `array <i>`).
+        Every recording is checked (audio_problems) and the short ones read before any compute:
+        UnusableInputs names every one that cannot be scored. A recording longer than
+        `windows.long_seconds` is scored in windows (see Windows): its Prediction is the
+        duration-weighted summary and carries the per-window timeline. A recording whose
+        transcript came out empty is said once (empty_transcript_note)."""
         n = len(audios)
         transcripts = list(transcripts) if transcripts is not None else [None] * n
         text_features = list(text_features) if text_features is not None else [None] * n
         sample_rates = list(sample_rates) if sample_rates is not None else [None] * n
-        names = [str(a) if isinstance(a, (str, Path)) else f"array {i}" for i, a in enumerate(audios)]
+        names = list(names) if names is not None else default_names(audios)
+        problems = self.audio_problems(audios, sample_rates, names)
+        if problems:
+            raise UnusableInputs([problems[i] for i in sorted(problems)])
         long = [self.seconds(a, sr) > self.windows.long_seconds for a, sr in zip(audios, sample_rates)]
+        short = [i for i in range(n) if not long[i]]
+        samples = self._read(audios, sample_rates, names, short)
         results = [None] * n
         for i in (i for i in range(n) if long[i]):
             if text_features[i] is not None:
                 log.warning("%s: text features of the whole recording cannot be split over its windows; each window "
                             "is transcribed", names[i])
             results[i] = self.predict_windows(audios[i], transcripts[i], sample_rates[i], names[i])
-        short = [i for i in range(n) if not long[i]]
         if short:
-            samples = [read_audio(audios[i], self.sample_rate) if isinstance(audios[i], (str, Path))
-                       else self.prepare(audios[i], sample_rates[i], names[i]) for i in short]
-            scored = self._score([self.checked(s, names[i]) for s, i in zip(samples, short)],
-                                 [transcripts[i] for i in short], progress, [text_features[i] for i in short])
+            scored = self._score(samples, [transcripts[i] for i in short], progress, [text_features[i] for i in short])
             for i, result in zip(short, self._predictions(scored, [names[i] for i in short])):
+                self._say_empty_transcript(result)
                 results[i] = result
         return results
+
+    def _read(self, audios, sample_rates, names, indices) -> list[np.ndarray]:
+        """The recordings at `indices`, as 16 kHz samples; every one that cannot be read is named at once."""
+        samples, problems = [], []
+        for i in indices:
+            try:
+                read = read_audio(audios[i], self.sample_rate) if isinstance(audios[i], (str, Path)) \
+                    else self.prepare(audios[i], sample_rates[i], names[i])
+                samples.append(self.checked(read, names[i]))
+            except (AudioError, PredictError) as err:
+                problems.append(str(err))
+        if problems:
+            raise UnusableInputs(problems)
+        return samples
+
+    @staticmethod
+    def _say_empty_transcript(prediction: Prediction) -> None:
+        note = empty_transcript_note(prediction)
+        if note:
+            log.warning(note)
 
     def predict_windows(self, audio, transcript=None, sample_rate=None, name=None) -> Prediction:
         """A recording of any length, scored in windows (Windows) read one batch at a time, so
@@ -257,7 +358,9 @@ class EmotionRecognizer:
             for span, result in zip(chunk, self._predictions(scored, [f"{name} [{span.start_s:.2f}-{span.end_s:.2f} s]"
                                                                       for span in chunk])):
                 timeline.append(WindowPrediction(span, result))
-        return summarise(name, timeline, self.classes)
+        summary = summarise(name, timeline, self.classes)
+        self._say_empty_transcript(summary)
+        return summary
 
     def _predictions(self, scored, names) -> list[Prediction]:
         probs, texts, sources, heard = scored
@@ -308,8 +411,10 @@ class EmotionRecognizer:
     def _run_model(self, model, waves, texts, features, progress: bool):
         """One model over all recordings: the audio is encoded once per recording; for mmer, a
         missing transcript comes from this model's CTC head in the same pass (filling `texts`
-        and `features` for the models after it). -> probabilities [N, classes], CTC transcripts."""
+        and `features` for the models after it). -> probabilities [N, classes] (softmax(logits / T)
+        with the temperature its checkpoint or export stores, 1 if none), CTC transcripts."""
         probs = np.zeros((len(waves), len(self.classes)))
+        temperature = getattr(model, "calibration_temperature", 1.0)
         heard = [""] * len(waves) if model.has_ctc else None
         dataset = EmotionDataset(range(len(waves)), waves)
         sampler = ExactBatchSampler(dataset.lengths(), self.batch_size, self.exact)
@@ -324,7 +429,7 @@ class EmotionRecognizer:
                         heard[row] = text
                 text, lengths = self._text_features(rows, texts, features, heard) if model.uses_text else (None, None)
                 output = model.classify(audio, text, lengths)
-            probs[rows] = torch.softmax(output.logits.float(), dim=-1).cpu().numpy()
+            probs[rows] = scaled_probabilities(output.logits, temperature).cpu().numpy()
         return probs, heard
 
     def _text_features(self, rows, texts, features, heard):
@@ -335,12 +440,18 @@ class EmotionRecognizer:
             if texts[row] is None:
                 texts[row] = sentence_case(heard[row])
         if todo:
-            embedded = self.text_encoder([texts[row] for row in todo])
+            with _empty_text_said_by_the_recognizer():
+                embedded = self.text_encoder([texts[row] for row in todo])
             for row, array in zip(todo, embedded):
                 features[row] = array
         text, lengths = pad_rows([torch.from_numpy(features[row]) for row in rows])
         return text.to(self.device), lengths.to(self.device)
 
 
-__all__ = ["EmotionRecognizer", "Prediction", "PredictError", "AudioError", "CheckpointError", "OnnxModel",
-           "predictions_table"]
+def default_names(audios) -> list[str]:
+    """What messages call each recording: a file's path, else `array <i>`."""
+    return [str(a) if isinstance(a, (str, Path)) else f"array {i}" for i, a in enumerate(audios)]
+
+
+__all__ = ["EmotionRecognizer", "Prediction", "PredictError", "UnusableInputs", "AudioError", "CheckpointError",
+           "OnnxModel", "predictions_table"]

@@ -4,6 +4,7 @@ folder's results; and BackgroundServer, which serves it from a thread (the brows
 import json
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from dataio.audio import AudioError, audio_info, audio_suffixes, read_frames
 from dataio.corpus import audio_paths
 from inference.prediction import PredictError
 from inference.recognizer import EmotionRecognizer
+from inference.transcripts import EMPTY_FIX_PAGE, empty_transcript_note
 from inference.windows import timeline_table
 from models.errors import MMERError
 
@@ -32,7 +34,8 @@ WEB_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javas
 # Nothing outside this service may load into the page; recordings play from blob: URLs.
 CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
-PICTURE_PATTERNS = ("confusion_matrix.png", "confusion_matrix_*.png", "learning_curves.png")
+PICTURE_PATTERNS = ("confusion_matrix.png", "confusion_matrix_*.png", "learning_curves.png", "reliability_diagram.png")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,13 @@ def check_duration(seconds: float, name: str, limits: Limits) -> None:
                                f"{limits.max_seconds:g} s (--max_seconds); send a shorter excerpt")
 
 
-def prediction_json(prediction, classes, seconds: float) -> dict:
+def prediction_json(prediction, classes, seconds: float, name: str | None = None) -> dict:
+    """The answer to /predict; `notes`: what the page shows beside it (an empty transcript, said
+    as predict.py says it, with the page's fix)."""
+    note = empty_transcript_note(prediction, EMPTY_FIX_PAGE, name)
     result = {"label": prediction.label, "probabilities": prediction.probabilities,
               "transcript": prediction.transcript, "transcript_source": prediction.transcript_source,
-              "classes": classes, "duration_s": seconds}
+              "classes": classes, "duration_s": seconds, "notes": [note] if note else []}
     if prediction.windows:
         result["windows"] = timeline_table(prediction).to_dict(orient="records")
     return result
@@ -102,26 +108,44 @@ def finite(value):
     return value
 
 
+def run_file(path: Path, run_dir: Path) -> Path | None:
+    """`path`, symlinks followed, when it is a regular file inside the run folder; else None (a
+    link out of it, a folder, a device, nothing). The browser reads and serves no other file."""
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    return real if real.is_relative_to(run_dir.resolve()) and real.is_file() else None
+
+
+def is_png(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+
+
 def run_pictures(run_dir: Path) -> dict[str, Path]:
-    """{file name: path} of the pictures run.py writes into a run folder; nothing else is served."""
-    found = {p.name: p for pattern in PICTURE_PATTERNS for p in run_dir.glob(pattern) if p.is_file()}
+    """{file name: path} of the pictures run.py writes into a run folder (PNG files inside it);
+    nothing else is served."""
+    found = {p.name: real for pattern in PICTURE_PATTERNS for p in run_dir.glob(pattern)
+             if (real := run_file(p, run_dir)) is not None and is_png(real)}
     return dict(sorted(found.items(), key=lambda item: (item[0] != "confusion_matrix.png", item[0])))
 
 
 def run_summary(run_dir: Path) -> dict:
-    results = run_dir / "results.json"
-    if not results.is_file():
-        raise ServiceError(404, f"{results}: no results in this run folder yet (a run writes them when its folds "
-                               "finish); the prediction service works without them")
-    markdown = run_dir / "results.md"
+    results = run_file(run_dir / "results.json", run_dir)
+    if results is None:
+        raise ServiceError(404, f"{run_dir / 'results.json'}: no results in this run folder yet (a run writes them "
+                               "when its folds finish); the prediction service works without them")
+    markdown = run_file(run_dir / "results.md", run_dir)
     return {"run_dir": str(run_dir), "results": finite(json.loads(results.read_text())),
-            "results_md": markdown.read_text() if markdown.is_file() else "",
+            "results_md": markdown.read_text() if markdown else "",
             "pictures": list(run_pictures(run_dir)), "folds": sorted(prediction_files(run_dir))}
 
 
 def prediction_files(run_dir: Path) -> dict[str, Path]:
-    """{fold: <fold>_predictions.csv}"""
-    return {p.name[: -len("_predictions.csv")]: p for p in run_dir.glob("*_predictions.csv")}
+    """{fold: <fold>_predictions.csv}, the files inside the run folder."""
+    return {p.name[: -len("_predictions.csv")]: real for p in run_dir.glob("*_predictions.csv")
+            if (real := run_file(p, run_dir)) is not None}
 
 
 def read_predictions(run_dir: Path) -> pd.DataFrame:
@@ -161,15 +185,31 @@ def recorded_corpus(run_dir: Path) -> tuple[pd.DataFrame | None, Path]:
 def utterance_audio(run_dir: Path, name: str) -> Path:
     """The audio file of an utterance of the run's predictions, found as training found it (the
     corpus table's `path`, else <FileName>.wav in the recorded audio folder). Only names in the
-    predictions are looked up; a name is never turned into a path itself."""
+    predictions are looked up; a name is never turned into a path itself; see served_audio for
+    which files are served."""
     if name not in set(read_predictions(run_dir)["FileName"]):
         raise ServiceError(404, f"{name!r} is not an utterance of this run's predictions")
     table, audio_dir = recorded_corpus(run_dir)
     row = table[table["FileName"] == name] if table is not None else []
     path = audio_paths(row, audio_dir)[0] if len(row) else audio_dir / f"{name}.wav"
-    if not path.is_file():
+    return served_audio(path, audio_dir, name)
+
+
+def served_audio(path: Path, audio_dir: Path, name: str) -> Path:
+    """`path` when it lies in the recorded audio folder (its folders, symlinks followed, inside
+    it: a table's absolute path or `..` elsewhere is refused) and is a regular file that reads
+    as audio. The file itself may be a link, as data_prep's --link makes them, to audio elsewhere."""
+    placed = Path(os.path.abspath(path))
+    if not placed.parent.resolve().is_relative_to(Path(audio_dir).resolve()):
+        raise ServiceError(403, f"{path}: the corpus table names audio outside the run's recorded audio folder "
+                                f"{audio_dir} (run.data_path_audio in config.json); only audio there is served")
+    if not placed.is_file():
         raise ServiceError(404, f"{path}: the audio of {name} is not there any more (moved or deleted)")
-    return path
+    try:
+        audio_info(placed)
+    except AudioError as err:
+        raise ServiceError(403, f"{path}: not audio ({err.reason}); only the corpus's audio is served") from err
+    return placed
 
 
 class BodyLimit:
@@ -263,13 +303,13 @@ def add_prediction_routes(app: FastAPI, recognizer: EmotionRecognizer, run_dir: 
         samples, rate = decode_upload(file.file, name, limits)
         start = time.perf_counter()
         try:
-            prediction = recognizer.predict(samples, transcript=transcript or None, sample_rate=rate)
+            prediction = recognizer.predict(samples, transcript=transcript or None, sample_rate=rate, name=name)
         except (PredictError, AudioError) as err:
-            raise ServiceError(422, str(err).replace("array 0", name)) from err
+            raise ServiceError(422, str(err)) from err
         seconds = len(samples) / rate
         log.info("%s: %.2f s of audio -> %s (%.0f ms)", name, seconds, prediction.label,
                  1000 * (time.perf_counter() - start))
-        return prediction_json(prediction, recognizer.classes, seconds)
+        return prediction_json(prediction, recognizer.classes, seconds, name)
 
     @app.get("/health")
     def health():
@@ -299,7 +339,8 @@ def add_run_browser_routes(app: FastAPI, run_dir: Path) -> None:
     def picture(name: str):
         pictures = run_pictures(run_dir)
         if name not in pictures:
-            raise ServiceError(404, f"{name!r} is not a picture of this run (there: {', '.join(pictures) or 'none'})")
+            raise ServiceError(404, f"{name!r} is not a picture of this run (there: {', '.join(pictures) or 'none'}; "
+                                    "only PNG files inside the run folder are served, never a link out of it)")
         return FileResponse(pictures[name], media_type="image/png")
 
     @app.get("/runs/audio")

@@ -3,11 +3,18 @@ epoch and metrics, saved atomically and loaded without executing pickled code; a
 published layouts it reads: upstream's 2022 checkpoints (MMI_Model, CAI_SOTA, UNI_BASELINE
 state dicts) and its 2023 ones ({'state_dict': FuseModel.state_dict()}: `model_mmi.*` plus the
 two projection heads)."""
+import codecs
+import io
+import mmap
 import os
 import pickle
+import pickletools
+import struct
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
 from .base import ModelConfig
@@ -39,6 +46,13 @@ UPSTREAM_2023_SETTINGS = {"run": "mmer", "alpha": 0.1, "pooling": "max", "text_p
 
 
 CHECKPOINT_SUFFIXES = (".pt", ".safetensors")  # <session>_model.pt (ours, upstream's) or .safetensors
+NOT_A_CHECKPOINT = "not a checkpoint (corrupt or incomplete download?)"
+# What torch.load and safetensors raise on bytes that are not what they expect (found by feeding
+# them random, cut-short and text files): all mean the file is not a checkpoint.
+_UNREADABLE = (pickle.UnpicklingError, SafetensorError, RuntimeError, EOFError, LookupError, ValueError,
+               OSError, struct.error, TypeError, AttributeError, OverflowError)
+_PUSHES_A_STRING = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
+                    "STRING"}
 
 
 class CheckpointError(MMERError, RuntimeError):
@@ -69,10 +83,14 @@ def checkpoint_path(folder, session) -> Path:
 
 def save_checkpoint(path, model: torch.nn.Module, **extra) -> None:
     """Write {'state_dict': ..., **extra} atomically; extra must be plain data (weights-only loadable)."""
-    payload = {"state_dict": model.state_dict(), **extra}
+    save_payload(path, {"state_dict": model.state_dict(), **extra})
+
+
+def save_payload(path, payload: dict) -> None:
+    """Write a checkpoint dict atomically (renamed into place: never half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # renamed into place: never half a file
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         torch.save(payload, partial)
         os.replace(partial, path)
@@ -80,29 +98,144 @@ def save_checkpoint(path, model: torch.nn.Module, **extra) -> None:
         partial.unlink(missing_ok=True)
 
 
+def calibration_temperature(payload: dict, source="checkpoint") -> float:
+    """The temperature a checkpoint's probabilities are divided by (run.py --calibrate dev stores
+    it under `calibration`); 1.0 for a checkpoint without one (older runs, published ones)."""
+    record = payload.get("calibration") or {}
+    temperature = record.get("temperature", 1.0) if isinstance(record, dict) else None
+    if not isinstance(temperature, (int, float)) or not 0 < float(temperature) < float("inf"):
+        raise CheckpointError(f"{source}: its calibration temperature {temperature!r} is not a positive number; "
+                              "calibrate the run again (run.py --calibrate dev) or drop the checkpoint's "
+                              "'calibration' entry")
+    return float(temperature)
+
+
+def store_calibration(path, record: dict) -> None:
+    """Add (or replace) a checkpoint's calibration record, its weights left as they are."""
+    payload = load_checkpoint(path)
+    calibration_temperature({"calibration": record}, path)
+    save_payload(path, {**payload, "calibration": dict(record)})
+
+
+def scaled_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(logits / T) in float32: the class probabilities of a model calibrated with
+    temperature T (T = 1: the plain softmax, bit for bit)."""
+    logits = logits.float()
+    return torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+
+
 def load_checkpoint(path) -> dict:
-    """Load a checkpoint dict without running code: torch.load(weights_only=True), or safetensors."""
+    """Load a checkpoint dict without running code: torch.load(weights_only=True), or safetensors.
+    A file that is not a checkpoint (empty, cut short, text, an HTML error page) is told so; a
+    pickle the safe loader refuses is refused as one that could run code."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; check --checkpoint_dir and the file names "
                               "(<session>_model.pt)")
-    if path.suffix == ".safetensors":
-        return {"state_dict": load_safetensors(str(path))}
+    head = _head(path)
+    if not head:
+        raise _not_a_checkpoint(path, "the file is empty")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: refused, loading it would execute code or objects other than "
-                              f"tensors and plain data ({str(err).splitlines()[0]}); only use checkpoints "
-                              "from sources you trust, converted to plain tensors or safetensors") from err
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err}); the file may be truncated "
-                              "or of another format, download or save it again") from err
+        payload = _read(path)
+    except _UNREADABLE as err:
+        raise _refusal(path, head, err) from err
     if not isinstance(payload, dict) or "state_dict" not in payload:
         payload = {"state_dict": payload} if _looks_like_state_dict(payload) else None
     if payload is None:
         raise CheckpointError(f"{path}: no 'state_dict' in the checkpoint; expected a dict "
                               "{'state_dict': ...} as written by run.py or upstream MMER")
     return payload
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(512)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror}); check its permissions") from err
+
+
+def _read(path: Path):
+    if path.suffix == ".safetensors":
+        return {"state_dict": load_safetensors(str(path))}
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _refusal(path: Path, head: bytes, err: Exception) -> CheckpointError:
+    """A whole pickle the safe loader refused could run code; anything else is not a checkpoint."""
+    imports = _pickle_imports(path) if isinstance(err, pickle.UnpicklingError) else None
+    if imports is None:
+        return _not_a_checkpoint(path, _what_it_holds(head, err))
+    named = f": it imports {', '.join(dict.fromkeys(imports))}" if imports else ""
+    return CheckpointError(f"{path}: refused, a pickle that PyTorch's safe loader does not read{named}; loading "
+                           "it otherwise could execute code. Only use checkpoints from sources you trust, saved "
+                           "as tensors and plain data (torch.save of a state dict) or as safetensors")
+
+
+def _not_a_checkpoint(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {NOT_A_CHECKPOINT}: {what}; download it again (compare its size with "
+                           "the source's), or save it again with run.py")
+
+
+def _what_it_holds(head: bytes, err: Exception) -> str:
+    """What the file is instead, from its first bytes, else the loader's own words (never torch's
+    advice to turn weights_only off)."""
+    lowered = head.lstrip().lower()
+    if lowered.startswith((b"<!doctype html", b"<html")) or b"<html" in lowered[:200]:
+        return "it holds an HTML page (a download's error page?)"
+    text = _as_text(head)
+    if text is not None:
+        return f"it holds text ({text!r})"
+    words = str(err).strip().split("\n")[0].split(". ")[0][:160]
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in words or not words:
+        return "its bytes are not a whole PyTorch checkpoint"
+    return words
+
+
+def _as_text(head: bytes) -> str | None:
+    """The first line of a text file's start; None for binary bytes."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)   # a character cut at the end is fine
+    except UnicodeDecodeError:
+        return None
+    if not text.strip() or not all(c.isprintable() or c.isspace() for c in text):
+        return None
+    return text.strip().splitlines()[0][:60]
+
+
+def _pickle_imports(path: Path) -> list[str] | None:
+    """The globals ('module.name') the pickle in a .pt (its data.pkl, for torch.save's zip) imports,
+    read without running it; None when the file holds no whole pickle."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                return None if member is None else _imports(io.BytesIO(archive.read(member)))
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return _imports(mapped)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+
+
+def _imports(stream) -> list[str] | None:
+    """GLOBAL/INST names, and STACK_GLOBAL's from the two strings pushed (or fetched from the
+    memo) just before it; None when the bytes stop before the pickle's STOP or hold no opcode."""
+    imports, strings, memo, top = [], [], {}, None
+    try:
+        for op, arg, _ in pickletools.genops(stream):
+            if op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                memo[len(memo) if op.name == "MEMOIZE" else arg] = top
+                continue
+            if op.name in ("GLOBAL", "INST"):
+                imports.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                imports.append(".".join(str(name) for name in strings[-2:]))
+            top = arg if op.name in _PUSHES_A_STRING else memo.get(arg) if op.name.endswith("GET") else None
+            if top is not None:
+                strings.append(top)
+    except ValueError:
+        return None
+    return imports
 
 
 def _looks_like_state_dict(obj) -> bool:
@@ -180,7 +313,8 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: str = "checkp
 def restore_model(path, run: str | None = None, wav2vec2: str | None = None):
     """Rebuild the model a checkpoint holds and load its weights (architecture only, no
     pretrained download). Our checkpoints carry their ModelConfig; published ones get it
-    from `run`, `wav2vec2` and the shapes in the state dict. Returns (model, payload)."""
+    from `run`, `wav2vec2` and the shapes in the state dict. The model's `calibration_temperature`
+    is the checkpoint's (1.0 without one). Returns (model, payload)."""
     payload = load_checkpoint(path)
     published = not payload.get("model_config")
     saved = model_settings(payload)
@@ -201,4 +335,5 @@ def restore_model(path, run: str | None = None, wav2vec2: str | None = None):
         config.num_classes = int(classifier.shape[0])  # published: IEMOCAP's 4
     model = build_model(config, pretrained=False)
     load_weights(model, state_dict, source=str(path))
+    model.calibration_temperature = calibration_temperature(payload, path)  # what inference divides logits by
     return model.eval(), payload

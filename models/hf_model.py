@@ -12,12 +12,14 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .base import ModelConfig
+from .checkpoint import scaled_probabilities
 from .encoders import sample_counts, speech_encoder_from_config
 from .errors import MMERError
 from .variants import build_model
 
 # The folder's layout: a loader refuses a folder of a newer format (its code would read it wrongly).
-FORMAT_VERSION = 1
+# 2: the folds' calibration temperatures, which format-1 code would ignore; a folder without them is 1.
+FORMAT_VERSION = 2
 
 
 class FolderFormatError(MMERError, ValueError):
@@ -27,13 +29,22 @@ class FolderFormatError(MMERError, ValueError):
 class MMERConfig(PretrainedConfig):
     """config.json: the variant's settings (our ModelConfig), the speech encoder's configuration,
     the folds it holds, the text encoder mmer's transcripts go through and the speech recogniser
-    recorded for transcripts not given; id2label are the run's classes in the order of its
-    probabilities."""
+    recorded for transcripts not given (its Hub name, or `bundled`: the folder's subfolder holding
+    it); id2label are the run's classes in the order of its probabilities. calibration_temperatures:
+    each fold's T (run.py --calibrate dev), its probabilities being softmax(logits / T); None: all 1.
+    mmer_format: the folder's layout (default: the lowest that holds these settings)."""
     model_type = "mmer"
 
     def __init__(self, model_config: dict | None = None, speech_encoder: dict | None = None, folds=None,
-                 text_encoder: dict | None = None, asr: dict | None = None, mmer_format: int = FORMAT_VERSION,
-                 **kwargs):
+                 text_encoder: dict | None = None, asr: dict | None = None, mmer_format: int | None = None,
+                 calibration_temperatures: list | None = None, **kwargs):
+        if calibration_temperatures is not None and (
+                len(calibration_temperatures) != len(folds or [])
+                or not all(isinstance(t, (int, float)) and 0 < t < float("inf") for t in calibration_temperatures)):
+            raise FolderFormatError(f"config.json: calibration_temperatures {calibration_temperatures!r} are not one "
+                                    "positive number per fold; export the run again with export.py --format hf")
+        if mmer_format is None:
+            mmer_format = 2 if any(t != 1.0 for t in calibration_temperatures or []) else 1
         if int(mmer_format) > FORMAT_VERSION:
             raise FolderFormatError(
                 f"this model folder is of MMER format {mmer_format}, newer than this code reads ({FORMAT_VERSION}); "
@@ -45,6 +56,8 @@ class MMERConfig(PretrainedConfig):
         self.text_encoder = text_encoder
         self.asr = asr
         self.mmer_format = int(mmer_format)
+        self.calibration_temperatures = (None if calibration_temperatures is None else
+                                         [float(t) for t in calibration_temperatures])
         super().__init__(**kwargs)
 
     @property
@@ -79,6 +92,8 @@ class MMERForEmotionRecognition(PreTrainedModel):
             build_model(settings, encoder=speech_encoder_from_config(config.speech_encoder,
                                                                      settings.attn_implementation))
             for _ in config.folds)
+        for fold, temperature in zip(self.folds, config.calibration_temperatures or [1.0] * len(self.folds)):
+            fold.calibration_temperature = temperature   # what the Python API divides this fold's logits by too
         self.post_init()
 
     def _init_weights(self, module):
@@ -96,13 +111,14 @@ class MMERForEmotionRecognition(PreTrainedModel):
                 **_) -> EmotionRecognitionOutput:
         """Normalised 16 kHz audio [B, samples] (and its attention mask where the feature extractor
         gives one; without it every row is a whole recording), for mmer the transcript's text
-        features [B, T_text, D_text] and their lengths [B] -> the folds' averaged probabilities."""
+        features [B, T_text, D_text] and their lengths [B] -> the folds' averaged probabilities (each
+        fold's softmax(logits / T) with its calibration temperature)."""
         sample_lengths = sample_counts(input_values, attention_mask)
         probabilities, first = 0, None
         for fold in self.folds:
             audio = fold.encode_audio(input_values, sample_lengths, attention_mask)
             output = fold.classify(audio, text_features, text_lengths)
-            probabilities = probabilities + torch.softmax(output.logits.float(), dim=-1)
+            probabilities = probabilities + scaled_probabilities(output.logits, fold.calibration_temperature)
             first = output if first is None else first
         probabilities = probabilities / len(self.folds)
         return EmotionRecognitionOutput(logits=probabilities.log(), probabilities=probabilities,

@@ -5,16 +5,19 @@ config.json registers, so that
     pipe("clip.wav", transcript="I can't believe you did that!")   # [{"label": ..., "score": ...}, ...]
 
 runs the run's model as the Python API does (inference.EmotionRecognizer): a path (what
-libsndfile reads) or an array with its `sampling_rate` (any channel count) becomes 16 kHz mono
-(channels averaged, resampled with soxr where installed), cut to the run's max_audio_samples,
+libsndfile reads) or an array with its `sampling_rate` ([samples] or [samples, channels]; the
+[channels, samples] of torchaudio is read as such, with a note) becomes 16 kHz mono (channels
+averaged, resampled with soxr where installed), cut to the run's max_audio_samples,
 normalised by the speech encoder's own feature extractor; mmer reads the transcript given, else
-the speech recogniser recorded in the folder, else its own CTC head's greedy transcript, and
-says which (a warning; `return_transcript=True` returns it with the scores). Recordings are
-scored whole and one at a time, so each gets what the model gives it alone; the Python API
-scores a recording over 30 s in windows instead (predict.py), so such results differ.
+the speech recogniser recorded in the folder (bundled in its asr/, or a Hub name), else its own
+CTC head's greedy transcript, and says which (a warning; `return_transcript=True` returns it
+with the scores). Recordings are scored whole and one at a time, so each gets what the model
+gives it alone; the Python API scores a recording over 30 s in windows instead (predict.py), so
+such results differ.
 
 Beside torch and transformers it reads audio files with soundfile (and numpy, which transformers
-needs): the only imports of this package outside torch and transformers."""
+needs): the only imports of this package outside torch and transformers (whose huggingface_hub
+fetches the bundled recogniser of a folder loaded by its Hub name)."""
 import logging
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, Pipeline, Wav2Vec2CTCTokenizer
 from transformers import pipeline as hf_pipeline
 
+from .encoders import min_samples_of
 from .errors import MMERError
 from .text import decode_ctc, embed_text, sentence_case
 
@@ -39,12 +43,16 @@ class PipelineInputError(MMERError, ValueError):
 
 def mono_16k(samples: np.ndarray, rate: int, name: str) -> np.ndarray:
     """[samples] or [samples, channels] at `rate` -> float32 mono at 16 kHz, as training read it
-    (dataio.audio.prepare_samples: channels averaged, then soxr)."""
+    (dataio.audio.prepare_samples: channels averaged, then soxr); refused as predict.py refuses it."""
     samples = np.asarray(samples, dtype=np.float32)
     samples = samples[:, None] if samples.ndim == 1 else samples
-    if samples.ndim != 2 or samples.size == 0 or not np.isfinite(samples).all():
-        raise PipelineInputError(f"{name}: expected finite [samples] or [samples, channels] audio, "
-                                 f"got shape {samples.shape}")
+    if samples.ndim != 2:
+        raise PipelineInputError(f"{name}: expected [samples] or [samples, channels] audio, got shape {samples.shape}")
+    if samples.size == 0:
+        raise PipelineInputError(f"{name}: the audio holds no samples; re-export it, or drop it")
+    if not np.isfinite(samples).all():
+        raise PipelineInputError(f"{name}: the audio holds NaN or infinite samples (non-finite values); re-export "
+                                 "it, or drop it")
     samples = samples.mean(axis=1, keepdims=True)[:, 0] if samples.shape[1] > 1 else samples[:, 0]
     if rate != SAMPLE_RATE:
         try:
@@ -56,10 +64,22 @@ def mono_16k(samples: np.ndarray, rate: int, name: str) -> np.ndarray:
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
-def read_input(inputs, sampling_rate: int | None) -> tuple[np.ndarray, str]:
+def samples_by_channels(array, name: str, say=log.warning) -> np.ndarray:
+    """An array as [samples] or [samples, channels]. One with fewer rows than columns is read as
+    torchaudio's [channels, samples], and `say` notes it: a [samples, channels] recording with more
+    channels than samples would be far shorter than a speech encoder's receptive field."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2 and array.shape[0] < array.shape[1]:
+        say(f"{name}: shape {tuple(array.shape)} read as [channels, samples], torchaudio's layout ({array.shape[0]} "
+            f"channel(s) of {array.shape[1]} samples); pass [samples, channels] to silence this")
+        return array.T
+    return array
+
+
+def read_input(inputs, sampling_rate: int | None, say=log.warning) -> tuple[np.ndarray, str]:
     """A path, an array (with sampling_rate), or {"array"|"raw": ..., "sampling_rate": ...}."""
     if isinstance(inputs, dict):
-        array = inputs.get("array", inputs.get("raw"))
+        array = samples_by_channels(inputs.get("array", inputs.get("raw")), "array", say)
         return mono_16k(array, int(inputs["sampling_rate"]), "array"), "array"
     if isinstance(inputs, (str, Path)):
         try:
@@ -71,13 +91,14 @@ def read_input(inputs, sampling_rate: int | None) -> tuple[np.ndarray, str]:
         return mono_16k(samples, rate, str(inputs)), str(inputs)
     if sampling_rate is None:
         raise PipelineInputError("an array needs its sampling_rate: pipe(array, sampling_rate=16000)")
-    return mono_16k(inputs, int(sampling_rate), "array"), "array"
+    return mono_16k(samples_by_channels(inputs, "array", say), int(sampling_rate), "array"), "array"
 
 
 class MMERAudioClassificationPipeline(Pipeline):
     """pipe(audio, transcript=None, sampling_rate=None, top_k=None, return_transcript=False, asr="recorded")
     -> [{"label", "score"}, ...] sorted by score (all classes unless top_k). asr: "recorded" (the
-    folder's recogniser, if it names one), None (the CTC head) or a transformers recogniser's name."""
+    folder's recogniser, if it bundles or names one), None (the CTC head) or a transformers
+    recogniser's name."""
     _load_processor = False
     _load_image_processor = False
     _load_feature_extractor = True
@@ -98,9 +119,10 @@ class MMERAudioClassificationPipeline(Pipeline):
 
     # ------------------------------------------------------------ steps
     def preprocess(self, inputs, transcript=None, sampling_rate=None):
-        samples, name = read_input(inputs, sampling_rate)
+        samples, name = read_input(inputs, sampling_rate, say=lambda note: self._say_once("layout", note))
         cut = self.model.config.model_config.get("max_audio_samples")
         samples = samples[:cut] if cut else samples
+        self._check_length(samples, name)
         if len(samples) > LONG_SECONDS * SAMPLE_RATE:
             self._say_once("long", "%s: %.0f s, scored whole; the Python API (predict.py) scores recordings over "
                            "%.0f s in windows", name, len(samples) / SAMPLE_RATE, LONG_SECONDS)
@@ -140,27 +162,42 @@ class MMERAudioClassificationPipeline(Pipeline):
     # ------------------------------------------------------------ mmer's text
     def _transcribe(self, samples, audio, asr) -> tuple[str, str]:
         """A missing transcript: the recogniser (recorded or named), else the first fold's CTC head."""
-        recorded = self.model.config.asr
-        name = (recorded or {}).get("model") if asr == RECORDED else asr
+        recorded = self.model.config.asr or {}
+        if asr == RECORDED:
+            name, settings, bundled = recorded.get("model"), dict(recorded.get("generate_kwargs") or {}), \
+                recorded.get("bundled")
+        else:
+            name, settings, bundled = asr, {}, None
         if name:
-            settings = dict((recorded or {}).get("generate_kwargs") or {}) if asr == RECORDED else {}
-            return self._recognise(name, samples, settings), "asr"
+            return self._recognise(name, samples, settings, bundled), "asr"
         logits, lengths = self.model.ctc(**audio)
         return sentence_case(decode_ctc(logits, lengths, self._ctc_vocabulary())[0]), "ctc"
 
-    def _recognise(self, name: str, samples: np.ndarray, settings: dict) -> str:
+    def _recognise(self, name: str, samples: np.ndarray, settings: dict, bundled: str | None = None) -> str:
+        """`name`: a recogniser's Hub name or path; `bundled`: the folder's subfolder holding it."""
         if name not in self._recognisers:
             try:
-                self._recognisers[name] = hf_pipeline("automatic-speech-recognition", model=name, device=self.device)
+                source = self._subfolder(bundled) if bundled else name
+                self._recognisers[name] = hf_pipeline("automatic-speech-recognition", model=source, device=self.device)
             except (OSError, ValueError) as err:
-                raise PipelineInputError(f"cannot load the speech recogniser {name!r} ({err}); pass transcript=..., "
-                                         "or asr=None to read the model's own CTC transcript") from err
+                where = f" (the folder's {bundled}/)" if bundled else ""
+                raise PipelineInputError(f"cannot load the speech recogniser {name!r}{where} ({err}); pass "
+                                         "transcript=..., or asr=None to read the model's own CTC transcript") from err
         recogniser = self._recognisers[name]
         window = getattr(recogniser.feature_extractor, "n_samples", None) if recogniser.type == "seq2seq_whisper" else None
         options = {"generate_kwargs": settings} if settings else {}
         if window and len(samples) > window:
             options["return_timestamps"] = True   # Whisper's long-form decoding needs them
         return recogniser({"raw": samples, "sampling_rate": SAMPLE_RATE}, **options)["text"].strip()
+
+    def _subfolder(self, name: str) -> str:
+        """The path of the folder's subfolder `name`: in the folder itself, or, for a folder loaded
+        by its Hub name, in the Hub cache (the pipeline loads a recogniser from a path only)."""
+        root = Path(self.model.name_or_path)
+        if root.is_dir():
+            return str(root / name)
+        from huggingface_hub import snapshot_download
+        return str(Path(snapshot_download(self.model.name_or_path, allow_patterns=[f"{name}/*"])) / name)
 
     def _ctc_vocabulary(self):
         if self._ctc_tokenizer is None:
@@ -181,6 +218,14 @@ class MMERAudioClassificationPipeline(Pipeline):
                 raise PipelineInputError(f"cannot load the text encoder {source!r} ({err}); export the folder with "
                                          "--include_text_encoder, or make that model available here") from err
         return embed_text(text, *self._text)
+
+    def _check_length(self, samples: np.ndarray, name: str) -> None:
+        """Shorter than the speech encoder's receptive field, a recording gives no frame to score."""
+        shortest = min_samples_of(self.model.folds[0].wav2vec2.config)
+        if len(samples) < shortest:
+            raise PipelineInputError(f"{name}: {len(samples) / SAMPLE_RATE * 1000:.1f} ms of audio, shorter than the "
+                                     f"speech encoder's receptive field ({shortest} samples, "
+                                     f"{shortest / SAMPLE_RATE * 1000:.0f} ms); give a longer recording")
 
     def _say_once(self, key: str, message: str, *args) -> None:
         if key not in self._said:

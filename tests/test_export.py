@@ -1,7 +1,7 @@
 """export.py and the onnxruntime backend on tiny encoders: every variant's exported graphs give
 PyTorch's probabilities and CTC logits through onnxruntime, at any batch and length; the manifest
-names the classes and the inputs; predict.py --backend onnxruntime prints what the torch backend
-prints; bad inputs are refused by name."""
+names the classes and the inputs and records no path of the exporting machine; predict.py
+--backend onnxruntime prints what the torch backend prints; bad inputs are refused by name."""
 import json
 import re
 import subprocess
@@ -40,7 +40,8 @@ def tone(seconds: float, pitch: float, sr: int = 16000) -> np.ndarray:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Checkpoints of the three variants saved like run.py does (with a config.json naming the
-    tiny RoBERTa), each run exported by export.export_run, and two wavs of different lengths."""
+    tiny RoBERTa and, as run.py's does, the corpus), each run exported by export.export_run, and
+    two wavs of different lengths."""
     root = tmp_path_factory.mktemp("export")
     tiny = make_tiny_models(root / "tiny", seed=0)
     torch.manual_seed(0)
@@ -59,7 +60,9 @@ def exported(tmp_path_factory):
             save_checkpoint(root / run / f"{fold}_model.pt", model, model_config=model.config.to_dict(),
                             session=fold, epoch=1)
             models[run, fold] = model
-        (root / run / "config.json").write_text(json.dumps({"run": {"roberta": str(tiny["roberta"])}}))
+        (root / run / "config.json").write_text(json.dumps({"run": {
+            "roberta": str(tiny["roberta"]), "csv_path": str(root / "corpus" / "iemocap.csv"),
+            "data_path_audio": str(root / "corpus" / "audio"), "save_path": str(root)}}))
         manifests[run] = export.export_run(root / run, root / "onnx" / run)
     audio = root / "audio"
     audio.mkdir()
@@ -195,10 +198,32 @@ def test_the_manifest_names_the_classes_inputs_and_files(exported):
     assert [i["shape"] for i in manifests["mmer"]["inputs"]["fusion"]] == \
         [["batch", "frames", 64], ["batch"], ["batch", "tokens", 128], ["batch"]]
     text = manifests["mmer"]["text_encoder"]
-    assert text["name"] == str(exported["tiny"]["roberta"]) and text["hidden_size"] == manifests["mmer"]["text_dim"]
+    assert text["name"] == "local:roberta" and text["hidden_size"] == manifests["mmer"]["text_dim"]
     assert (onnx_dir(exported, "mmer") / text["tokenizer"] / "tokenizer.json").is_file()
     assert manifests["cai_sota"]["text_encoder"] is None and manifests["mmer"]["audio"]["padding_exact"] is False
     assert manifests["unimodal_baseline"]["audio"]["attention_mask"] is True
+
+
+def test_no_exported_file_records_a_path_of_the_exporting_machine(exported, tmp_path_factory):
+    """Every file of the three exports, text (json, txt) and binary (the graphs' node metadata
+    included), against the tmp tree holding the encoders, the run folders, their corpus and the
+    exports, the repository, the working directory and the home folder (as given and resolved);
+    local encoders are named `local:<folder name>`, checkpoints by their file name.
+    tests/test_share.py checks the HF folders of run.py's runs alike."""
+    paths = {tmp_path_factory.getbasetemp(), exported["root"], *exported["tiny"].values(),
+             *(exported["root"] / run for run in FOLDS), exported["root"] / "corpus", REPO, Path.cwd(), Path.home()}
+    needles = {str(p) for path in paths for p in (Path(path), Path(path).resolve()) if len(str(p)) > 4}
+    files = [p for run in FOLDS for p in sorted(onnx_dir(exported, run).rglob("*")) if p.is_file()]
+    assert {".json", ".onnx"} <= {p.suffix for p in files}
+    leaks = {f"{p.relative_to(exported['root'])}: {needle}" for p in files for content in [p.read_bytes()]
+             for needle in needles if needle.encode() in content}
+    assert not leaks
+    mmer = exported["manifests"]["mmer"]
+    assert mmer["text_encoder"]["name"] == mmer["text_encoder"]["stamp"]["roberta"] == "local:roberta"
+    assert mmer["speech_encoder"] == mmer["folds"]["1"]["model_config"]["wav2vec2"] == "local:wav2vec2"
+    assert exported["manifests"]["unimodal_baseline"]["speech_encoder"] == "local:wav2vec2_layer_norm"
+    assert [fold["checkpoint"] for fold in exported["manifests"]["cai_sota"]["folds"].values()] == \
+        ["1_model.pt", "2_model.pt"]
 
 
 def test_predictions_of_an_export_name_the_runs_own_classes(exported):

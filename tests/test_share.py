@@ -1,11 +1,15 @@
 """export.py --format hf: a trained run as a Hugging Face model folder that loads without this
-repository. The folders of all three variants (one fold, an ensemble, a recorded recogniser) are
+repository. The folders of all three variants (one fold, an ensemble, a bundled recogniser) are
 loaded in a subprocess whose sys.path holds only torch, transformers, safetensors and soundfile
 (with the packages they need) and runs from another directory; there AutoModel and the folder's
 pipeline give predict.py's probabilities; the model card gives results.json's metrics; bad
-input is named."""
+input is named (a too-short clip, non-finite audio), torchaudio's [channels, samples] arrays are
+read with a note. Of runs whose encoders, recogniser, corpus and run folder are local, the
+folders record none of their paths: the local text encoder and recogniser are bundled, or the
+export is refused naming the flag (tests/test_export.py checks the ONNX export alike)."""
 import importlib.metadata as metadata
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -19,19 +23,30 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from transformers import AutoFeatureExtractor
+
 import export
 import predict
 import run
+from inference.hf_export import shared_results
 from inference.recognizer import EmotionRecognizer, PredictError
+from models.hf_model import FORMAT_VERSION, MMERForEmotionRecognition
+from models.hf_pipeline import MMERAudioClassificationPipeline, PipelineInputError
 
+REPO = Path(__file__).resolve().parents[1]
 CLEAN_PACKAGES = ("torch", "transformers", "safetensors", "soundfile")
 TRANSCRIPT = "I can't believe you did that!"
 # folder -> (run, export flags, predict.py's flags for the same model)
 FOLDERS = {"mmer_fold": ("mmer", ["--session", "2", "--include_text_encoder"], ["--session", "2"]),
-           "mmer_ensemble": ("mmer", ["--ensemble"], ["--ensemble"]),
-           "mmer_asr": ("mmer", ["--session", "1", "--asr", "WHISPER"], ["--session", "1", "--asr", "WHISPER"]),
+           "mmer_ensemble": ("mmer", ["--ensemble", "--include_text_encoder"], ["--ensemble"]),
+           "mmer_asr": ("mmer", ["--session", "1", "--asr", "WHISPER", "--include_text_encoder"],
+                        ["--session", "1", "--asr", "WHISPER"]),
            "cai_sota": ("cai_sota", [], ["--session", "1"]),
            "unimodal_baseline": ("unimodal_baseline", [], ["--session", "1"])}
+# wav2vec2-base's convolutional feature encoder (the tiny encoders copy it): kernels 10,3,3,3,3,2,2
+# and strides 5,2,2,2,2,2,2 see 400 samples, 25 ms at 16 kHz, per frame (the wav2vec 2.0 paper).
+BASE_CONV = ([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2])
+RECEPTIVE_FIELD = 400
 # what the clean process does with each folder: the pipeline on a path with and without a
 # transcript and on an array; AutoModel; and the refusals
 CLEAN_SCRIPT = r"""
@@ -99,16 +114,27 @@ def clean_site(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def shared(demo, tmp_path_factory):
     """The three variants trained briefly (mmer on two folds), each exported as FOLDERS says, and
-    what a process without this repository gets from those folders."""
+    what a process without this repository gets from those folders. mmer_asr's recogniser is a
+    copy of the tiny Whisper (its config.json naming the folder it was saved from, as transformers
+    4 wrote; with the download records `hf download --local-dir` leaves and a Trainer checkpoint's
+    state), removed once exported: only the folder's own copy is left to transcribe."""
     root = tmp_path_factory.mktemp("share")
     runs = root / "runs"
     for variant, sessions in (("mmer", "1 2"), ("cai_sota", "1"), ("unimodal_baseline", "1")):
         run.main(demo.flags(run=variant, sessions=sessions, epochs=1, max_steps=2, save_path=runs))
+    whisper = root / "recogniser" / "whisper"
+    shutil.copytree(demo.whisper_model, whisper)
+    config = json.loads((whisper / "config.json").read_text())
+    (whisper / "config.json").write_text(json.dumps({**config, "_name_or_path": str(demo.whisper_model)}))
+    (whisper / ".cache" / "huggingface" / "download").mkdir(parents=True)
+    (whisper / ".cache" / "huggingface" / "download" / "model.safetensors.metadata").write_text("0123abcd\n")
+    (whisper / "trainer_state.json").write_text(json.dumps({"best_model_checkpoint": str(whisper)}))
     folders = {}
     for name, (variant, flags, _) in FOLDERS.items():
         folders[name] = root / "shared" / name
-        flags = [str(demo.whisper_model) if flag == "WHISPER" else flag for flag in flags]
+        flags = [str(whisper) if flag == "WHISPER" else flag for flag in flags]
         export.main([str(runs / variant), "--format", "hf", "--out", str(folders[name]), *flags])
+    shutil.rmtree(whisper)
     cut = folders["mmer_cut"] = root / "shared" / "mmer_cut"   # the 2023 cut, which the pipeline applies too
     shutil.copytree(folders["mmer_fold"], cut)
     config = json.loads((cut / "config.json").read_text())
@@ -117,7 +143,8 @@ def shared(demo, tmp_path_factory):
     newer = root / "newer"
     shutil.copytree(folders["unimodal_baseline"], newer)
     config = json.loads((newer / "config.json").read_text())
-    (newer / "config.json").write_text(json.dumps({**config, "mmer_format": config["mmer_format"] + 1}))
+    (newer / "config.json").write_text(json.dumps({**config, "mmer_format": FORMAT_VERSION + 1}))  # folders of
+    # uncalibrated runs are format 1, which this code reads like every format up to FORMAT_VERSION
     wavs = sorted(Path(demo.audio).glob("*.wav"))
     wav = str(wavs[0])
     left, right = sf.read(wavs[0], dtype="float32")[0], sf.read(wavs[1], dtype="float32")[0]
@@ -131,9 +158,8 @@ def shared(demo, tmp_path_factory):
                           env={"HF_HOME": str(root / "hf_home"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-3000:]
     clean = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    return {"runs": runs, "folders": folders, "newer": newer, "wav": wav, "stereo": str(stereo), "clean": clean,
-            "log": done.stderr,
-            "whisper": str(demo.whisper_model)}
+    return {"root": root, "runs": runs, "folders": folders, "newer": newer, "wav": wav, "stereo": str(stereo),
+            "clean": clean, "log": done.stderr, "whisper": str(demo.whisper_model), "bundled_whisper": whisper}
 
 
 def predicted(shared, name: str, transcript: str | None, wav: str | None = None) -> dict:
@@ -162,7 +188,7 @@ def test_the_folders_load_with_only_torch_transformers_safetensors_and_soundfile
                       "hf_pipeline.py", "base.py", "mmer.py", "fusion.py", "encoders.py"):
             assert (shared["folders"][name] / name_).is_file(), name_
     assert (shared["folders"]["mmer_fold"] / "text_encoder" / "model.safetensors").is_file()
-    assert not (shared["folders"]["mmer_ensemble"] / "text_encoder").exists()
+    assert not (shared["folders"]["cai_sota"] / "text_encoder").exists()
 
 
 @pytest.mark.parametrize("name", list(FOLDERS))
@@ -257,7 +283,8 @@ def test_emotion_recognizer_reads_a_shared_folder_as_it_reads_the_run(shared):
             a, b = from_folder.predict(shared["wav"], transcript), from_run.predict(shared["wav"], transcript)
             assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
             assert (a.transcript, a.transcript_source) == (b.transcript, b.transcript_source)
-    assert from_folder.asr is not None and from_folder.asr.name == str(Path(shared["whisper"]).resolve())
+    bundled = shared["folders"]["mmer_asr"] / "asr"   # the folder's own copy of the recogniser
+    assert from_folder.asr is not None and from_folder.asr.name == str(bundled.resolve())
     table = predict.main(["--model_dir", str(shared["folders"]["mmer_fold"]), shared["wav"], "--transcript",
                           TRANSCRIPT, "--device", "cpu"])
     expected, _ = predicted(shared, "mmer_fold", TRANSCRIPT)
@@ -297,6 +324,11 @@ def test_bad_runs_and_folds_are_named_and_nothing_is_written(shared, tmp_path, c
     assert "exists and is not empty" in error and "--overwrite" in error
     assert "--opset: not a flag of --format hf" in export_error(capsys, runs / "mmer", "--format", "hf", "--out",
                                                                out, "--opset", "18")
+    ct2 = tmp_path / "whisper-ct2"   # what makes a folder CTranslate2's: its model.bin
+    ct2.mkdir()
+    (ct2 / "model.bin").write_bytes(b"")
+    error = export_error(capsys, runs / "mmer", "--format", "hf", "--out", out, "--include_text_encoder", "--asr", ct2)
+    assert "a CTranslate2 Whisper" in error and "the local transformers Whisper it was converted from" in error
     assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
 
 
@@ -324,3 +356,140 @@ def test_a_shared_folder_writes_its_audio_input_as_the_encoder_reads_it(shared):
     np.testing.assert_allclose(extractor(samples, sampling_rate=16000)["input_values"][0], normalize(samples),
                                atol=1e-6)
     assert sf.info(shared["wav"]).samplerate == 16000
+
+
+# ---------------------------------------------------------------- the pipeline's inputs
+@pytest.fixture(scope="module")
+def pipe(shared):
+    """mmer_fold's pipeline, built in this process from the folder's model and feature extractor."""
+    folder = shared["folders"]["mmer_fold"]
+    return MMERAudioClassificationPipeline(model=MMERForEmotionRecognition.from_pretrained(folder),
+                                           feature_extractor=AutoFeatureExtractor.from_pretrained(folder), device="cpu")
+
+
+def test_the_pipeline_names_a_clip_shorter_than_the_encoders_receptive_field(shared, pipe):
+    speech = json.loads((shared["folders"]["mmer_fold"] / "config.json").read_text())["speech_encoder"]
+    assert (speech["conv_kernel"], speech["conv_stride"]) == BASE_CONV
+    six_ms = np.zeros(96, np.float32)   # 6 ms at 16 kHz
+    with pytest.raises(PipelineInputError, match=r"array: 6\.0 ms of audio, shorter than the speech encoder's "
+                                                 r"receptive field \(400 samples, 25 ms\); give a longer recording"):
+        pipe(six_ms, sampling_rate=16000, transcript=TRANSCRIPT)
+    with pytest.raises(PipelineInputError, match="shorter than"):
+        pipe(np.zeros(RECEPTIVE_FIELD - 1, np.float32), sampling_rate=16000, transcript=TRANSCRIPT)
+    shortest = pipe(np.random.default_rng(0).standard_normal(RECEPTIVE_FIELD).astype(np.float32),
+                    sampling_rate=16000, transcript=TRANSCRIPT)
+    assert sum(scores(shortest).values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_the_pipeline_names_non_finite_audio(pipe, bad):
+    samples = np.zeros((16000, 2), np.float32)
+    samples[1234, 1] = bad
+    with pytest.raises(PipelineInputError) as error:
+        pipe(samples, sampling_rate=16000, transcript=TRANSCRIPT)
+    assert "array: the audio holds NaN or infinite samples" in str(error.value)
+    assert "[samples, channels]" not in str(error.value)
+
+
+def test_the_pipeline_reads_a_channels_first_array_with_a_note(shared, pipe, caplog):
+    """torchaudio's [2, 32000] is two channels of 2 s, not 32,000 channels of 2 samples: the
+    probabilities of soundfile's [32000, 2] of the same audio, and a warning saying so."""
+    left = sf.read(shared["wav"], dtype="float32")[0][:32000]
+    assert len(left) == 32000
+    stereo = np.stack([left, left[::-1] * 0.5], axis=1)             # [32000, 2], two different channels
+    expected = scores(pipe(stereo, sampling_rate=16000, transcript=TRANSCRIPT))
+    with caplog.at_level(logging.WARNING):
+        got = scores(pipe(np.ascontiguousarray(stereo.T), sampling_rate=16000, transcript=TRANSCRIPT))
+        by_dict = scores(pipe({"raw": stereo.T, "sampling_rate": 16000}, transcript=TRANSCRIPT))
+    assert got == pytest.approx(expected, abs=1e-6) and by_dict == pytest.approx(expected, abs=1e-6)
+    assert "shape (2, 32000) read as [channels, samples]" in caplog.text
+    assert scores(pipe(left, sampling_rate=16000, transcript=TRANSCRIPT)) != pytest.approx(expected, abs=1e-4)
+
+
+# ---------------------------------------------------------------- what a folder records
+def machine_paths(shared, demo, tmp_path_factory) -> set[str]:
+    """The paths of the exporting machine a folder could leak: the tmp tree holding the encoders,
+    the recogniser, the corpus, the run folders and the folders, each of those, the repository, the
+    working directory and the home folder (as given and resolved)."""
+    paths = {tmp_path_factory.getbasetemp(), demo.root, demo.csv, demo.wav2vec2_model, demo.roberta_model,
+             demo.whisper_model, shared["bundled_whisper"], shared["runs"], shared["runs"] / "mmer", REPO, Path.cwd(),
+             Path.home()}
+    return {str(p) for path in paths for p in (Path(path), Path(path).resolve()) if len(str(p)) > 4}
+
+
+def test_no_shared_folder_records_a_path_of_the_exporting_machine(shared, demo, tmp_path_factory):
+    """Every file of every folder, text (json, md, py, txt where any) and binary; local models by
+    the names another machine reads, `local:<folder name>`."""
+    needles = machine_paths(shared, demo, tmp_path_factory)
+    files = [p for name in FOLDERS for p in sorted(shared["folders"][name].rglob("*")) if p.is_file()]
+    suffixes = {p.suffix for p in files}
+    assert {".json", ".md", ".py", ".safetensors"} <= suffixes, suffixes
+    assert shared["folders"]["mmer_asr"] / "asr" / "model.safetensors" in files
+    leaks = {f"{p.relative_to(shared['root'])}: {needle}" for p in files for content in [p.read_bytes()]
+             for needle in needles if needle.encode() in content}
+    assert not leaks
+    config = json.loads((shared["folders"]["mmer_asr"] / "config.json").read_text())
+    assert config["text_encoder"]["name"] == "local:roberta" and config["text_encoder"]["bundled"] == "text_encoder"
+    assert config["model_config"]["wav2vec2"] == config["speech_encoder"]["_name_or_path"] == "local:wav2vec2"
+    assert (config["asr"]["model"], config["asr"]["bundled"]) == ("local:whisper", "asr")
+    assert json.loads((shared["folders"]["mmer_asr"] / "mmer_export.json").read_text())["run_folder"] == "mmer"
+
+
+def test_a_local_recogniser_is_bundled_as_it_is_and_read_from_the_folder(shared):
+    """The recogniser's own folder was removed once exported: the clean process's transcripts
+    (test_the_pipeline_gives_predicts_probabilities_sorted), EmotionRecognizer's
+    (test_emotion_recognizer_reads_a_shared_folder_as_it_reads_the_run) and predict.py
+    --model_dir's came from asr/."""
+    bundled, source = shared["folders"]["mmer_asr"] / "asr", Path(shared["whisper"])   # the copy's original
+    assert not shared["bundled_whisper"].exists()
+    assert sorted(p.name for p in bundled.iterdir()) == sorted(p.name for p in source.iterdir())
+    for name in {p.name for p in source.iterdir()} - {"config.json"}:
+        assert (bundled / name).read_bytes() == (source / name).read_bytes(), name
+    config = json.loads((bundled / "config.json").read_text())
+    assert config.pop("_name_or_path") == "local:whisper"     # the path a transformers 4 save left, by its name
+    assert config == json.loads((source / "config.json").read_text())
+    clean = shared["clean"]["folders"]["mmer_asr"]["missing"]
+    assert clean["transcript_source"] == "asr"
+    row = predict.main(["--model_dir", str(shared["folders"]["mmer_asr"]), shared["wav"], "--device", "cpu"]).iloc[0]
+    assert (row["transcript"], row["transcript_source"]) == (clean["transcript"], "asr")
+    probabilities = {c[5:]: row[c] for c in row.index if c.startswith("prob_")}
+    assert probabilities == pytest.approx(scores(clean["scores"]), abs=1e-5)
+
+
+def test_the_pipeline_fetches_the_bundled_recogniser_of_a_folder_loaded_from_the_hub(shared, monkeypatch):
+    """Loaded by its Hub name, the folder is not on disk where the model says: asr/ comes through
+    huggingface_hub (here a stand-in handing back the exported folder) and transcribes as the
+    clean process's did."""
+    import huggingface_hub
+    folder, asked = shared["folders"]["mmer_asr"], []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, allow_patterns: asked.append((repo_id, allow_patterns)) or str(folder))
+    model = MMERForEmotionRecognition.from_pretrained(folder)
+    hub_pipe = MMERAudioClassificationPipeline(model=model, device="cpu",
+                                               feature_extractor=AutoFeatureExtractor.from_pretrained(folder))
+    hub_pipe(shared["wav"], transcript=TRANSCRIPT)   # the text encoder, from the folder on disk
+    model.name_or_path = "someone/mmer-asr"
+    got = hub_pipe(shared["wav"], return_transcript=True)
+    assert asked == [("someone/mmer-asr", ["asr/*"])]
+    clean = shared["clean"]["folders"]["mmer_asr"]["missing"]
+    assert (got["transcript"], got["transcript_source"]) == (clean["transcript"], "asr")
+    assert scores(got["scores"]) == pytest.approx(scores(clean["scores"]), abs=1e-6)
+
+
+def test_a_local_text_encoder_is_bundled_or_the_export_is_refused(shared, tmp_path, capsys):
+    config = json.loads((shared["folders"]["mmer_fold"] / "config.json").read_text())
+    assert config["text_encoder"]["bundled"] == "text_encoder"
+    assert (shared["folders"]["mmer_fold"] / "text_encoder" / "model.safetensors").is_file()
+    error = export_error(capsys, shared["runs"] / "mmer", "--format", "hf", "--out", tmp_path / "refused")
+    assert "local folder" in error and "pass --include_text_encoder" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_model_card_names_the_corpus_recogniser_by_its_folder_name(tmp_path):
+    whisper = tmp_path / "whisper-tiny-en"
+    whisper.mkdir()
+    results = {"folds": {}, "transcripts": {"text_features": "transcript",
+                                            "asr": {"model": str(whisper), "wer": 0.1}}}
+    assert shared_results(results)["transcripts"]["asr"] == {"model": "local:whisper-tiny-en", "wer": 0.1}
+    hub = {"folds": {}, "transcripts": {"asr": {"model": "openai/whisper-small"}}}
+    assert shared_results(hub) == hub

@@ -216,6 +216,10 @@ function showResult(result) {
     (windows.length && result.transcript_source !== "none" ? ", each window transcribed on its own" : "");
   $("used-transcript").textContent = result.transcript || "";
   $("used-transcript").hidden = !result.transcript;
+  // What the service says about this answer (an empty transcript: the audio alone decided), as predict.py says it.
+  const notes = result.notes || [];
+  $("notes").replaceChildren(...notes.map((note, k) => (k ? [el("br"), note] : [note])).flat());
+  $("notes").hidden = !notes.length;
   $("duration").textContent = `${result.duration_s.toFixed(2)} s of audio` +
     (windows.length ? `, scored in ${windows.length} windows: the result is their duration-weighted mean` : "");
   $("timeline-box").hidden = !windows.length;
