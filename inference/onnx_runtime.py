@@ -18,7 +18,8 @@ from models.encoders import AudioInputSpec
 ONNX_MANIFEST = "manifest.json"  # export.py's
 
 
-ONNX_MANIFEST_VERSIONS = (1,)
+# 2: the folds have calibration temperatures (run.py --calibrate dev), which a version-1 reader would ignore
+ONNX_MANIFEST_VERSIONS = (1, 2)
 
 
 def read_manifest(onnx_dir) -> dict:
@@ -53,6 +54,14 @@ def load_onnx_models(onnx_dir, manifest: dict, session=None, ensemble: bool = Fa
     found = {fold: folder / entry["model"] for fold, entry in manifest["folds"].items()}
     chosen = select_checkpoints(found, session, ensemble)
     return {path: OnnxModel(folder, manifest, fold, threads) for fold, path in found.items() if path in chosen}
+
+
+def manifest_temperature(entry: dict, manifest: Path) -> float:
+    """A fold's calibration temperature in the manifest (1.0 for exports without one)."""
+    temperature = entry.get("calibration_temperature", 1.0)
+    if not isinstance(temperature, (int, float)) or not 0 < float(temperature) < float("inf"):
+        raise PredictError(f"{manifest}: calibration_temperature {temperature!r} is not a positive number; re-export")
+    return float(temperature)
 
 
 def onnx_session(path: Path, threads: int | None):
@@ -96,6 +105,8 @@ class OnnxModel:
         self.spec = AudioInputSpec(manifest["sample_rate"], manifest["normalisation"]["per_recording"],
                                    audio["padding_value"], audio["attention_mask"])
         self.padding_exact, self.min_samples = audio["padding_exact"], audio["min_samples"]
+        # the graph's logits are the model's; the recognizer divides them by this (run.py --calibrate)
+        self.calibration_temperature = manifest_temperature(entry, folder / ONNX_MANIFEST)
         self.graph = onnx_session(folder / entry["model"], threads)
         self.fusion = onnx_session(folder / entry["fusion"], threads) if self.uses_text else None
         self.outputs = [o.name for o in self.graph.get_outputs()]

@@ -51,7 +51,10 @@ def test_a_run_writes_every_output(trained):
         np.testing.assert_allclose(predictions.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
     assert set(results["folds"]) == {"1", "2"} and {"wa", "ua", "macro_f1"} <= set(results["mean"])
     assert json.loads((run_dir / "results.json").read_text())["std"].keys() == results["std"].keys()
-    assert list(pd.read_csv(run_dir / "results.csv")["fold"]) == ["session 1", "session 2", "mean", "std"]
+    assert list(pd.read_csv(run_dir / "results.csv")["fold"]) == ["session 1", "session 2", "mean", "std", "pooled"]
+    assert {"ece", "nll", "brier"} <= set(results["mean"]) and results["pooled"]["n"] == sum(
+        m["n"] for m in results["folds"].values())
+    assert (run_dir / "reliability_diagram.png").stat().st_size > 1000
     assert (run_dir / "confusion_matrix.png").stat().st_size > 1000
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model"]["run"] == "mmer" and config["seed"] == 0 and config["versions"]["torch"]

@@ -1,5 +1,5 @@
 """The run's and the comparison's pictures, drawn with matplotlib (headless): confusion matrices
-(counts and recall side by side), learning curves per fold (losses, dev/test UA, the selected
+(counts and recall side by side), the reliability diagram, learning curves per fold (losses, dev/test UA, the selected
 epoch) and the comparison's bar chart. training/report.py and training/comparison.py choose the files."""
 import math
 import textwrap
@@ -51,6 +51,39 @@ def plot_confusion(matrix, path, classes=CLASS_NAMES, title: str = "") -> None:
                     color="white" if normalised[r, c] > 0.6 else "black")  # dark cells only
     fig.suptitle(title)
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- reliability
+def plot_reliability(panels: list, path, title: str = "") -> None:
+    """One column per set of probabilities (label, its ECE, NLL and Brier with the `reliability`
+    bins training/calibration.py sums): each bin's accuracy as a bar, the gap to its mean
+    confidence shaded, the diagonal of perfect calibration; the utterances per bin below."""
+    fig, axes = plt.subplots(2, len(panels), figsize=(0.6 + 4.2 * len(panels), 5.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True, layout="constrained")
+    for col, (label, summary) in enumerate(panels):
+        bins = summary["reliability"]
+        count = np.asarray(bins["count"], dtype=float)
+        edges = np.linspace(0, 1, len(count) + 1)
+        centres, width = (edges[:-1] + edges[1:]) / 2, 1 / len(count)
+        seen = count > 0
+        accuracy = np.divide(bins["correct"], count, out=np.zeros_like(count), where=seen)
+        confidence = np.divide(bins["confidence"], count, out=np.zeros_like(count), where=seen)
+        top = axes[0, col]
+        top.bar(centres[seen], accuracy[seen], width, color="C0", edgecolor="black", lw=0.5, label="accuracy")
+        top.bar(centres[seen], (confidence - accuracy)[seen], width, bottom=accuracy[seen], color="C3", alpha=0.3,
+                edgecolor="C3", hatch="//", lw=0.5, label="gap to mean confidence")
+        top.plot([0, 1], [0, 1], ls="--", color="gray", label="perfect calibration")
+        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy" if col == 0 else None)
+        top.set_title(f"{label}\nECE {100 * summary['ece']:.2f}%, NLL {summary['nll']:.3f}, "
+                      f"Brier {summary['brier']:.3f}")
+        top.grid(alpha=0.3)
+        bottom = axes[1, col]
+        bottom.bar(centres, count, width, color="gray", edgecolor="black", lw=0.5)
+        bottom.set(xlabel="confidence (top probability)", ylabel="utterances" if col == 0 else None)
+        bottom.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=3))
+    axes[0, 0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(title)
     save_figure(fig, path)
 
 

@@ -5,13 +5,18 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from dataio import corpus
 from models import ModelConfig
-from models.checkpoint import checkpoint_path, load_checkpoint, restore_model, save_checkpoint
+from models.checkpoint import (calibration_temperature, checkpoint_path, load_checkpoint, restore_model,
+                               save_checkpoint, scaled_probabilities, store_calibration)
 from training import runinfo
+from training.calibration import calibration_metrics, temperature_record
 from training.config import RunConfig
 from training.conv_cache import use_conv_cache
 from training.inputs import Corpus
+from training.settings import ConfigError
 from training.loop import (build_training, check_skipped, compile_regions, evaluate, fixed_lengths, log_epoch,
                            make_loader, predict_split, report_long_targets, tensorboard_writer, train_epoch,
                            uses_layerdrop, warn_ctc_scale, write_predictions)
@@ -87,7 +92,7 @@ def run_fold(session: str, corpus_: Corpus, model_cfg: ModelConfig, run_cfg: Run
             if improved:
                 save_best(record)
         log_epoch(session, record, board)
-    return finish_fold(session, corpus_, model_cfg, run_cfg, device, run_dir, fold.test)
+    return finish_fold(session, corpus_, model_cfg, run_cfg, device, run_dir, fold)
 
 
 def restore_fold(run_dir: Path, session: int, model, optimizer, save_best) -> "runinfo.FoldState | None":
@@ -104,29 +109,65 @@ def restore_fold(run_dir: Path, session: int, model, optimizer, save_best) -> "r
     return runinfo.FoldState(**payload["fold_state"])
 
 
-def finish_fold(session, corpus_, model_cfg, run_cfg, device, run_dir: Path, test_idx) -> dict:
-    """Score the best checkpoint on the test part, record the fold as finished."""
+def finish_fold(session, corpus_, model_cfg, run_cfg, device, run_dir: Path, fold: corpus.Fold) -> dict:
+    """(--calibrate dev: fit the best checkpoint's temperature on the dev part,) score it on the
+    test part, record the fold as finished."""
     distributed.barrier()  # every rank reads the best checkpoint, which rank 0 has now written
-    metrics = evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, run_dir, run_dir, test_idx)
+    if run_cfg.calibrate == "dev":
+        calibrate_checkpoint(session, corpus_, model_cfg, run_cfg, device, run_dir, fold.dev)
+        distributed.barrier()  # the temperature is in the checkpoint before any rank reads it again
+    metrics = evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, run_dir, run_dir, fold.test)
     if distributed.is_main():
         runinfo.finish_fold(run_dir, session, metrics)
     return metrics
 
 
+def calibrate_checkpoint(session, corpus_, model_cfg, run_cfg, device, run_dir: Path, dev_idx) -> dict:
+    """--calibrate dev: the temperature minimising the NLL of the fold's selected model on its dev
+    split, stored in `<fold>_model.pt` (training/calibration.py); -> the record stored."""
+    path = run_dir / f"{session}_model.pt"
+    if not len(dev_idx):
+        raise ConfigError(f"fold {session}: --calibrate dev needs a dev split, and this fold has none; "
+                          "raise --dev_fraction, or drop --calibrate")
+    model, _ = restore_model(path, model_cfg.run, model_cfg.wav2vec2)
+    model.to(device)
+    use_conv_cache(model, corpus_, run_cfg, device)
+    _, labels, _, logits = predict_split(model, make_loader(corpus_, dev_idx, run_cfg, False, device), device,
+                                         run_cfg.precision, logits=True)
+    record = temperature_record(logits, labels)
+    if distributed.is_main():
+        store_calibration(path, record)
+    log.info("fold %s: temperature %.3f fitted on %d dev utterances (dev NLL %.4f -> %.4f)", session,
+             record["temperature"], record["utterances"], record["nll_before"], record["nll_after"])
+    return record
+
+
 def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint_dir: Path, run_dir: Path,
                         test_idx=None) -> dict:
-    """Score `<checkpoint_dir>/<fold>_model.pt` on the fold's test part and write its predictions."""
+    """Score `<checkpoint_dir>/<fold>_model.pt` on the fold's test part and write its predictions:
+    the probabilities of the checkpoint's temperature (1 unless calibrated; the argmax is the
+    same either way), with their ECE, NLL and Brier, and those of the plain softmax beside them
+    where a temperature applies."""
     if test_idx is None:
         test_idx = fold_of(corpus_, session, run_cfg).test
     model, payload = restore_model(checkpoint_path(checkpoint_dir, session), model_cfg.run, model_cfg.wav2vec2)
     model.to(device)
     use_conv_cache(model, corpus_, run_cfg, device)
     loader = make_loader(corpus_, test_idx, run_cfg, False, device)
-    names, y_true, y_pred, probs = predict_split(model, loader, device, run_cfg.precision)
+    names, y_true, _, logits = predict_split(model, loader, device, run_cfg.precision, logits=True)
+    logits = torch.from_numpy(logits)
+    temperature = calibration_temperature(payload)
+    raw = scaled_probabilities(logits).numpy()
+    probs = scaled_probabilities(logits, temperature).numpy()
+    y_pred = raw.argmax(axis=1)
     classes = corpus_.label_set.classes
     if distributed.is_main():
         write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs, classes)
-    metrics = emotion_metrics(y_true, y_pred, len(classes))
+    metrics = {**emotion_metrics(y_true, y_pred, len(classes)), **calibration_metrics(y_true, probs),
+               "temperature": temperature}
+    if payload.get("calibration"):  # what the checkpoint's temperature changed
+        metrics["uncalibrated"] = calibration_metrics(y_true, raw)
+        metrics["calibration"] = payload["calibration"]
     if corpus.typed(corpus_.table):  # IEMOCAP: improvised and scripted test utterances apart
         types = corpus_.table.set_index("FileName").loc[names, "utterance_type"].to_numpy()
         metrics["by_type"] = metrics_by_group(types, y_true, y_pred, len(classes))

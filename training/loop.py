@@ -152,9 +152,10 @@ def mean_losses(weighted: list, weight: float) -> list[float]:
 
 
 @torch.inference_mode()
-def predict_loader(model, loader, device, precision: str):
-    """-> names, true labels, predicted labels, class probabilities [N, 4] (loader order;
-    a rank may have no evaluation batch). In fp32 unless `precision` is bf16."""
+def predict_loader(model, loader, device, precision: str, logits: bool = False):
+    """-> names, true labels, predicted labels, class probabilities [N, 4] (with `logits`: the
+    logits instead, in float32; loader order; a rank may have no evaluation batch). In fp32
+    unless `precision` is bf16."""
     model.eval()
     names, labels, probs = [], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, model.config.num_classes)]
     for batch in loader:
@@ -162,16 +163,16 @@ def predict_loader(model, loader, device, precision: str):
         labels.append(batch.labels)
         batch = batch.to(device, non_blocking=True)
         with autocast(device, evaluation_precision(precision)):
-            logits = model(**batch.model_inputs()).logits
-        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
+            scores = model(**batch.model_inputs()).logits.float()
+        probs.append((scores if logits else torch.softmax(scores, dim=-1)).cpu())
     probs = torch.cat(probs).numpy()
     return names, torch.cat(labels).numpy(), probs.argmax(axis=1), probs
 
 
-def predict_split(model, loader, device, precision: str):
+def predict_split(model, loader, device, precision: str, logits: bool = False):
     """predict_loader on this rank's batches, gathered from every rank: one row per utterance,
     ordered by name (the same rows whatever the number of processes)."""
-    names, labels, _, probs = predict_loader(model, loader, device, precision)
+    names, labels, _, probs = predict_loader(model, loader, device, precision, logits)
     return distributed.gather_predictions(names, labels, probs)
 
 

@@ -3,6 +3,8 @@ per-class recalls, macro-F1, and the confusion matrix (rows = true class)."""
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
+from training.calibration import CALIBRATION_KEYS
+
 
 def emotion_metrics(y_true, y_pred, num_classes: int = 4) -> dict:
     """UA over the classes present in y_true, macro-F1 over those in y_true or y_pred
@@ -20,8 +22,10 @@ def emotion_metrics(y_true, y_pred, num_classes: int = 4) -> dict:
 
 
 def summarize_folds(fold_metrics: dict) -> tuple[dict, dict]:
-    """Mean and (population) std over folds of wa, ua and macro_f1."""
-    keys = ("wa", "ua", "macro_f1")
+    """Mean and (population) std over folds of wa, ua and macro_f1, and of ece, nll and brier
+    where every fold has them (results of older code have not)."""
+    keys = ("wa", "ua", "macro_f1") + tuple(key for key in CALIBRATION_KEYS
+                                            if fold_metrics and all(key in m for m in fold_metrics.values()))
     values = {k: np.array([m[k] for m in fold_metrics.values()]) for k in keys}
     return ({k: float(v.mean()) for k, v in values.items()},
             {k: float(v.std()) for k, v in values.items()})

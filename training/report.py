@@ -1,6 +1,7 @@
-"""One run's results, in its run folder: results.json / results.csv (per fold, mean, std),
-results.md (a table to paste into a paper), the confusion matrices (pooled and per fold) and
-learning curves that training/figures.py draws, and the table run.py prints."""
+"""One run's results, in its run folder: results.json / results.csv (per fold, mean, std and,
+for the calibration metrics, pooled), results.md (a table to paste into a paper), the confusion
+matrices (pooled and per fold), the reliability diagram and learning curves that
+training/figures.py draws, and the table run.py prints."""
 import json
 import logging
 import math
@@ -11,7 +12,9 @@ import pandas as pd
 
 from dataio.labels import CLASS_NAMES
 from models.errors import MMERError
-from training.figures import plot_confusion, plot_learning_curves, session_key
+from training.calibration import (CALIBRATION_KEYS, calibrated, calibration_summary, pooled_calibration,
+                                 summary_values)
+from training.figures import plot_confusion, plot_learning_curves, plot_reliability, session_key
 from training.metrics import summarize_by_type, summarize_folds
 from utils.files import atomic_path, atomic_write_text
 
@@ -20,6 +23,11 @@ METRIC_KEYS = ("wa", "ua", "macro_f1")
 METRIC_NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1"}
 NO_CTC_RUNS = {"unimodal_baseline"}  # alpha is recorded for these but weighs nothing
 LEGEND = "WA = overall accuracy, UA = mean of the per-class recalls; std = population std over the folds."
+CALIBRATION_LEGEND = ("ECE: expected calibration error over 15 equal-width bins of the top probability; NLL: mean "
+                      "-ln p(true class), in nats; Brier: mean over utterances of the sum over classes of "
+                      "(p - one-hot)^2; lower is better; pooled: over every test utterance of every fold "
+                      "(docs/CALIBRATION.md).")
+RELIABILITY = "reliability_diagram.png"
 TYPE_NAMES = {"impro": "improvised", "script": "scripted"}
 
 
@@ -60,22 +68,60 @@ def in_order(fold_metrics: dict) -> list:
 
 
 def results_frame(fold_metrics: dict, unit: str = "session") -> pd.DataFrame:
-    """Rows: one per fold, then mean and std; columns wa, ua, macro_f1 (fractions) and, where
-    the test utterances are typed (IEMOCAP), the same for each type (wa_impro, ..., n_impro)."""
+    """Rows: one per fold, then mean and std (and pooled, where the folds have calibration
+    metrics); columns wa, ua, macro_f1 (fractions), ece, nll, brier (with a temperature: also the
+    temperature and the same before it, ece_uncalibrated, ...) and, where the test utterances are
+    typed (IEMOCAP), wa, ua, macro_f1 for each type (wa_impro, ..., n_impro)."""
     mean, std = summarize_folds(fold_metrics)
     by_type = summarize_by_type(fold_metrics)
+    calibration = calibration_columns(fold_metrics)
     rows = {}
     for s, m in in_order(fold_metrics):
         row = {k: m[k] for k in METRIC_KEYS}
+        row.update(calibration_row(m, calibration))
         for kind, typed in m.get("by_type", {}).items():
             row.update({f"{k}_{kind}": typed[k] for k in METRIC_KEYS}, **{f"n_{kind}": typed.get("n")})
         rows[f"{unit} {s}"] = row
     rows["mean"], rows["std"] = dict(mean), dict(std)
+    if "temperature" in calibration:
+        before = calibration_summary(fold_metrics)["uncalibrated"]
+        for row in ("mean", "std"):
+            rows[row].update({f"{k}_uncalibrated": before[row][k] for k in CALIBRATION_KEYS})
+    if calibration:
+        rows["pooled"] = pooled_row(fold_metrics, calibration)
     for kind, summary in by_type.items():
         rows["mean"].update({f"{k}_{kind}": summary["mean"][k] for k in METRIC_KEYS}, **{f"n_{kind}": summary["n"]})
         rows["std"].update({f"{k}_{kind}": summary["std"][k] for k in METRIC_KEYS})
-    columns = list(METRIC_KEYS) + [f"{k}_{kind}" for kind in by_type for k in (*METRIC_KEYS, "n")]
-    return pd.DataFrame.from_dict(rows, orient="index")[columns]
+    columns = list(METRIC_KEYS) + calibration + [f"{k}_{kind}" for kind in by_type for k in (*METRIC_KEYS, "n")]
+    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns)
+
+
+def calibration_columns(fold_metrics: dict) -> list[str]:
+    """ece, nll, brier where every fold has them (not in results of older code); with a
+    temperature, the temperature and the three before it."""
+    if pooled_calibration(fold_metrics) is None:
+        return []
+    columns = list(CALIBRATION_KEYS)
+    if calibrated(fold_metrics):
+        columns += ["temperature", *(f"{k}_uncalibrated" for k in CALIBRATION_KEYS)]
+    return columns
+
+
+def calibration_row(m: dict, columns: list[str]) -> dict:
+    before = m.get("uncalibrated") or m   # a fold without a temperature: the same before and after
+    row = {k: m[k] for k in CALIBRATION_KEYS if k in columns}
+    if "temperature" in columns:
+        row["temperature"] = m.get("temperature", 1.0)
+        row.update({f"{k}_uncalibrated": before[k] for k in CALIBRATION_KEYS})
+    return row
+
+
+def pooled_row(fold_metrics: dict, columns: list[str]) -> dict:
+    row = {k: v for k, v in pooled_calibration(fold_metrics).items() if k in CALIBRATION_KEYS}
+    if "temperature" in columns:
+        row.update({f"{k}_uncalibrated": v for k, v in pooled_calibration(fold_metrics, "uncalibrated").items()
+                    if k in CALIBRATION_KEYS})
+    return row
 
 
 def write_results(run_dir, fold_metrics: dict, info: dict) -> dict:
@@ -90,6 +136,9 @@ def write_results(run_dir, fold_metrics: dict, info: dict) -> dict:
     by_type = summarize_by_type(fold_metrics)
     if by_type:
         results["by_type"] = by_type
+    if pooled_calibration(fold_metrics) is not None:
+        results["pooled"] = summary_values(pooled_calibration(fold_metrics))
+        results["calibration"] = calibration_summary(fold_metrics)
     unit, classes = info.get("fold_unit", "session"), info.get("classes", CLASS_NAMES)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     frame = results_frame(fold_metrics, unit)
@@ -101,18 +150,34 @@ def write_results(run_dir, fold_metrics: dict, info: dict) -> dict:
     plot_confusion(pooled, run_dir / "confusion_matrix.png", classes,
                    title=f"{name}: pooled over test {unit}s {', '.join(str(s) for s, _ in in_order(fold_metrics))}")
     write_fold_confusions(run_dir, fold_metrics, name, unit, classes)
+    write_reliability(run_dir, fold_metrics, name, unit)
     write_learning_curves(run_dir, fold_metrics, info, name)
     return results
 
 
 def format_table(fold_metrics: dict, title: str, unit: str = "session") -> str:
-    frame = results_frame(fold_metrics, unit)[list(METRIC_KEYS)] * 100
+    frame = results_frame(fold_metrics, unit).drop(index="pooled", errors="ignore")[list(METRIC_KEYS)] * 100
     text = f"{title}\n" + frame.to_string(float_format=lambda v: f"{v:6.2f}")
     for kind, summary in summarize_by_type(fold_metrics).items():
         text += (f"\n{TYPE_NAMES.get(kind, kind)} test utterances ({summary['n']}): "
                  + ", ".join(f"{METRIC_NAMES[k]} {percent(summary['mean'][k])} ± {percent(summary['std'][k])}"
                              for k in METRIC_KEYS))
+    now = pooled_calibration(fold_metrics)
+    if now is not None:
+        before = pooled_calibration(fold_metrics, "uncalibrated") if calibrated(fold_metrics) else None
+        text += (f"\ncalibration, pooled over {now['n']} test utterances: "
+                 + ", ".join(f"{name} {calibration_value(k, now[k])}"
+                             + (f" (plain softmax: {calibration_value(k, before[k])})" if before else "")
+                             for k, name in CALIBRATION_NAMES.items()))
     return text + "\n(percent; WA = accuracy, UA = mean per-class recall)"
+
+
+CALIBRATION_NAMES = {"ece": "ECE", "nll": "NLL", "brier": "Brier"}
+
+
+def calibration_value(key: str, value, sign: str = "%") -> str:
+    """ECE in percent (as the accuracies), NLL and Brier as they are."""
+    return f"{percent(value)}{sign}" if key == "ece" else f"{value:.4f}"
 
 
 def results_markdown(results: dict) -> str:
@@ -134,7 +199,41 @@ def results_markdown(results: dict) -> str:
     total = sum(m.get("n", 0) for m in folds.values())
     for row, values, n in (("mean", results["mean"], total or ""), ("std", results["std"], "")):
         lines.append(f"| {row} | {n} | " + " | ".join(percent(values[k]) for k in METRIC_KEYS) + " |")
-    return "\n".join(lines + ["", *type_lines(results), *transcript_lines(results.get("transcripts")), LEGEND]) + "\n"
+    return "\n".join(lines + ["", *type_lines(results), *calibration_lines(results),
+                              *transcript_lines(results.get("transcripts")), LEGEND]) + "\n"
+
+
+def calibration_lines(results: dict) -> list[str]:
+    """ECE, NLL and Brier per fold, mean ± std and pooled; with temperatures, beside those of the
+    plain softmax. None for results of older code."""
+    calibration = results.get("calibration")
+    if not calibration or not results.get("pooled"):
+        return []
+    before = calibration.get("uncalibrated")
+    heads = ["ECE (%)", "NLL", "Brier"]
+    header = f"| test {results.get('fold_unit', 'session')} | utterances | " + (
+        "temperature | " + " | ".join(heads) + " | " + " | ".join(f"{h} before" for h in heads) if before
+        else " | ".join(heads)) + " |"
+    lines = [(f"Calibration of the test probabilities, {calibration['method']}; 'before': the plain softmax. The "
+              "predicted classes, hence WA and UA, are the same." if before else
+              "Calibration of the test probabilities (the plain softmax):"), "",
+             header, "|---|" + "---:|" * (header.count("|") - 2)]
+
+    def cells(values: dict, spread: dict | None = None) -> list[str]:
+        return [calibration_value(k, values[k], "") + (f" ± {calibration_value(k, spread[k], '')}" if spread else "")
+                for k in CALIBRATION_KEYS]
+
+    for fold, m in results["folds"].items():
+        extra = [f"{m.get('temperature', 1.0):.3f}", *cells(m), *cells(m.get("uncalibrated") or m)] if before \
+            else cells(m)
+        lines.append(f"| {fold} | {m.get('n', '')} | " + " | ".join(extra) + " |")
+    mean, std = results["mean"], results["std"]
+    summary = [*cells(mean, std), *cells(before["mean"], before["std"])] if before else cells(mean, std)
+    lines.append("| mean ± std | | " + ("| " if before else "") + " | ".join(summary) + " |")
+    pooled_cells = [*cells(results["pooled"]), *cells(before["pooled"])] if before else cells(results["pooled"])
+    lines.append(f"| pooled | {results['pooled']['n']} | " + ("| " if before else "") + " | ".join(pooled_cells)
+                 + " |")
+    return lines + ["", CALIBRATION_LEGEND, ""]
 
 
 def type_lines(results: dict) -> list[str]:
@@ -184,6 +283,22 @@ def write_fold_confusions(run_dir: Path, fold_metrics: dict, name: str, unit: st
         if stale.name not in keep:
             log.info("removing %s: its fold is not in this run's results", stale)
             stale.unlink()
+
+
+def write_reliability(run_dir: Path, fold_metrics: dict, name: str, unit: str = "session") -> None:
+    """reliability_diagram.png: accuracy against confidence in ECE's 15 bins, pooled over the
+    folds (with temperatures: the plain softmax beside the scaled one); none for results without
+    the bins (older code), and then an older picture is removed."""
+    path = run_dir / RELIABILITY
+    now = pooled_calibration(fold_metrics)
+    if now is None:
+        path.unlink(missing_ok=True)
+        return
+    panels = [("temperature-scaled" if calibrated(fold_metrics) else "plain softmax", now)]
+    if calibrated(fold_metrics):
+        panels.insert(0, ("plain softmax (before)", pooled_calibration(fold_metrics, "uncalibrated")))
+    folds = ", ".join(str(s) for s, _ in in_order(fold_metrics))
+    plot_reliability(panels, path, title=f"{name}: pooled over test {unit}s {folds} (n={now['n']})")
 
 
 # ---------------------------------------------------------------- learning curves

@@ -19,8 +19,8 @@ from utils.provenance import git_commit, package_versions
 
 log = logging.getLogger(__name__)
 RESULT_PATTERNS = ("*_model.pt", "*_last.pt", "*_result.json", "*_stats.txt", "*_predictions.csv", "results.json", "results.csv",
-                   "results.md", "confusion_matrix*.png", "learning_curves.png", "tensorboard/*/*", "config.json", "recipe.yaml",
-                   "train.log")
+                   "results.md", "confusion_matrix*.png", "learning_curves.png", "reliability_diagram.png", "tensorboard/*/*",
+                   "config.json", "recipe.yaml", "train.log")
 
 
 class RunDirError(MMERError, RuntimeError):
