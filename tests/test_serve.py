@@ -246,7 +246,8 @@ def test_run_browser_gives_the_results_table_and_the_pictures(finished):
     summary = client.get("/api/run").json()
     assert summary["results"] == json.loads((run_dir / "results.json").read_text())
     assert "| mean |" in summary["results_md"] and summary["folds"] == ["1"]
-    assert summary["pictures"] == ["confusion_matrix.png", "confusion_matrix_session1.png", "learning_curves.png"]
+    assert summary["pictures"] == ["confusion_matrix.png", "confusion_matrix_session1.png", "learning_curves.png",
+                                   "reliability_diagram.png"]
     for name in summary["pictures"]:
         picture = client.get(f"/runs/image/{name}")
         assert picture.headers["content-type"] == "image/png"

@@ -131,7 +131,7 @@ def test_the_run_browser_shows_results_pictures_and_worst_errors(page, service):
     page.locator("#predictions-table tbody tr").first.wait_for()
     table = page.inner_text("#results-table")
     assert re.search(r"mean\s+\d+\s+\d+\.\d\d", table) and "std" in table
-    assert page.locator("#picture-tabs button").count() == page.locator("#pictures img").count() == 3
+    assert page.locator("#picture-tabs button").count() == page.locator("#pictures img").count() == 4
     for k, picture in enumerate(page.locator("#pictures img").all()):
         page.locator("#picture-tabs button").nth(k).click()
         expect(picture).to_be_visible()
