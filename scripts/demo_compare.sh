@@ -1,6 +1,7 @@
 #!/bin/sh
 # Train all three variants on the offline demo corpus (same flags as `sh best_run.sh`), and the
-# two CTC variants at alpha 0.01 too, and write one comparison table and bar chart:
+# two CTC variants at alpha 0.01 too, and write one comparison table (with 95 % intervals), the paired
+# tests between every two runs (significance.md/.csv) and one bar chart:
 # data/demo/compare/comparison.{md,csv,png}.
 # With --assets, also refresh the README's pictures in assets/ from these runs (tracked files:
 # only then does the command modify the repository).
@@ -21,7 +22,7 @@ done
 for run in cai_sota mmer; do
     "$PY" run.py --run "$run" --alpha 0.01 $DEMO_FLAGS --save_path "$DEMO/compare_alpha0.01" --overwrite
 done
-"$PY" compare.py "$DEMO/compare" "$DEMO/compare_alpha0.01" --out "$DEMO/compare"
+"$PY" compare.py "$DEMO/compare" "$DEMO/compare_alpha0.01" --paired --out "$DEMO/compare"
 if [ "$assets" = yes ]; then
     mkdir -p assets
     cp "$DEMO/compare/comparison.png" assets/demo_comparison.png
