@@ -25,7 +25,7 @@ from .encoders import encode_conv_features, frame_lengths
 from .fusion import lengths_to_mask
 from .objectives import (AUGMENTATION_CONTRASTIVE, SELF_CONTRASTIVE, AudioPooling, ProjectionHead, gather_pool,
                          stand_in_loss)
-from .settings import (AUDIO_DROPOUT, CONTRASTIVE_FORMS, CTC_REDUCTIONS, TEXT_POOLING_METHODS,  # noqa: F401
+from .settings import (AUDIO_DROPOUT, CONTRASTIVE_FORMS, CTC_REDUCTIONS, TEXT_POOLING_METHODS,
                        UPSTREAM_MICRO_BATCH, ModelConfig)
 
 

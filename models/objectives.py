@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fusion import masked_mean
-from .settings import CONTRASTIVE_FORMS, POOLING_METHODS, TEMPERATURE, TEXT_POOLING_METHODS  # noqa: F401
+from .settings import POOLING_METHODS, TEMPERATURE
 
 STD_FLOOR = 1e-6          # statistics pooling: variance floor, so a one-frame utterance has a finite gradient
 

@@ -16,8 +16,8 @@ from models import MODELS, ModelConfig
 from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint, model_settings
 from models.encoders import audio_input_spec, conv_cache_changes_training, conv_cache_refusal, encoder_config
 from training import runinfo
-from training.settings import (EVAL_OVERRIDABLE, MODEL_FLAGS, NOT_IN_RECIPE, RECIPE_FILE, RECIPES,  # noqa: F401
-                               RECORDED_FOLDS, RECORDED_RUN, ConfigError, RunConfig, presets, read_recipe, recipe_file)
+from training.settings import (EVAL_OVERRIDABLE, MODEL_FLAGS, NOT_IN_RECIPE, RECIPE_FILE, RECORDED_FOLDS,
+                               RECORDED_RUN, ConfigError, RunConfig)
 from training.views import audio_view_settings
 from utils.device import evaluation_precision, training_precision
 from utils.files import atomic_write_text
