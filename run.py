@@ -25,9 +25,9 @@ before_torch()  # OpenMP reads its waiting policy when torch loads it (utils/thr
 from dataio.schema import CTC_TEXT_FORMS, UTTERANCE_TYPES  # noqa: E402
 from models.errors import MMERError  # noqa: E402
 from models.settings import (AUDIO_DROPOUT, CONTRASTIVE_FORMS, CTC_REDUCTIONS, POOLING_METHODS,  # noqa: E402
-                             TEXT_POOLING_METHODS, VARIANTS, ModelConfig)
-from training.settings import (AUDIO_VIEWS, CALIBRATION, MODEL_FLAGS, RunConfig, presets, read_recipe,  # noqa: E402
-                               recipe_file)
+                             PROBE_HEADS, TEXT_POOLING_METHODS, VARIANTS, ModelConfig, layer_weights_choice)
+from training.settings import (AUDIO_VIEWS, CALIBRATION, MODEL_FLAGS, PROBE_DEFAULTS, RunConfig, presets,  # noqa: E402
+                               read_recipe, recipe_file)
 from utils.cli import HelpFormatter, Parser, add_number  # noqa: E402
 
 log = logging.getLogger("mmer")
@@ -95,6 +95,13 @@ def recipe_tokens(action, value) -> list[str]:
     return [flag, str(value)]
 
 
+def layer_weights_flag(value: str) -> str:
+    try:
+        return layer_weights_choice(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"--layer_weights {value!r}: ")) from err
+
+
 def add_recipe_flags(p, d: RunConfig, m: ModelConfig) -> None:
     """A whole configuration from a file: the papers' (recipes/) or one a run wrote."""
     recipe = p.add_argument_group("recipe (flags given beside one override it)")
@@ -111,6 +118,11 @@ def add_data_flags(p, d: RunConfig, m: ModelConfig) -> None:
     data.add_argument("--data_path_audio", help="folder of the audio: <path> or <FileName>.wav "
                                                 f"(default {d.data_path_audio})")
     data.add_argument("--data_path_roberta", help=f"folder of <FileName>.npy, mmer (default {d.data_path_roberta})")
+    data.add_argument("--data_path_ssl", help="folder of a frozen encoder's hidden states, <FileName>.npy of [states, "
+                                              "frames, width] (data_prep/extract_ssl.py, or EmoBox's): --run probe "
+                                              "reads only these and the table; mmer, cai_sota and unimodal_baseline "
+                                              "then train on their learnable weighted sum instead of fine-tuning "
+                                              "--wav2vec2")
     data.add_argument("--data_path_audio_view", help="2023 views: a folder of pre-made augmented audio, files named "
                                                      "<anything><FileName>.wav (upstream's --data_path_audio_augmented, "
                                                      "e.g. TTS re-syntheses), one picked per utterance and epoch; "
@@ -168,6 +180,17 @@ def add_model_flags(p, d: RunConfig, m: ModelConfig) -> None:
                        help="where the dropout on the encoder's output goes: all (before fusion, pooling and the CTC "
                             f"head, 2022) or ctc (the CTC head's input only, 2023) (default {m.audio_dropout})")
     model.add_argument("--specaugment", action="store_true", default=None, help="turn the encoder's SpecAugment on")
+    frozen = p.add_argument_group("frozen encoders (--data_path_ssl; --run probe: SUPERB's and EmoBox's protocol)")
+    frozen.add_argument("--layer_weights", type=layer_weights_flag, default=None,
+                        help="learnable: a softmax over learnable weights, initialised equal, of every cached hidden "
+                             "state (s3prl's Featurizer); last: the last state only; K: the encoder's hidden state K "
+                             f"only (0 = the embedding output) (default {m.layer_weights})")
+    frozen.add_argument("--probe_layer_norm", action="store_true", default=None,
+                        help="layer-normalise each hidden state before weighing them (s3prl's option)")
+    frozen.add_argument("--probe_head", choices=PROBE_HEADS, default=None,
+                        help="--run probe's head: superb (EmoBox's: Linear to 256, ReLU, mean over the valid frames, "
+                             f"Linear; emotion2vec's released head too) or linear (mean-pool, then Linear: a linear probe) "
+                             f"(default {m.probe_head})")
 
 
 def add_objective_flags(p, d: RunConfig, m: ModelConfig) -> None:
@@ -199,11 +222,14 @@ def add_objective_flags(p, d: RunConfig, m: ModelConfig) -> None:
 def add_optimisation_flags(p, d: RunConfig, m: ModelConfig) -> None:
     """The optimiser, batching and the speed options."""
     opt = p.add_argument_group("optimisation")
-    add_number(opt, "--epochs", int, 1, default=d.epochs)
-    add_number(opt, "--batch_size", int, 1, default=d.batch_size,
-               help="utterances per micro-batch and process: under torchrun the global batch is batch_size x processes")
-    add_number(opt, "--accum_grad", int, 1, default=d.accum_grad, help="micro-batches per optimizer step")
-    add_number(opt, "--learning_rate", float, 0, low_open=True, default=d.learning_rate, help="AdamW learning rate")
+    probe = " ".join(f"{key} {value}" for key, value in PROBE_DEFAULTS.items())
+    add_number(opt, "--epochs", int, 1, default=None, help=f"(default {d.epochs}; --run probe: {probe})")
+    add_number(opt, "--batch_size", int, 1, default=None,
+               help="utterances per micro-batch and process: under torchrun the global batch is batch_size x processes "
+                    f"(default {d.batch_size})")
+    add_number(opt, "--accum_grad", int, 1, default=None, help=f"micro-batches per optimizer step (default {d.accum_grad})")
+    add_number(opt, "--learning_rate", float, 0, low_open=True, default=None,
+               help=f"AdamW learning rate (default {d.learning_rate}; weight decay 0.01, --run probe: 0, EmoBox's Adam)")
     opt.add_argument("--batching", choices=["bucket", "random"], default=d.batching,
                      help="bucket: length-grouped batches in shuffled order (less padding); random: upstream's")
     add_number(opt, "--seed", int, 0, default=None,

@@ -133,17 +133,65 @@ def read_text_feature(path: Path) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
+def ssl_folder_shape(folder) -> tuple[int, int, str]:
+    """(hidden states, width, dtype) of a folder of per-utterance [states, frames, width] .npy
+    files (extract_ssl.py's, or another tool's such as EmoBox's), from its first file's header."""
+    first = min(Path(folder).glob("*.npy"), default=None)   # the same file whatever the listing order
+    if first is None:
+        raise DataError(f"{folder}: no <FileName>.npy hidden states; write them with data_prep/extract_ssl.py")
+    array = np.load(first, mmap_mode="r", allow_pickle=False)
+    if array.ndim != 3:
+        raise DataError(f"{first}: shape {array.shape}, expected [hidden states, frames, width] (one utterance's "
+                        "hidden states, as data_prep/extract_ssl.py writes them); re-extract the folder")
+    return int(array.shape[0]), int(array.shape[2]), array.dtype.name
+
+
+def read_ssl_states(path: Path, states: int, width: int) -> np.ndarray:
+    """One utterance's cached hidden states [states, frames, width] -> [frames, states, width]
+    (rows are frames in a store), kept in the file's float dtype."""
+    if not path.is_file():
+        raise DataError(f"{path}: hidden states missing; run data_prep/extract_ssl.py on the csv (it resumes)")
+    array = np.load(path, allow_pickle=False)
+    if array.ndim != 3 or array.shape[0] != states or array.shape[2] != width or array.shape[1] == 0:
+        raise DataError(f"{path}: shape {array.shape}, but the folder's first file holds {states} hidden states of "
+                        f"width {width}; re-extract it")
+    return array.transpose(1, 0, 2)
+
+
+def stored_ssl_states(names, ssl_dir, cache_dir, show_progress=True, build_here: bool = True) -> Store:
+    """Every utterance's cached hidden states from `<ssl_dir>/<name>.npy` ([states, frames, width]),
+    streamed from one store in `<cache_dir>/ssl/` of [frames, states, width] rows in the files'
+    dtype (float16 stays float16): read once, then each batch reads only its utterances."""
+    paths = [Path(ssl_dir) / f"{name}.npy" for name in names]
+    states, width, dtype = ssl_folder_shape(ssl_dir)
+    key = fingerprint(paths, kind="ssl", version=1)
+
+    def build(folder):
+        items = (read_ssl_states(p, states, width) for p in tqdm(paths, desc="hidden states once", leave=False,
+                                                                  disable=None if show_progress else True))
+        write_items(folder, items, dtype if dtype in ("float16", "float32") else np.float32, tail=(states, width),
+                    meta={"kind": "ssl"})
+    return built(Path(cache_dir) / "ssl" / key, build, "hidden states", build_here)
+
+
 # ---------------------------------------------------------------- dataset and batches
 class EmotionDataset(torch.utils.data.Dataset):
     """Items of a corpus, read when asked: the audio (Waves), the text features (a Store or
     Arrays; None for the audio-only variants), the label and the CTC target. Without labels or
     transcripts (prediction) the items get label -1 and an empty CTC target."""
 
-    def __init__(self, names, waves, labels=None, transcripts=None, text_features=None, ctc_text: str = "clean"):
-        """waves: Waves, or a list of ready arrays."""
+    def __init__(self, names, waves, labels=None, transcripts=None, text_features=None, ctc_text: str = "clean",
+                 ssl_states=None):
+        """waves: Waves, or a list of ready arrays; None with ssl_states, a store of each
+        utterance's cached hidden states [frames, states, width], which the items then carry
+        instead of the audio (their `length` is then a frame count)."""
         self.names = list(names)
-        self.waves = waves if isinstance(waves, Waves) else Waves(Arrays(waves))
-        self.sample_lengths = self.waves.lengths()
+        self.ssl_states = ssl_states
+        if ssl_states is not None:
+            self.waves, self.sample_lengths = None, ssl_states.lengths()
+        else:
+            self.waves = waves if isinstance(waves, Waves) else Waves(Arrays(waves))
+            self.sample_lengths = self.waves.lengths()
         self.labels = list(labels) if labels is not None else [-1] * len(self.names)
         self.transcripts = list(transcripts) if transcripts is not None else None
         self.ctc_text = ctc_text
@@ -162,11 +210,12 @@ class EmotionDataset(torch.utils.data.Dataset):
         return [] if self.transcripts is None else ctc_target_ids(self.transcripts[i], self.ctc_text)
 
     def __getitem__(self, i):
-        conv = self.conv_features is not None
-        return {"name": self.names[i], "wave": None if conv else self.waves[i], "length": int(self.sample_lengths[i]),
-                "label": self.labels[i], "target": self.target(i),
+        conv, ssl = self.conv_features is not None, self.ssl_states is not None
+        return {"name": self.names[i], "wave": None if conv or ssl else self.waves[i],
+                "length": int(self.sample_lengths[i]), "label": self.labels[i], "target": self.target(i),
                 "text": None if self.text_features is None else self.text_features[i],
-                "conv_features": self.conv_features[i] if conv else None}
+                "conv_features": self.conv_features[i] if conv else None,
+                "ssl_states": self.ssl_states[i] if ssl else None}
 
 
 @dataclass
@@ -181,6 +230,8 @@ class Batch:
     text: torch.Tensor | None = None             # [B, T_text, H]
     text_lengths: torch.Tensor | None = None     # [B]
     conv_features: torch.Tensor | None = None    # [B, frames, C] cached feature-encoder output (then no input_values)
+    ssl_states: torch.Tensor | None = None       # [B, frames, states, D] cached hidden states (then no input_values,
+    #                                              and sample_lengths holds frame counts)
 
     def to(self, device, non_blocking=False) -> "Batch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -192,7 +243,7 @@ class Batch:
     def model_inputs(self) -> dict:
         return {"input_values": self.input_values, "sample_lengths": self.sample_lengths,
                 "attention_mask": self.attention_mask, "text": self.text, "text_lengths": self.text_lengths,
-                "conv_features": self.conv_features}
+                "conv_features": self.conv_features, "ssl_states": self.ssl_states}
 
 
 def fixed_length(samples: int, per_octave: int = 4, shortest: int = 16000, frame: int = 320) -> int:
@@ -225,7 +276,9 @@ class Collator:
             ctc_targets=torch.tensor([t for it in items for t in it["target"]], dtype=torch.long),
             ctc_target_lengths=torch.tensor([len(it["target"]) for it in items]),
         )
-        if items[0].get("conv_features") is not None:
+        if items[0].get("ssl_states") is not None:   # kept in the store's dtype: the model makes them float32
+            batch.ssl_states = pad_rows([torch.from_numpy(it["ssl_states"]) for it in items])[0]
+        elif items[0].get("conv_features") is not None:
             frames = max(len(it["conv_features"]) for it in items)
             width = fixed_length(frames, shortest=50, frame=1) if self.fixed_lengths else None  # 50 frames = 1 s
             batch.conv_features = pad_rows([torch.as_tensor(it["conv_features"]) for it in items], width=width)[0]
@@ -244,7 +297,8 @@ def pad_rows(rows: list[torch.Tensor], value: float = 0.0, width: int | None = N
     """[T_i, ...] tensors -> ([B, width or max T_i, ...] padded with `value`, [B] lengths)."""
     lengths = torch.tensor([len(r) for r in rows])
     width = width or int(lengths.max())
-    padded = torch.full((len(rows), width, *rows[0].shape[1:]), value, dtype=torch.float32)
+    dtype = rows[0].dtype if rows[0].dtype == torch.float16 else torch.float32
+    padded = torch.full((len(rows), width, *rows[0].shape[1:]), value, dtype=dtype)
     for i, r in enumerate(rows):
         padded[i, : len(r)] = r
     return padded, lengths

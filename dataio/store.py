@@ -38,7 +38,7 @@ class Arrays(list):
 
 class Store:
     """A built store, opened for reading: `store[i]` or `store.read(i, rows)` is item i (its
-    first `rows` rows) as a new float32 array; nothing but the index is held."""
+    first `rows` rows) as a new float32 array (a float16 store: float16); nothing but the index is held."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -71,7 +71,7 @@ class Store:
         raw = np.empty((count, *self.tail), self.dtype)
         if raw.nbytes and os.preadv(self._file(), [memoryview(raw).cast("B")], first * self.row_bytes) != raw.nbytes:
             raise OSError(f"{self.folder / DATA}: item {i} is cut short; delete {self.folder} to rebuild it")
-        if self.dtype == np.float32:
+        if self.dtype == np.float32 or (self.dtype == np.float16 and self.scale == 1):   # float16: the reader's to widen
             return raw
         return raw.astype(np.float32) * np.float32(self.scale)
 

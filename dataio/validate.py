@@ -83,6 +83,30 @@ def feature_problems(names, roberta_dir) -> dict:
     return problems
 
 
+def ssl_problems(names, ssl_dir) -> dict:
+    """Missing or misshapen cached hidden states: [states, frames, width], frames > 0, the same
+    states and width in every file."""
+    problems = defaultdict(list)
+    shapes = defaultdict(list)
+    kinds = ("missing hidden states (run data_prep/extract_ssl.py on the csv: it resumes)",
+             "unreadable .npy files (re-extract them)")
+    for path, shape in readable_headers([Path(ssl_dir) / f"{name}.npy" for name in names],
+                                        lambda p: np.load(p, mmap_mode="r", allow_pickle=False).shape,
+                                        (ValueError, OSError), kinds, problems):
+        if len(shape) != 3 or shape[1] == 0:
+            problems["hidden states of the wrong shape (expected [states, frames, width]; re-extract)"].append(
+                f"{path}: {shape}")
+            continue
+        shapes[(shape[0], shape[2])].append(path)
+    if len(shapes) > 1:
+        majority = max(shapes, key=lambda k: len(shapes[k]))
+        for key, paths in shapes.items():
+            if key != majority:
+                problems[f"hidden states unlike the others' {majority[0]} states of width {majority[1]} (mixed "
+                         "encoders or --layers?)"] += [f"{p}: {key[0]} x {key[1]}" for p in paths]
+    return problems
+
+
 def file_problems(problems: dict, audio_paths, names, roberta_dir=None, min_samples: int = 1) -> dict:
     """Add the audio files' problems and, with roberta_dir, the text features' to `problems`."""
     for found in (audio_problems(audio_paths, min_samples),

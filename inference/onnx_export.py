@@ -337,7 +337,8 @@ def export_run(run_dir, out, session=None, opset: int | None = None, run=None, w
     if session is not None and str(session) not in found:
         raise ExportError(f"{run_dir}/{session}_model.pt not found; folds there: {', '.join(found)}")
     chosen = {str(session): found[str(session)]} if session is not None else found
-    restored = restore_model(next(iter(chosen.values())), run, wav2vec2)
+    encoders = {}   # a probe's frozen encoder, loaded once for every fold
+    restored = restore_model(next(iter(chosen.values())), run, wav2vec2, frozen_encoders=encoders)
     first = restored[0]
     text_source = None
     if first.uses_text:  # before any fold, so a missing text encoder fails at once
@@ -346,7 +347,7 @@ def export_run(run_dir, out, session=None, opset: int | None = None, run=None, w
     clear_out(out, overwrite)
     folds = {}
     for k, (fold, path) in enumerate(chosen.items()):
-        model, payload = restored if k == 0 else restore_model(path, run, wav2vec2)
+        model, payload = restored if k == 0 else restore_model(path, run, wav2vec2, frozen_encoders=encoders)
         if model.config.run != first.config.run or model.config.wav2vec2 != first.config.wav2vec2:
             raise ExportError(f"{path}: holds a {model.config.run} model on {model.config.wav2vec2}, unlike the first "
                               f"fold's {first.config.run} on {first.config.wav2vec2}; export one run at a time")

@@ -38,9 +38,9 @@ def load_models(checkpoint_dir, run=None, wav2vec2=None, session=None, ensemble=
     """{checkpoint path: model in eval mode on `device`}: one session's model, or all with `ensemble`."""
     if wav2vec2:
         check_model_name(wav2vec2, "--wav2vec2")
-    models = {}
+    models, encoders = {}, {}
     for path in select_checkpoints(find_checkpoints(checkpoint_dir), session, ensemble):
-        model, _ = restore_model(path, run, wav2vec2)
+        model, _ = restore_model(path, run, wav2vec2, frozen_encoders=encoders)
         models[path] = model.to(device).eval()
     runs = {model.config.run for model in models.values()}
     if len(runs) > 1:

@@ -9,7 +9,7 @@ import importlib
 
 _WHERE = {"EmotionOutput": "base", "SpeechEmotionModel": "base", "ModelConfig": "settings", "CaiSota": "cai_sota",
           "MMER": "mmer", "UnimodalBaseline": "unimodal_baseline", "MODELS": "variants", "build_model": "variants",
-          "model_class": "variants"}
+          "model_class": "variants", "Probe": "probe"}
 
 
 def __getattr__(name: str):
@@ -19,4 +19,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["MODELS", "MMER", "CaiSota", "UnimodalBaseline", "ModelConfig", "EmotionOutput", "SpeechEmotionModel",
-           "build_model", "model_class"]
+           "build_model", "model_class", "Probe"]

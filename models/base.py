@@ -57,12 +57,23 @@ class SpeechEmotionModel(nn.Module):
     uses_text = False
     has_ctc = False
 
-    def __init__(self, config: ModelConfig, encoder: nn.Module):
+    def __init__(self, config: ModelConfig, encoder: nn.Module | None):
+        """encoder: the speech encoder, fine-tuned; for a model on cached hidden states
+        (config.ssl_states) None while training, or the frozen encoder that computes those
+        states from audio for prediction (attach_ssl_encoder)."""
         super().__init__()
         check_choices(config)
         self.config = config
-        self.wav2vec2 = encoder
-        self.audio_dim = encoder.config.hidden_size
+        if config.ssl_states:
+            from .probe import featurizer_for   # probe.py builds on this module
+            self.featurizer = featurizer_for(config)
+            self.audio_dim = config.ssl_width
+            self.wav2vec2 = None
+            if encoder is not None:
+                self.attach_ssl_encoder(encoder)
+        else:
+            self.wav2vec2 = encoder
+            self.audio_dim = encoder.config.hidden_size
         self.dropout = nn.Dropout(config.dropout)
         if self.has_ctc:
             self.ctc_linear = nn.Linear(self.audio_dim, config.vocab_size)
@@ -78,21 +89,28 @@ class SpeechEmotionModel(nn.Module):
         if self.config.aug_weight:
             self.view_projection = ProjectionHead(embedding_dim, self.audio_dim, self.audio_dim)
 
+    def attach_ssl_encoder(self, encoder: nn.Module) -> None:
+        """Give a model on cached hidden states the frozen encoder that computes them from audio
+        (prediction, exports): it is not trained, and its weights are the encoder's own."""
+        encoder.requires_grad_(False)
+        self.wav2vec2 = encoder.eval()
+
     def forward(self, input_values=None, sample_lengths=None, attention_mask=None, text=None, text_lengths=None,
-                conv_features=None, views: dict | None = None) -> EmotionOutput:
+                conv_features=None, views: dict | None = None, ssl_states=None) -> EmotionOutput:
         """Audio [B, samples] (or its cached conv features) and, for mmer, text features
         [B, T_text, D_text] -> logits, CTC logits for the variants with a CTC head, and the
         projection of the classifier's input where a 2023 head exists. views: the model inputs
         of the utterances' augmented views, run in their own pass (upstream's second
         forward_encoder call, so their padding never meets the originals'); their output is
         `.view`, projected by view_projection. One call for both, as DDP needs."""
-        output = self.classify(self.encode_audio(input_values, sample_lengths, attention_mask, conv_features),
-                               text, text_lengths)
+        output = self.classify(self.encode_audio(input_values, sample_lengths, attention_mask, conv_features,
+                                                 ssl_states), text, text_lengths)
         if hasattr(self, "projection"):
             output.projection = self.projection(output.embedding)
         if views is not None:
             view = self.classify(self.encode_audio(views["input_values"], views["sample_lengths"],
-                                                   views.get("attention_mask"), views.get("conv_features")),
+                                                   views.get("attention_mask"), views.get("conv_features"),
+                                                   views.get("ssl_states")),
                                  views.get("text"), views.get("text_lengths"))
             if hasattr(self, "view_projection"):
                 view.projection = self.view_projection(view.embedding)
@@ -102,11 +120,22 @@ class SpeechEmotionModel(nn.Module):
     def classify(self, audio: "AudioFrames", text=None, text_lengths=None) -> EmotionOutput:
         raise NotImplementedError
 
-    def encode_audio(self, input_values, sample_lengths, attention_mask=None, conv_features=None) -> AudioFrames:
+    def encode_audio(self, input_values, sample_lengths, attention_mask=None, conv_features=None,
+                     ssl_states=None) -> AudioFrames:
         """-> the frames fusion and pooling read, the CTC head's input (dropout(last hidden state)),
         the valid-frame mask [B, T_audio] and lengths [B]. conv_features: the frozen feature
         encoder's cached output [B, T_audio, C], used instead of running it on input_values
-        (see models.encoders.conv_cache_refusal)."""
+        (see models.encoders.conv_cache_refusal). ssl_states: a frozen encoder's cached hidden
+        states [B, T_audio, states, D] (then sample_lengths holds their frame counts), weighed
+        by the featurizer instead of the fine-tuned encoder's last hidden state."""
+        if self.config.ssl_states:
+            if ssl_states is None:   # prediction: the attached frozen encoder computes them
+                ssl_states, sample_lengths = self.ssl_states_of(input_values, sample_lengths, attention_mask)
+            lengths = sample_lengths.to(torch.long)
+            hidden = self.featurizer(ssl_states)                          # [B, T_audio, D]
+            valid = lengths_to_mask(lengths, hidden.shape[1])
+            dropped = self.dropout(hidden)
+            return AudioFrames(hidden if self.config.audio_dropout == "ctc" else dropped, valid, lengths, dropped)
         lengths = frame_lengths(self.wav2vec2, sample_lengths)
         if conv_features is None:
             hidden = self.wav2vec2(input_values, attention_mask=attention_mask).last_hidden_state
@@ -116,6 +145,16 @@ class SpeechEmotionModel(nn.Module):
             hidden = encode_conv_features(self.wav2vec2, conv_features, valid)
         dropped = self.dropout(hidden)
         return AudioFrames(hidden if self.config.audio_dropout == "ctc" else dropped, valid, lengths, dropped)
+
+    def ssl_states_of(self, input_values, sample_lengths, attention_mask=None):
+        """The cached states' equivalent from audio, by the attached frozen encoder: -> hidden
+        states [B, T_audio, states, D] (those config.ssl_layers names) and frame counts [B]."""
+        if self.wav2vec2 is None:
+            raise ValueError("a model on cached hidden states scores audio only with its frozen encoder: "
+                             "attach_ssl_encoder(encoder) first")
+        from .hidden_states import hidden_states
+        states, _ = hidden_states(self.wav2vec2, input_values, attention_mask, self.config.ssl_layers)
+        return states.transpose(1, 2), frame_lengths(self.wav2vec2, sample_lengths)
 
     def pooled_audio(self, audio_frames, frame_valid):
         return self.audio_pooling(audio_frames, frame_valid)  # [B, D_audio], statistics [B, 2 D_audio]

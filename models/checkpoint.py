@@ -310,11 +310,13 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: str = "checkp
     model.load_state_dict(state_dict, strict=True)
 
 
-def restore_model(path, run: str | None = None, wav2vec2: str | None = None):
+def restore_model(path, run: str | None = None, wav2vec2: str | None = None, frozen_encoders: dict | None = None):
     """Rebuild the model a checkpoint holds and load its weights (architecture only, no
     pretrained download). Our checkpoints carry their ModelConfig; published ones get it
     from `run`, `wav2vec2` and the shapes in the state dict. The model's `calibration_temperature`
-    is the checkpoint's (1.0 without one). Returns (model, payload)."""
+    is the checkpoint's (1.0 without one). frozen_encoders: to score audio, a model trained on
+    cached hidden states gets the frozen encoder that computed them (config.wav2vec2, its
+    pretrained weights), shared through this dict by the folds of a run. Returns (model, payload)."""
     payload = load_checkpoint(path)
     published = not payload.get("model_config")
     saved = model_settings(payload)
@@ -336,4 +338,19 @@ def restore_model(path, run: str | None = None, wav2vec2: str | None = None):
     model = build_model(config, pretrained=False)
     load_weights(model, state_dict, source=str(path))
     model.calibration_temperature = calibration_temperature(payload, path)  # what inference divides logits by
+    if config.ssl_states and frozen_encoders is not None:
+        model.attach_ssl_encoder(frozen_encoder(path, config, frozen_encoders))
     return model.eval(), payload
+
+
+def frozen_encoder(path, config: ModelConfig, loaded: dict):
+    """The pretrained encoder whose hidden states a model was trained on (loaded once per name)."""
+    if config.wav2vec2 not in loaded:
+        from .encoders import load_speech_encoder
+        try:
+            loaded[config.wav2vec2] = load_speech_encoder(config.wav2vec2, attn_implementation=config.attn_implementation)
+        except OSError as err:
+            raise CheckpointError(f"{path}: a {config.run} model on the cached hidden states of {config.wav2vec2}, "
+                                  f"which scores audio by computing them again: that encoder cannot be loaded ({err}); "
+                                  "pass --wav2vec2 with the encoder (folder or hub name) that wrote them") from err
+    return loaded[config.wav2vec2]

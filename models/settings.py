@@ -3,7 +3,8 @@ before torch loads (a refusal in a second, not after the import), and every modu
 networks reads them from here."""
 from dataclasses import asdict, dataclass
 
-VARIANTS = ("mmer", "cai_sota", "unimodal_baseline")   # --run: variants.MODELS has one class each
+VARIANTS = ("mmer", "cai_sota", "unimodal_baseline", "probe")   # --run: variants.MODELS has one class each
+FINE_TUNED = VARIANTS[:3]   # the paper's three, which fine-tune the encoder (the probe reads cached states only)
 TEMPERATURE = 0.07        # upstream's self.temperature for both losses
 CONTRASTIVE_FORMS = ("upstream", "normalised")
 POOLING_METHODS = ("max", "mean", "attention", "statistics")
@@ -12,6 +13,17 @@ TEXT_POOLING_METHODS = ("mean", "max")
 UPSTREAM_MICRO_BATCH = 2  # upstream summed the CTC loss over micro-batches of 2 utterances
 CTC_REDUCTIONS = ("sum", "batch_sum", "mean")
 AUDIO_DROPOUT = ("all", "ctc")
+# frozen-encoder baselines on cached hidden states (models/probe.py, --data_path_ssl)
+PROBE_HEADS = ("superb", "linear")   # EmoBox's (and emotion2vec's) Linear-ReLU-mean-Linear; a linear probe: mean-Linear
+PROBE_HIDDEN = 256                   # the superb head's width (EmoBox)
+
+
+def layer_weights_choice(value: str) -> str:
+    """--layer_weights: learnable (s3prl's softmax-weighted sum), last, or a hidden state's index K."""
+    if value in ("learnable", "last") or value.isdigit():
+        return value
+    raise ValueError(f"--layer_weights {value!r}: give learnable, last or a hidden state's index (0 = the "
+                     "embedding output)")
 
 
 @dataclass
@@ -37,6 +49,14 @@ class ModelConfig:
     temperature: float = TEMPERATURE  # of both contrastive losses
     contrastive: str = "upstream"     # upstream: upstream's losses as they are; normalised: SupCon / InfoNCE (ours)
     max_audio_samples: int | None = None  # audio cut to this many samples (2023: 210,000, about 13 s)
+    # cached hidden states of a frozen encoder (--data_path_ssl): the learnable weighted sum of
+    # them replaces the fine-tuned encoder; None: the encoder runs on the audio
+    ssl_states: int | None = None     # hidden states per frame in the cache
+    ssl_width: int | None = None      # their width
+    ssl_layers: list | None = None    # which of the encoder's hidden states they are (0 = embedding output)
+    layer_weights: str = "learnable"  # learnable (softmax over learnable weights), last, or a state's index K
+    probe_layer_norm: bool = False    # layer norm of each state before the weighted sum (s3prl's option)
+    probe_head: str = "superb"        # --run probe's head: superb (Linear-ReLU-mean-Linear) or linear (mean-Linear)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,6 +12,7 @@ import torch
 
 import run
 from synthetic.tiny_models import save_speech_encoder, tiny_speech_encoder
+from models.settings import FINE_TUNED
 from models import MODELS
 from models.encoders import AudioInputSpec, conv_cache_changes_training, conv_cache_refusal, conv_features, frame_lengths
 from tests.test_models import make_model, pad_batch, random_inputs
@@ -66,7 +67,7 @@ def test_evaluation_batches_are_length_sorted_and_complete():
     assert batches == [[1, 3], [4, 2], [0]]
 
 
-@pytest.mark.parametrize("run", list(MODELS))
+@pytest.mark.parametrize("run", FINE_TUNED)
 def test_bf16_autocast_logits_stay_within_one_percent_of_fp32(run):
     model = make_model(run)
     inputs = pad_batch(*random_inputs([16000, 11000, 7000], [6, 4, 9]))
@@ -92,7 +93,7 @@ def cached_inputs(model, inputs):
     return {**inputs, "input_values": None, "attention_mask": None, "conv_features": features}
 
 
-@pytest.mark.parametrize("run", list(MODELS))
+@pytest.mark.parametrize("run", FINE_TUNED)
 @pytest.mark.parametrize("kind", ["wav2vec2", "hubert", "wavlm"])
 def test_cached_conv_features_give_the_same_loss_as_the_uncached_path(run, kind):
     model = make_model(run, kind, feat_extract_norm="layer", do_stable_layer_norm=True)

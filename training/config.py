@@ -10,14 +10,15 @@ from pathlib import Path
 import yaml
 
 from dataio import corpus
+from dataio.dataset import DataError, ssl_folder_shape
 from dataio.text_features import features_text_encoder, recorded_encoder
 from dataio.labels import read_label_map
 from models import MODELS, ModelConfig
 from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint, model_settings
 from models.encoders import audio_input_spec, conv_cache_changes_training, conv_cache_refusal, encoder_config
 from training import runinfo
-from training.settings import (EVAL_OVERRIDABLE, MODEL_FLAGS, NOT_IN_RECIPE, RECIPE_FILE, RECORDED_FOLDS,
-                               RECORDED_RUN, ConfigError, RunConfig)
+from training.settings import (EVAL_OVERRIDABLE, MODEL_FLAGS, NOT_IN_RECIPE, PROBE_DEFAULTS, PROBE_MODEL_DEFAULTS,
+                               RECIPE_FILE, RECORDED_FOLDS, RECORDED_RUN, ConfigError, RunConfig)
 from training.views import audio_view_settings
 from utils.device import evaluation_precision, training_precision
 from utils.files import atomic_write_text
@@ -77,18 +78,94 @@ def resolve_configs(args, preset_model: dict) -> tuple[ModelConfig, RunConfig]:
     if args.select_on == "dev" and args.dev_fraction <= 0 and not args.eval_only:
         raise ConfigError("--select_on dev needs --dev_fraction > 0")
     model_cfg = model_config(args, preset_model, recorded_model)
-    check_model_name(model_cfg.wav2vec2, "--wav2vec2")
+    for key, value in optimisation_defaults(model_cfg.run).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.data_path_ssl and not args.eval_only:
+        frozen_encoder_settings(args, model_cfg)
+    elif model_cfg.run == "probe" and not args.eval_only:
+        raise ConfigError("--run probe trains on a frozen encoder's cached hidden states: give --data_path_ssl DIR "
+                          "(written by data_prep/extract_ssl.py)")
+    if not model_cfg.ssl_states:   # on cached states the encoder is loaded only to predict from audio
+        check_model_name(model_cfg.wav2vec2, "--wav2vec2")
     check_views(args, model_cfg)
     run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)})
-    run_cfg.cache_conv_features = conv_cache_setting(run_cfg.cache_conv_features, model_cfg, run_cfg)
+    if model_cfg.ssl_states:
+        check_frozen_encoder_flags(model_cfg, run_cfg)
+    else:
+        run_cfg.cache_conv_features = conv_cache_setting(run_cfg.cache_conv_features, model_cfg, run_cfg)
     if run_cfg.select_on == "test":
         run_cfg.dev_fraction = 0.0  # upstream trained on all four training sessions
     for key in ("csv_path", "data_path_audio", "data_path_roberta", "save_path", "checkpoint_dir",
-                "data_path_audio_view", "data_path_roberta_view"):
+                "data_path_audio_view", "data_path_roberta_view", "data_path_ssl"):
         setattr(run_cfg, key, absolute(getattr(run_cfg, key)))
     if MODELS[model_cfg.run].uses_text:
         run_cfg.roberta = features_text_encoder(run_cfg.data_path_roberta, run_cfg.roberta)
     return model_cfg, run_cfg
+
+
+def optimisation_defaults(run: str) -> dict:
+    """The schedule where no flag or recipe gives it: --run probe's is EmoBox's downstream recipe,
+    the fine-tuned variants' the paper's (RunConfig)."""
+    d = RunConfig()
+    return {key: PROBE_DEFAULTS[key] if run == "probe" else getattr(d, key) for key in PROBE_DEFAULTS}
+
+
+def frozen_encoder_settings(args, model_cfg: ModelConfig) -> None:
+    """--data_path_ssl: the cached states' count, width and which of the encoder's hidden states
+    they are, read from the folder (its encoder.json, else the arrays' headers: another tool's
+    folder); the encoder it names is the run's --wav2vec2 (prediction recomputes the states
+    with it), and a --wav2vec2 that contradicts it is refused."""
+    folder = Path(args.data_path_ssl)
+    if not folder.is_dir():
+        raise ConfigError(f"--data_path_ssl {folder}: no such folder; write it with data_prep/extract_ssl.py")
+    try:
+        states, width, _ = ssl_folder_shape(folder)
+    except DataError as err:
+        raise ConfigError(str(err)) from err
+    stamp = {}
+    if (folder / "encoder.json").is_file():
+        try:
+            stamp = json.loads((folder / "encoder.json").read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{folder / 'encoder.json'}: not JSON ({err}); re-extract, or delete it to read the "
+                              "arrays as another tool's") from err
+    encoder = stamp.get("encoder")
+    if encoder and args.wav2vec2 and not same_setting(args.wav2vec2, encoder):
+        raise ConfigError(f"--wav2vec2 {args.wav2vec2}: the hidden states in {folder} are {encoder}'s (its "
+                          "encoder.json); drop --wav2vec2, or extract the states with it")
+    if encoder:
+        model_cfg.wav2vec2 = local_path(encoder)
+    elif not args.wav2vec2:
+        log.info("%s has no encoder.json (another tool's folder): %d hidden states of width %d; pass --wav2vec2 "
+                 "with the encoder that wrote them to predict from audio later", folder, states, width)
+    layers = stamp.get("layers")
+    model_cfg.ssl_states, model_cfg.ssl_width = states, width
+    model_cfg.ssl_layers = [int(k) for k in layers] if layers and len(layers) == states else list(range(states))
+    featurizer_check(model_cfg)
+
+
+def featurizer_check(model_cfg: ModelConfig) -> None:
+    choice = model_cfg.layer_weights
+    if choice not in ("learnable", "last") and int(choice) not in model_cfg.ssl_layers:
+        raise ConfigError(f"--layer_weights {choice}: the cached hidden states are the encoder's "
+                          f"{' '.join(map(str, model_cfg.ssl_layers))}; pick one of them, last or learnable")
+
+
+def check_frozen_encoder_flags(model_cfg: ModelConfig, run_cfg: RunConfig) -> None:
+    """What needs the fine-tuned encoder or the audio has no meaning on cached states."""
+    for flag, given in (("--cache_conv_features", run_cfg.cache_conv_features),
+                        ("--gradient_checkpointing", run_cfg.gradient_checkpointing),
+                        ("--compile", run_cfg.compile), ("--specaugment", model_cfg.specaugment)):
+        if given:
+            raise ConfigError(f"{flag}: acts on the fine-tuned encoder, and --data_path_ssl trains on its cached hidden "
+                              f"states; drop {flag}")
+    if model_cfg.aug_weight or run_cfg.data_path_audio_view:
+        raise ConfigError("--aug_weight / --data_path_audio_view: the augmented views are audio, and --data_path_ssl "
+                          "reads none; drop them (--supcon_weight works on cached states)")
+    if model_cfg.max_audio_samples:
+        raise ConfigError("--max_audio_samples cuts the audio, and --data_path_ssl reads none; cut it when extracting")
+    run_cfg.cache_conv_features = False
 
 
 def check_calibration(args) -> None:
@@ -136,8 +213,13 @@ def model_config(args, preset: dict, recorded: dict) -> ModelConfig:
                 values[key] = contradicted(key, given, recorded[key], args.checkpoint_dir)
         else:
             values[key] = given if given is not None else preset.get(key, getattr(defaults, key))
+    if values["run"] == "probe" and "run" not in recorded:
+        for key, value in PROBE_MODEL_DEFAULTS.items():
+            if getattr(args, key) is None and key not in preset:
+                values[key] = value
     values["wav2vec2"] = local_path(values["wav2vec2"])
-    values["specaugment"] = bool(values["specaugment"])
+    for key in ("specaugment", "probe_layer_norm"):   # store_true flags: None (not given) is False
+        values[key] = bool(values[key])
     kept = {key: value for key, value in recorded.items()
             if key in ModelConfig.__dataclass_fields__ and key not in MODEL_FLAGS}   # labels, text_dim, ...
     return ModelConfig(**values, **kept)
@@ -232,7 +314,7 @@ def resolve_precision(run_dir: Path, model_cfg: ModelConfig, run_cfg: RunConfig,
     """What --precision means on this device (run_cfg.precision_resolved, recorded in config.json):
     --precision auto trains in bf16 where the device computes it natively. A resumed run keeps
     what its config.json recorded, so it does not change precision between machines (and says so)."""
-    hidden = encoder_config(model_cfg.wav2vec2).hidden_size
+    hidden = model_cfg.ssl_width or encoder_config(model_cfg.wav2vec2).hidden_size
     now = {"training": training_precision(device, run_cfg.precision, hidden),
            "evaluation": evaluation_precision(run_cfg.precision)}
     recorded = runinfo.recorded_setting(run_dir, "run", "precision_resolved") if run_cfg.resume else None
@@ -249,9 +331,9 @@ def record_config(run_dir: Path, model_cfg: ModelConfig, run_cfg: RunConfig, fra
     and recipe.yaml (the resolved recipe, which `run.py --config` reads back)."""
     uses_text = MODELS[model_cfg.run].uses_text
     features = [Path(run_cfg.data_path_roberta) / f"{name}.npy" for name in frame["FileName"]] if uses_text else None
-    runinfo.write_config(run_dir, model_cfg, run_cfg,
-                         runinfo.data_checksums(run_cfg.csv_path, corpus.audio_paths(frame, run_cfg.data_path_audio),
-                                                features),
+    audio = ([Path(run_cfg.data_path_ssl) / f"{name}.npy" for name in frame["FileName"]] if model_cfg.ssl_states
+             else corpus.audio_paths(frame, run_cfg.data_path_audio))   # cached states stand for the audio
+    runinfo.write_config(run_dir, model_cfg, run_cfg, runinfo.data_checksums(run_cfg.csv_path, audio, features),
                          recorded_encoder(run_cfg.data_path_roberta) if uses_text else None)
     write_recipe(run_dir, model_cfg, run_cfg)
 

@@ -1,5 +1,6 @@
 """The run's and the comparison's pictures, drawn with matplotlib (headless): confusion matrices
-(counts and recall side by side), the reliability diagram, learning curves per fold (losses, dev/test UA, the selected
+(counts and recall side by side), the reliability diagram, the layer weights of a frozen encoder,
+learning curves per fold (losses, dev/test UA, the selected
 epoch) and the comparison's bar chart. training/report.py and training/comparison.py choose the files."""
 import math
 import textwrap
@@ -84,6 +85,27 @@ def plot_reliability(panels: list, path, title: str = "") -> None:
         bottom.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=3))
     axes[0, 0].legend(loc="upper left", fontsize=8)
     fig.suptitle(title)
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- layer weights
+def plot_layer_weights(weights: dict, states: list, path, title: str = "", unit: str = "fold") -> None:
+    """The weight of each cached hidden state (x) per fold (one bar each), and their mean as a
+    line: which of the frozen encoder's layers the model reads."""
+    folds = sorted(weights, key=session_key)
+    matrix = np.array([weights[fold] for fold in folds], dtype=float)       # [folds, states]
+    x = np.arange(len(states))
+    width = 0.8 / max(len(folds), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(states) + 2), 3.6), layout="constrained")
+    for k, fold in enumerate(folds):
+        ax.bar(x - 0.4 + width * (k + 0.5), matrix[k], width, label=f"{unit} {fold}", alpha=0.8)
+    ax.plot(x, matrix.mean(axis=0), "k.-", label="mean")
+    ax.axhline(1 / len(states), ls="--", color="gray", lw=0.8, label="equal weights")
+    ax.set(xticks=x, xticklabels=[str(s) for s in states], xlabel="hidden state (0 = embedding output)",
+           ylabel="weight (softmax)", ylim=(0, max(1 / len(states), float(matrix.max())) * 1.15))
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title)
     save_figure(fig, path)
 
 

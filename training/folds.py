@@ -1,6 +1,7 @@
 """One fold: train on its training part, keep the best epoch (on dev, or on test if asked),
 score that checkpoint on the test part; resumable after each epoch. Also the scoring of a
 saved or published checkpoint (--eval_only) and which folds a run still has to do."""
+import json
 import logging
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from training.metrics import emotion_metrics, metrics_by_group
 from training.views import Views, audio_view_settings, view_files
 from utils import distributed
 from utils.device import seed_everything
+from utils.files import atomic_write_text
 
 log = logging.getLogger("mmer")
 
@@ -163,6 +165,8 @@ def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint
     classes = corpus_.label_set.classes
     if distributed.is_main():
         write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs, classes)
+        if hasattr(model, "featurizer"):
+            write_layer_weights(run_dir / f"{session}_layer_weights.json", model)
     metrics = {**emotion_metrics(y_true, y_pred, len(classes)), **calibration_metrics(y_true, probs),
                "temperature": temperature}
     if payload.get("calibration"):  # what the checkpoint's temperature changed
@@ -174,6 +178,16 @@ def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint
     metrics["epoch"] = payload.get("epoch")
     metrics["selected_on"] = payload.get("selected_on")  # None: a checkpoint without our record (published)
     return metrics
+
+
+def write_layer_weights(path: Path, model) -> None:
+    """The fold's weight of each cached hidden state (they sum to 1): which layers the model reads."""
+    weights = model.featurizer.layer_weights().detach().cpu().tolist()
+    states = model.config.ssl_layers or list(range(len(weights)))
+    record = {"encoder": model.config.wav2vec2, "layer_weights": model.config.layer_weights,
+              "layer_norm": model.config.probe_layer_norm, "hidden_states": states,
+              "weights": [round(w, 6) for w in weights]}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def folds_to_run(run_dir: Path, run_cfg: RunConfig) -> list[str]:

@@ -9,13 +9,14 @@ import pandas as pd
 
 from dataio import corpus
 from dataio.corpus import FoldScheme
-from dataio.dataset import Collator, DataError, EmotionDataset, stored_text_features, stored_waves, text_feature_width
+from dataio.dataset import (Collator, DataError, EmotionDataset, stored_ssl_states, stored_text_features, stored_waves,
+                            text_feature_width)
 from dataio.labels import LabelSet, read_label_map
 from dataio.text_features import text_encoder_width
-from dataio.validate import feature_problems, file_problems, raise_problems
+from dataio.validate import feature_problems, file_problems, raise_problems, ssl_problems
 from models import MODELS, ModelConfig
 from models.checkpoint import find_checkpoints
-from models.encoders import audio_input_spec, encoder_config, min_samples, padding_is_exact
+from models.encoders import AudioInputSpec, audio_input_spec, encoder_config, min_samples, padding_is_exact
 from training.config import RunConfig
 from training.views import view_files
 from utils import distributed
@@ -109,9 +110,16 @@ def check_inputs(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> No
     needs_ctc = MODELS[model_cfg.run].has_ctc and model_cfg.alpha > 0 and not run_cfg.eval_only
     problems = corpus.table_problems(table.frame, table.scheme, run_cfg.sessions, table.label_set, needs_ctc,
                                      needs_training=not run_cfg.eval_only)
-    file_problems(problems, corpus.audio_paths(table.frame, run_cfg.data_path_audio),
-                  table.frame["FileName"], run_cfg.data_path_roberta if uses_text else None,
-                  min_samples(model_cfg.wav2vec2))
+    if model_cfg.ssl_states:   # the cached hidden states stand for the audio, which is not read
+        for kind, items in ssl_problems(table.frame["FileName"], run_cfg.data_path_ssl).items():
+            problems[kind] += items
+        if uses_text:
+            for kind, items in feature_problems(table.frame["FileName"], run_cfg.data_path_roberta).items():
+                problems[kind] += items
+    else:
+        file_problems(problems, corpus.audio_paths(table.frame, run_cfg.data_path_audio),
+                      table.frame["FileName"], run_cfg.data_path_roberta if uses_text else None,
+                      min_samples(model_cfg.wav2vec2))
     if run_cfg.data_path_roberta_view and not run_cfg.eval_only:
         for kind, items in feature_problems(table.frame["FileName"], run_cfg.data_path_roberta_view).items():
             problems[f"augmented-transcript views: {kind}"] += items
@@ -148,18 +156,25 @@ def load_corpus(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> Cor
     gathered once into caches under --cache_dir (dataio/store.py) for all folds, epochs and
     runs; peak memory does not depend on the corpus's size."""
     uses_text = MODELS[model_cfg.run].uses_text
-    spec = audio_input_spec(model_cfg.wav2vec2)
-    padding_exact = padding_is_exact(encoder_config(model_cfg.wav2vec2), spec)
     frame = table.frame
-    log.info("loading %d utterances (audio%s)", len(frame), " + text features" if uses_text else "")
     cache, shown, here = cache_dir(run_cfg), distributed.is_main(), distributed.is_local_main()
-    waves = stored_waves(corpus.audio_paths(frame, run_cfg.data_path_audio), spec, cache, model_cfg.max_audio_samples,
-                         show_progress=shown, build_here=here)
+    if model_cfg.ssl_states:   # a frozen encoder's cached hidden states instead of the audio; batches pad exactly
+        log.info("loading %d utterances (cached hidden states%s)", len(frame), " + text features" if uses_text else "")
+        spec, padding_exact, waves = AudioInputSpec(), True, None
+        states = stored_ssl_states(frame["FileName"], run_cfg.data_path_ssl, cache, shown, here)
+    else:
+        log.info("loading %d utterances (audio%s)", len(frame), " + text features" if uses_text else "")
+        spec = audio_input_spec(model_cfg.wav2vec2)
+        padding_exact = padding_is_exact(encoder_config(model_cfg.wav2vec2), spec)
+        waves = stored_waves(corpus.audio_paths(frame, run_cfg.data_path_audio), spec, cache,
+                             model_cfg.max_audio_samples, show_progress=shown, build_here=here)
+        states = None
     text = view_text = None
     if uses_text:
         text = stored_text_features(frame["FileName"], run_cfg.data_path_roberta, cache, shown, here)
     if uses_text and run_cfg.data_path_roberta_view and not run_cfg.eval_only:
         view_text = stored_text_features(frame["FileName"], run_cfg.data_path_roberta_view, cache, False, here)
-    dataset = EmotionDataset(frame["FileName"], waves, frame["label_index"], frame["text"], text, run_cfg.ctc_text)
+    dataset = EmotionDataset(frame["FileName"], waves, frame["label_index"], frame["text"], text, run_cfg.ctc_text,
+                             ssl_states=states)
     return Corpus(frame, dataset, Collator(spec), padding_exact, table.scheme, table.label_set, view_text=view_text)
 

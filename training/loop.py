@@ -17,6 +17,7 @@ from models.fusion import AttentionLayer
 from training import runinfo
 from training.inputs import Corpus
 from training.metrics import emotion_metrics
+from training.settings import PROBE_WEIGHT_DECAY
 from utils import distributed
 from utils.device import autocast, evaluation_precision, training_precision
 from utils.distributed import DistributedBucketSampler, RoundRobinBatchSampler
@@ -82,7 +83,7 @@ def train_epoch(model, loader, optimizer, run_cfg, device, epoch: int, ddp=None)
                disable=None if distributed.is_main() else True)
     logged = start
     for micro, (batch, scale) in enumerate(zip(bar, scales), start=1):
-        audio_seconds += int(batch.sample_lengths.sum()) / 16000 if scale else 0.0
+        audio_seconds += audio_seconds_of(batch) if scale else 0.0
         sync = micro % run_cfg.accum_grad == 0 or micro == last
         view_batch = views.batch_of(batch, epoch) if views is not None else None
         with distributed.gradient_sync(ddp, sync):
@@ -118,6 +119,12 @@ def train_epoch(model, loader, optimizer, run_cfg, device, epoch: int, ddp=None)
     record.update({f"{k}_loss": means[k] for k in ("supcon", "aug") if logged_loss(model, k)})
     return {**record, "optimizer_steps": steps, "micro_batches": micro, "skipped_steps": int(skipped.item()),
             "nonfinite_micro_batches": int(nonfinite), "audio_seconds": round(audio_seconds, 2)}
+
+
+def audio_seconds_of(batch) -> float:
+    """The audio a batch holds: its samples at 16 kHz, or its cached hidden states' frames (about
+    50 a second for every encoder this project reads: 20 ms frames)."""
+    return int(batch.sample_lengths.sum()) / (50 if batch.ssl_states is not None else 16000)
 
 
 def logged_loss(model, name: str) -> bool:
@@ -194,11 +201,12 @@ def write_predictions(path: Path, names, y_true, y_pred, probs, classes) -> None
 
 def build_training(model_cfg, run_cfg, device):
     model = build_model(model_cfg).to(device)
-    if run_cfg.gradient_checkpointing:  # the name transformers 5 gives gradient checkpointing
+    if run_cfg.gradient_checkpointing and model.wav2vec2 is not None:  # transformers 5's gradient checkpointing
         model.wav2vec2.activation_checkpointing_enable()
     freeze_untrained(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=run_cfg.learning_rate, fused=True)
+    decay = PROBE_WEIGHT_DECAY if model_cfg.run == "probe" else 0.01   # 0.01: torch's AdamW default, the paper's
+    optimizer = torch.optim.AdamW(params, lr=run_cfg.learning_rate, weight_decay=decay, fused=True)
     return model, optimizer
 
 
@@ -233,9 +241,9 @@ def freeze_untrained(model) -> None:
     CTC head when alpha = 0 (its loss is only logged, detached) and the encoder's mask
     embedding when SpecAugment masks no time step. (DDP cannot skip these by itself: the CTC
     head's output is one of the forward's outputs.)"""
-    encoder_config = model.wav2vec2.config
-    if hasattr(model.wav2vec2, "masked_spec_embed") and not (
-            encoder_config.apply_spec_augment and encoder_config.mask_time_prob > 0):
+    encoder = model.wav2vec2   # None on cached hidden states: no encoder is fine-tuned
+    if hasattr(encoder, "masked_spec_embed") and not (
+            encoder.config.apply_spec_augment and encoder.config.mask_time_prob > 0):
         model.wav2vec2.masked_spec_embed.requires_grad_(False)
     if model.has_ctc and not model.config.alpha:
         model.ctc_linear.requires_grad_(False)
@@ -244,7 +252,7 @@ def freeze_untrained(model) -> None:
 def uses_layerdrop(model) -> bool:
     """LayerDrop skips whole encoder layers at random, differently on each rank, so DDP must
     then look for parameters without gradient after every backward (find_unused_parameters)."""
-    return getattr(model.wav2vec2.config, "layerdrop", 0.0) > 0
+    return model.wav2vec2 is not None and getattr(model.wav2vec2.config, "layerdrop", 0.0) > 0
 
 
 def tensorboard_writer(run_dir: Path, session: int):
@@ -259,7 +267,7 @@ def report_long_targets(model, corpus: Corpus, indices) -> None:
     """CTC needs at least one frame per target symbol (two for a repeated letter); such
     utterances get an infinite CTC loss, which zero_infinity turns into zero. Say which."""
     samples = torch.tensor(corpus.dataset.lengths()[indices])
-    frames = frame_lengths(model.wav2vec2, samples).tolist()
+    frames = (samples if model.wav2vec2 is None else frame_lengths(model.wav2vec2, samples)).tolist()   # cached: frames
     too_long = []
     for i, n_frames in zip(indices, frames):
         target = corpus.dataset.target(i)

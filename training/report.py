@@ -14,14 +14,15 @@ from dataio.labels import CLASS_NAMES
 from models.errors import MMERError
 from training.calibration import (CALIBRATION_KEYS, calibrated, calibration_summary, pooled_calibration,
                                  summary_values)
-from training.figures import plot_confusion, plot_learning_curves, plot_reliability, session_key
+from training.figures import (plot_confusion, plot_layer_weights, plot_learning_curves, plot_reliability,
+                              session_key)
 from training.metrics import summarize_by_type, summarize_folds
 from utils.files import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 METRIC_KEYS = ("wa", "ua", "macro_f1")
 METRIC_NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1"}
-NO_CTC_RUNS = {"unimodal_baseline"}  # alpha is recorded for these but weighs nothing
+NO_CTC_RUNS = {"unimodal_baseline", "probe"}  # alpha is recorded for these but weighs nothing
 LEGEND = "WA = overall accuracy, UA = mean of the per-class recalls; std = population std over the folds."
 CALIBRATION_LEGEND = ("ECE: expected calibration error over 15 equal-width bins of the top probability; NLL: mean "
                       "-ln p(true class), in nats; Brier: mean over utterances of the sum over classes of "
@@ -152,7 +153,21 @@ def write_results(run_dir, fold_metrics: dict, info: dict) -> dict:
     write_fold_confusions(run_dir, fold_metrics, name, unit, classes)
     write_reliability(run_dir, fold_metrics, name, unit)
     write_learning_curves(run_dir, fold_metrics, info, name)
+    write_layer_weights_figure(run_dir, fold_metrics, name, unit)
     return results
+
+
+def write_layer_weights_figure(run_dir: Path, fold_metrics: dict, name: str, unit: str) -> None:
+    """layer_weights.png from the folds' `<fold>_layer_weights.json` (runs on cached hidden states)."""
+    records = {}
+    for session in fold_metrics:
+        path = run_dir / f"{session}_layer_weights.json"
+        if path.is_file():
+            records[session] = json.loads(path.read_text())
+    if records:
+        states = next(iter(records.values()))["hidden_states"]
+        plot_layer_weights({s: r["weights"] for s, r in records.items()}, states, run_dir / "layer_weights.png",
+                           title=f"{name}: weight of each hidden state", unit=unit)
 
 
 def format_table(fold_metrics: dict, title: str, unit: str = "session") -> str:

@@ -7,7 +7,7 @@ from dataio.text_features import recorded_encoder
 from models import MODELS, ModelConfig
 from training.config import RunConfig
 from training.inputs import Table
-from training.report import format_table, write_results
+from training.report import format_table, run_label, write_results
 
 OPTIMISTIC = "test (OPTIMISTIC: the best epoch is chosen on the test session, as upstream did)"
 
@@ -45,8 +45,14 @@ def report(run_dir: Path, fold_metrics: dict, model_cfg: ModelConfig, run_cfg: R
             "transcripts": corpus.transcript_record(run_cfg.csv_path, table.frame,
                                                     recorded_encoder(run_cfg.data_path_roberta)
                                                     if MODELS[model_cfg.run].uses_text else None)}
+    if model_cfg.ssl_states:   # a frozen encoder's cached hidden states stood for the fine-tuned encoder
+        info["frozen_encoder"] = {"encoder": model_cfg.wav2vec2, "states": model_cfg.ssl_states,
+                                  "hidden_states": model_cfg.ssl_layers, "layer_weights": model_cfg.layer_weights,
+                                  "layer_norm": model_cfg.probe_layer_norm, "data_path_ssl": run_cfg.data_path_ssl,
+                                  **({"head": model_cfg.probe_head} if model_cfg.run == "probe" else {})}
     results = write_results(run_dir, fold_metrics, info)
-    print(format_table(fold_metrics, f"{model_cfg.run} (alpha {model_cfg.alpha}); best epoch: {selection}",
+    print(format_table(fold_metrics, f"{run_label(model_cfg.run, model_cfg.alpha, info['objectives'])}; best epoch: "
+                                     f"{selection}",
                        info["fold_unit"]))
     return results
 

@@ -26,6 +26,7 @@ class RunConfig:
     csv_path: str = "data/iemocap.csv"
     data_path_audio: str = "data/audio"
     data_path_roberta: str = "data/roberta"
+    data_path_ssl: str | None = None   # cached hidden states of a frozen encoder (data_prep/extract_ssl.py)
     roberta: str | None = None   # the text encoder of the features (their encoder.json), else roberta-base
     save_path: str = "runs"
     sessions: list | None = None  # the folds to run (IEMOCAP: its sessions); None: all the table's
@@ -76,10 +77,16 @@ class RunConfig:
 # Model settings given by flags (defaults: ModelConfig's). Under --eval_only the checkpoints'
 # recorded values win (they hold that model); of a contradicting flag only these are honoured:
 MODEL_FLAGS = ("run", "wav2vec2", "alpha", "ctc_reduction", "dropout", "specaugment", "pooling", "text_pooling",
-               "audio_dropout", "supcon_weight", "aug_weight", "temperature", "contrastive", "max_audio_samples")
+               "audio_dropout", "supcon_weight", "aug_weight", "temperature", "contrastive", "max_audio_samples",
+               "layer_weights", "probe_layer_norm", "probe_head")
 EVAL_OVERRIDABLE = ("wav2vec2", "max_audio_samples")
 # run settings whose default, under --eval_only, is what the run being re-evaluated recorded
-RECORDED_RUN = ("csv_path", "data_path_audio", "data_path_roberta", "roberta")
+RECORDED_RUN = ("csv_path", "data_path_audio", "data_path_roberta", "roberta", "data_path_ssl")
+# --run probe's optimisation where no flag or recipe gives it: EmoBox's downstream recipe (docs/BASELINES.md)
+PROBE_DEFAULTS = {"epochs": 100, "batch_size": 32, "accum_grad": 1, "learning_rate": 1e-4}
+# EmoBox trains its downstream with Adam: AdamW without weight decay is the same update
+PROBE_WEIGHT_DECAY = 0.0
+PROBE_MODEL_DEFAULTS = {"dropout": 0.0}   # EmoBox's head has no dropout
 # run settings that define each fold's test set: under --eval_only they are the recorded run's,
 # and a flag that contradicts the record is refused (--cross_corpus scores other data instead)
 RECORDED_FOLDS = ("kfold", "seed", "fold_by", "utterance_types", "label_map", "limit_utterances")
