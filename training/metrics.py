@@ -1,5 +1,6 @@
 """Emotion metrics, named as in the field: WA = overall accuracy, UA = mean of the
-per-class recalls, macro-F1, and the confusion matrix (rows = true class)."""
+per-class recalls, macro-F1, and the confusion matrix (rows = true class); for dimensional
+emotion, CCC, Pearson and MSE of each attribute (attribute_metrics)."""
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
@@ -50,3 +51,43 @@ def summarize_by_type(fold_metrics: dict) -> dict:
         summary[kind] = {"mean": mean, "std": std, "n": int(sum(m.get("n", 0) for m in folds.values())),
                          "folds": len(folds)}
     return summary
+
+
+def attribute_metrics(true: dict, pred: dict) -> dict:
+    """Dimensional-emotion metrics of each attribute in `true` ({name: ratings}, NaN where a
+    rating is missing; `pred` the predictions under the same names, on the same scale):
+    ccc_<name> (Lin's concordance correlation coefficient, population moments), pearson_<name>,
+    mse_<name> and n_<name> (rows scored) over the rows with a rating, and ccc_mean over the
+    attributes that have one. A statistic that is undefined (no row; Pearson of a constant) is NaN."""
+    missing = [name for name in true if name not in pred]
+    if missing:
+        raise ValueError(f"no predictions of {', '.join(missing)} (predicted: {', '.join(pred) or 'nothing'}): "
+                         "predict every rated attribute, under the ratings' names")
+    metrics, cccs = {}, []
+    for name, ratings in true.items():
+        t = np.asarray(ratings, dtype=np.float64)
+        p = np.asarray(pred[name], dtype=np.float64)
+        if t.shape != p.shape:
+            raise ValueError(f"{name}: predictions of shape {p.shape} for ratings of shape {t.shape}")
+        rated = ~np.isnan(t)
+        t, p = t[rated], p[rated]
+        metrics.update({f"ccc_{name}": _ccc(t, p), f"pearson_{name}": _pearson(t, p),
+                        f"mse_{name}": float(np.mean((p - t) ** 2)) if len(t) else float("nan"), f"n_{name}": int(len(t))})
+        if len(t):
+            cccs.append(metrics[f"ccc_{name}"])
+    metrics["ccc_mean"] = float(np.mean(cccs)) if cccs else float("nan")
+    return metrics
+
+
+def _ccc(t: np.ndarray, p: np.ndarray) -> float:
+    if not len(t):
+        return float("nan")
+    denominator = t.var() + p.var() + (t.mean() - p.mean()) ** 2
+    covariance = np.mean((t - t.mean()) * (p - p.mean()))
+    return float(2 * covariance / denominator) if denominator > 0 else float("nan")
+
+
+def _pearson(t: np.ndarray, p: np.ndarray) -> float:
+    if len(t) < 2 or t.std() == 0 or p.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(t, p)[0, 1])
