@@ -1,7 +1,8 @@
 """Tiny randomly initialised models for the tests and the offline demo: a wav2vec2 with
-the 32-symbol CTC vocabulary, a RoBERTa with a locally trained byte-level BPE tokenizer and a
-Whisper speech recogniser with Whisper's special tokens, saved with save_pretrained so they
-load exactly like facebook/wav2vec2-base, roberta-base and openai/whisper-small."""
+the 32-symbol CTC vocabulary (and HuBERT, WavLM, data2vec-audio of the same shape), a RoBERTa
+with a locally trained byte-level BPE tokenizer, a Whisper speech recogniser with Whisper's
+special tokens and a Whisper model without tokenizer for its encoder, saved with save_pretrained
+so they load exactly like facebook/wav2vec2-base, roberta-base and openai/whisper-small."""
 import json
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
+    Data2VecAudioConfig,
+    Data2VecAudioModel,
     GenerationConfig,
     HubertConfig,
     HubertModel,
@@ -24,6 +27,7 @@ from transformers import (
     WhisperConfig,
     WhisperFeatureExtractor,
     WhisperForConditionalGeneration,
+    WhisperModel,
     WhisperProcessor,
     WhisperTokenizer,
 )
@@ -64,6 +68,15 @@ SPEECH_ENCODERS = {
     "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
     "hubert": (HubertConfig, HubertModel),
     "wavlm": (WavLMConfig, WavLMModel),
+    "data2vec-audio": (Data2VecAudioConfig, Data2VecAudioModel),
+}
+# data2vec-audio's feature encoder is always layer-normed and its positional embedding is a stack
+# of num_conv_pos_embeddings convolutions of conv_pos_kernel_size (its config would keep the
+# wav2vec2 settings it has no use for as stray attributes, so they are replaced).
+KIND_SIZES = {
+    "data2vec-audio": dict({k: v for k, v in TINY_SPEECH_SIZES.items()
+                            if k not in ("feat_extract_norm", "do_stable_layer_norm")},
+                           num_conv_pos_embeddings=2, conv_pos_kernel_size=5),
 }
 # WavLM's gated relative-position attention has no SDPA version in transformers.
 EAGER_ONLY = {"wavlm"}
@@ -96,12 +109,13 @@ WHISPER_TIMESTAMPS = ["<|%.2f|>" % (i * 0.02) for i in range(1501)]
 
 
 def tiny_speech_encoder_config(kind: str = "wav2vec2", **overrides):
-    """Config of a tiny wav2vec2, HuBERT or WavLM, all with wav2vec2-base's architecture choices."""
+    """Config of a tiny wav2vec2, HuBERT, WavLM or data2vec-audio, all with wav2vec2-base's
+    architecture choices (data2vec-audio: its own layer-norm feature encoder)."""
     if kind not in SPEECH_ENCODERS:
         raise ValueError(f"unknown speech encoder {kind!r}; choose one of {sorted(SPEECH_ENCODERS)}")
     config_class, _ = SPEECH_ENCODERS[kind]
     attention = "eager" if kind in EAGER_ONLY else "sdpa"
-    return config_class(**{**TINY_SPEECH_SIZES, "attn_implementation": attention, **overrides})
+    return config_class(**{**KIND_SIZES.get(kind, TINY_SPEECH_SIZES), "attn_implementation": attention, **overrides})
 
 
 def tiny_speech_encoder(kind: str = "wav2vec2", **overrides):
@@ -147,7 +161,8 @@ def save_speech_encoder(encoder, path) -> Path:
     attention mask for group norm (wav2vec2-base), one for layer norm (wav2vec2-large-lv60)."""
     path = Path(path)
     encoder.save_pretrained(path)
-    wav2vec2_feature_extractor(attention_mask=encoder.config.feat_extract_norm == "layer").save_pretrained(path)
+    layer_norm = getattr(encoder.config, "feat_extract_norm", "layer") == "layer"  # data2vec-audio: always
+    wav2vec2_feature_extractor(attention_mask=layer_norm).save_pretrained(path)
     return path
 
 
@@ -258,6 +273,22 @@ def save_tiny_whisper(path, seed: int) -> Path:
     model.save_pretrained(path)
     processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
     processor.save_pretrained(path)
+    return path
+
+
+def save_whisper_speech_encoder(path, seed: int = 0, **overrides) -> Path:
+    """A tiny random WhisperModel (no tokenizer: --wav2vec2 uses its encoder only) with
+    WhisperFeatureExtractor, written to `path`; loads like openai/whisper-small as a speech
+    encoder. The decoder is one layer over a 64-token vocabulary, never run."""
+    path = Path(path)
+    settings = dict(TINY_WHISPER_SIZES, decoder_layers=1, vocab_size=64, decoder_start_token_id=1, bos_token_id=0,
+                    eos_token_id=0, pad_token_id=0, begin_suppress_tokens=None, suppress_tokens=None,
+                    attn_implementation="sdpa")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = WhisperModel(WhisperConfig(**{**settings, **overrides}))
+    model.save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=model.config.num_mel_bins).save_pretrained(path)
     return path
 
 

@@ -13,10 +13,8 @@ import torch
 import export
 import predict
 import run
-from dataio.audio import normalize, read_audio
+from dataio.ssl_features import extract
 from models import ModelConfig
-from models.encoders import load_speech_encoder
-from models.hidden_states import hidden_states
 from models.probe import LayerFeaturizer, Probe
 from dataio.validate import InputProblems
 from inference import EmotionRecognizer
@@ -157,19 +155,11 @@ def test_probe_refusals(tmp_path, capsys):
 # ---------------------------------------------------------------- the demo on cached states
 @pytest.fixture(scope="module")
 def demo_states(demo, tmp_path_factory):
-    """The demo's hidden states by its tiny wav2vec2 (every state, float16, one utterance at a
-    time), in the layout and with the encoder.json of data_prep/extract_ssl.py."""
+    """The demo's hidden states by its tiny wav2vec2, every one, in float16, as
+    data_prep/extract_ssl.py writes them."""
     folder = tmp_path_factory.mktemp("ssl")
-    encoder = load_speech_encoder(str(demo.wav2vec2_model))
-    table = pd.read_csv(demo.csv)
-    for name in table["FileName"]:
-        wave = torch.from_numpy(normalize(read_audio(demo.audio / f"{name}.wav")))[None]
-        states, frames = hidden_states(encoder, wave)
-        np.save(folder / f"{name}.npy", states[0, :, : int(frames[0])].numpy().astype(np.float16))
-    count = states.shape[1]
-    (folder / "encoder.json").write_text(json.dumps({"encoder": str(demo.wav2vec2_model),
-                                                     "layers": list(range(count))}))
-    return folder, count
+    extract(demo.csv, demo.audio, folder, str(demo.wav2vec2_model), device="cpu")
+    return folder, json.loads((folder / "encoder.json").read_text())["states"]
 
 
 @pytest.mark.parametrize("variant", ["mmer", "cai_sota"])
