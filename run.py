@@ -24,10 +24,11 @@ before_torch()  # OpenMP reads its waiting policy when torch loads it (utils/thr
 # the flags need no torch: they are checked before it loads (below), so nonsense is refused at once
 from dataio.schema import CTC_TEXT_FORMS, UTTERANCE_TYPES  # noqa: E402
 from models.errors import MMERError  # noqa: E402
-from models.settings import (AUDIO_DROPOUT, CONTRASTIVE_FORMS, CTC_REDUCTIONS, POOLING_METHODS,  # noqa: E402
-                             PROBE_HEADS, TEXT_POOLING_METHODS, VARIANTS, ModelConfig, layer_weights_choice)
-from training.settings import (AUDIO_VIEWS, CALIBRATION, MODEL_FLAGS, PROBE_DEFAULTS, RunConfig, presets,  # noqa: E402
-                               read_recipe, recipe_file)
+from models.settings import (AUDIO_DROPOUT, CATEGORICAL_LOSSES, CLASS_WEIGHTS, CONTRASTIVE_FORMS,  # noqa: E402
+                             CTC_REDUCTIONS, DIM_LOSSES, POOLING_METHODS, PROBE_HEADS, TASKS, TEXT_POOLING_METHODS,
+                             VARIANTS, ModelConfig, layer_weights_choice)
+from training.settings import (AUDIO_VIEWS, CALIBRATION, MODEL_FLAGS, PROBE_DEFAULTS, SAMPLERS,  # noqa: E402
+                               SELECT_METRICS, RunConfig, presets, read_recipe, recipe_file)
 from utils.cli import HelpFormatter, Parser, add_number  # noqa: E402
 
 log = logging.getLogger("mmer")
@@ -50,8 +51,8 @@ def read_flags(argv=None) -> tuple[Parser, argparse.Namespace, dict]:
     (exit code 2, one line): no torch, no files but the recipe."""
     p = Parser(description=__doc__, formatter_class=HelpFormatter)
     d, m = RunConfig(), ModelConfig()
-    for add in (add_recipe_flags, add_data_flags, add_model_flags, add_objective_flags, add_optimisation_flags,
-                add_run_control_flags):
+    for add in (add_recipe_flags, add_data_flags, add_model_flags, add_objective_flags, add_task_flags,
+                add_optimisation_flags, add_run_control_flags):
         add(p, d, m)
     try:
         recipe = recipe_settings(p, argv)
@@ -217,6 +218,40 @@ def add_objective_flags(p, d: RunConfig, m: ModelConfig) -> None:
     objectives.add_argument("--audio_view", default=d.audio_view,
                             help=f"the augmented views' audio: a comma list of {', '.join(AUDIO_VIEWS)}, or none "
                                  "(then only the transcript is augmented)")
+
+
+def add_task_flags(p, d: RunConfig, m: ModelConfig) -> None:
+    """Dimensional emotion (arousal, valence, dominance) and imbalanced classes (models/dimensional.py)."""
+    task = p.add_argument_group("dimensional emotion and imbalanced classes")
+    task.add_argument("--task", choices=TASKS, default=None,
+                      help="categorical: the classes; dimensional: the table's attribute columns (arousal, valence, "
+                           "dominance) from an attribute head on the classifier's input, the classifier left untrained "
+                           f"and unreported; both: the two heads, loss CE + dim_weight x attribute loss (default {m.task})")
+    task.add_argument("--dim_loss", choices=DIM_LOSSES, default=None,
+                      help="the attribute loss: ccc (1 - CCC averaged over the attributes, the MSP-Podcast baseline's) "
+                           f"or mse, on the ratings normalised to [0, 1] (default {m.dim_loss})")
+    add_number(task, "--dim_weight", float, 0, default=None,
+               help=f"weight of the attribute loss under --task both (default {m.dim_weight})")
+    task.add_argument("--attribute_range", default=None,
+                      help="the attributes' rating scale low,high, mapped to [0, 1] for training and back for the "
+                           "results (default: read from the table, its lowest and highest rating rounded out to whole "
+                           "numbers: IEMOCAP 1,5; MSP-Podcast 1,7)")
+    task.add_argument("--soft_targets", action="store_true", default=None,
+                      help="train the categorical head on the annotators' vote fractions (the table's votes_<class> "
+                           "columns, data_prep/import_msppodcast.py) instead of the consensus label")
+    task.add_argument("--class_weights", choices=CLASS_WEIGHTS, default=None,
+                      help="weigh each class in the categorical loss, from the fold's training labels: balanced = "
+                           f"N / (K x n_class) (the MSP-Podcast baseline's), sqrt = its square root (default {m.class_weights})")
+    task.add_argument("--loss", choices=CATEGORICAL_LOSSES, default=None,
+                      help=f"the categorical loss: ce (cross-entropy) or focal (Lin et al. 2017) (default {m.loss})")
+    add_number(task, "--focal_gamma", float, 0, default=None,
+               help=f"focal loss's gamma; 0 is cross-entropy (default {m.focal_gamma})")
+    task.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
+                      help="balanced: each training batch drawn with replacement, every class about equally often "
+                           "(dataio/sampling.py); default: every training utterance once per epoch")
+    task.add_argument("--select_metric", choices=SELECT_METRICS, default=None,
+                      help="the dev metric that picks the best epoch: ua, macro_f1 or ccc_mean (the mean CCC of the "
+                           "attributes; --task dimensional or both) (default ua; --task dimensional: ccc_mean)")
 
 
 def add_optimisation_flags(p, d: RunConfig, m: ModelConfig) -> None:

@@ -181,10 +181,14 @@ class EmotionDataset(torch.utils.data.Dataset):
     transcripts (prediction) the items get label -1 and an empty CTC target."""
 
     def __init__(self, names, waves, labels=None, transcripts=None, text_features=None, ctc_text: str = "clean",
-                 ssl_states=None):
+                 ssl_states=None, attributes=None, soft_targets=None):
         """waves: Waves, or a list of ready arrays; None with ssl_states, a store of each
         utterance's cached hidden states [frames, states, width], which the items then carry
-        instead of the audio (their `length` is then a frame count)."""
+        instead of the audio (their `length` is then a frame count). attributes: [N, A] float
+        ratings (NaN where missing) and soft_targets: [N, K] vote fractions, for the training
+        objectives that read them (None: the items carry none)."""
+        self.attributes = None if attributes is None else np.asarray(attributes, dtype=np.float32)
+        self.soft_targets = None if soft_targets is None else np.asarray(soft_targets, dtype=np.float32)
         self.names = list(names)
         self.ssl_states = ssl_states
         if ssl_states is not None:
@@ -215,7 +219,9 @@ class EmotionDataset(torch.utils.data.Dataset):
                 "length": int(self.sample_lengths[i]), "label": self.labels[i], "target": self.target(i),
                 "text": None if self.text_features is None else self.text_features[i],
                 "conv_features": self.conv_features[i] if conv else None,
-                "ssl_states": self.ssl_states[i] if ssl else None}
+                "ssl_states": self.ssl_states[i] if ssl else None,
+                "attributes": None if self.attributes is None else self.attributes[i],
+                "soft_targets": None if self.soft_targets is None else self.soft_targets[i]}
 
 
 @dataclass
@@ -232,6 +238,8 @@ class Batch:
     conv_features: torch.Tensor | None = None    # [B, frames, C] cached feature-encoder output (then no input_values)
     ssl_states: torch.Tensor | None = None       # [B, frames, states, D] cached hidden states (then no input_values,
     #                                              and sample_lengths holds frame counts)
+    attributes: torch.Tensor | None = None       # [B, A] attribute ratings, normalised (NaN where missing)
+    soft_targets: torch.Tensor | None = None     # [B, K] the annotators' vote fractions (NaN where none)
 
     def to(self, device, non_blocking=False) -> "Batch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -288,6 +296,9 @@ class Collator:
                                           width)[0]
             if self.spec.return_attention_mask:
                 batch.attention_mask = lengths_to_mask(lengths, batch.input_values.shape[1]).long()
+        for key in ("attributes", "soft_targets"):
+            if items[0].get(key) is not None:
+                setattr(batch, key, torch.from_numpy(np.stack([it[key] for it in items])))
         if items[0]["text"] is not None:
             batch.text, batch.text_lengths = pad_rows([torch.from_numpy(it["text"]) for it in items])
         return batch

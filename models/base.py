@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dimensional import AttributeHead, attribute_loss, focal_loss, soft_target_loss
 from .encoders import encode_conv_features, frame_lengths
 from .fusion import lengths_to_mask
 from .objectives import (AUGMENTATION_CONTRASTIVE, SELF_CONTRASTIVE, AudioPooling, ProjectionHead, gather_pool,
                          stand_in_loss)
-from .settings import (AUDIO_DROPOUT, CONTRASTIVE_FORMS, CTC_REDUCTIONS, TEXT_POOLING_METHODS,
-                       UPSTREAM_MICRO_BATCH, ModelConfig)
+from .settings import (AUDIO_DROPOUT, CATEGORICAL_LOSSES, CLASS_WEIGHTS, CONTRASTIVE_FORMS, CTC_REDUCTIONS,
+                       DIM_LOSSES, TASKS, ATTRIBUTES, TEXT_POOLING_METHODS, UPSTREAM_MICRO_BATCH, ModelConfig)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class EmotionOutput:
     embedding: torch.Tensor | None = None     # [B, classifier input]: what the contrastive heads read
     projection: torch.Tensor | None = None    # [B, D] the 2023 head's projection of the embedding
     view: "EmotionOutput | None" = None       # the augmented views' output (training with aug_weight)
+    attributes: torch.Tensor | None = None    # [B, A] the attribute head's output, on the normalised [0, 1] scale
 
 
 class SpeechEmotionModel(nn.Module):
@@ -79,6 +81,9 @@ class SpeechEmotionModel(nn.Module):
             self.ctc_linear = nn.Linear(self.audio_dim, config.vocab_size)
         self.audio_pooling = AudioPooling(config.pooling, self.audio_dim)  # parameters only for attention
         self.pooled_dim = self.audio_pooling.output_dim
+        # --class_weights: one weight per class, set by training from the fold's labels (not saved: a
+        # training setting, recomputed on resume); None: every class weighs the same
+        self.register_buffer("class_weight", None, persistent=False)
 
     def add_objective_heads(self, embedding_dim: int) -> None:
         """The 2023 projection heads, after every other layer (the 2022 layers draw the same
@@ -88,6 +93,8 @@ class SpeechEmotionModel(nn.Module):
             self.projection = ProjectionHead(embedding_dim, self.audio_dim, self.audio_dim)
         if self.config.aug_weight:
             self.view_projection = ProjectionHead(embedding_dim, self.audio_dim, self.audio_dim)
+        if self.config.task != "categorical":   # last: the categorical layers draw the same weights with or without it
+            self.attribute_head = AttributeHead(embedding_dim, self.config.attributes or ATTRIBUTES)
 
     def attach_ssl_encoder(self, encoder: nn.Module) -> None:
         """Give a model on cached hidden states the frozen encoder that computes them from audio
@@ -107,6 +114,8 @@ class SpeechEmotionModel(nn.Module):
                                                  ssl_states), text, text_lengths)
         if hasattr(self, "projection"):
             output.projection = self.projection(output.embedding)
+        if hasattr(self, "attribute_head"):   # the attributes from the embedding the classifier reads
+            output.attributes = self.attribute_head(output.embedding)          # [B, A]
         if views is not None:
             view = self.classify(self.encode_audio(views["input_values"], views["sample_lengths"],
                                                    views.get("attention_mask"), views.get("conv_features"),
@@ -163,14 +172,27 @@ class SpeechEmotionModel(nn.Module):
         return self.ctc_linear(audio.ctc_frames) if self.has_ctc else None
 
     def loss(self, output: EmotionOutput, labels, ctc_targets=None, ctc_target_lengths=None,
-             rows_count: bool = True) -> dict:
+             rows_count: bool = True, attributes=None, soft_targets=None) -> dict:
         """CE + alpha * CTC (upstream's scale, module docstring) + the 2023 contrastive terms
         whose weights are set. With alpha = 0 the CTC term is computed for the log only,
         detached, so the CTC head receives no gradient. rows_count: False for a stand-in shard
         (utils/distributed.py, loss scale 0), which still takes part in gathering the batch and
-        in the gathered pools' backward, its contrastive terms exactly 0 (objectives.stand_in_loss)."""
-        ce = F.cross_entropy(output.logits.float(), labels)
-        losses = {"ce": ce, "total": ce}
+        in the gathered pools' backward, its contrastive terms exactly 0 (objectives.stand_in_loss).
+        Dimensional emotion (config.task): "dim" is the attribute loss of the normalised ratings
+        `attributes` [B, A]; under "dimensional" it replaces the categorical term (no "ce"),
+        under "both" it adds dim_weight times it. "ce" is the categorical term in the form the
+        config names (cross-entropy, focal, or against the vote fractions `soft_targets`)."""
+        losses = {}
+        if self.config.task != "dimensional":
+            losses["ce"] = self.categorical_loss(output.logits.float(), labels, soft_targets)
+            losses["total"] = losses["ce"]
+        if self.config.task != "categorical":
+            if attributes is None:
+                raise ValueError(f"task {self.config.task!r} needs the batch's attribute ratings (attributes)")
+            losses["dim"] = attribute_loss(output.attributes.float(), attributes.to(output.attributes.device),
+                                           self.config.dim_loss)
+            weighted = losses["dim"] if self.config.task == "dimensional" else self.config.dim_weight * losses["dim"]
+            losses["total"] = losses["total"] + weighted if "total" in losses else weighted
         if self.has_ctc and ctc_targets is not None:
             ctc_logits = output.ctc_logits if self.config.alpha else output.ctc_logits.detach()
             per_utterance = ctc_loss(ctc_logits, output.frame_lengths, ctc_targets, ctc_target_lengths,
@@ -182,6 +204,20 @@ class SpeechEmotionModel(nn.Module):
             losses[name] = value
             losses["total"] = losses["total"] + getattr(self.config, f"{name}_weight") * value
         return losses
+
+    def categorical_loss(self, logits, labels, soft_targets=None):
+        """The classifier's loss: cross-entropy (F.cross_entropy, as upstream), focal, or the
+        cross-entropy against the annotators' vote fractions; each weighted by class_weight when
+        it is set (--class_weights)."""
+        if self.config.soft_targets:
+            if soft_targets is None:
+                raise ValueError("soft_targets is set: the batch needs its vote fractions (soft_targets)")
+            return soft_target_loss(logits, soft_targets.to(logits.device), self.class_weight)
+        if self.config.loss == "focal":
+            return focal_loss(logits, labels, self.config.focal_gamma, self.class_weight)
+        if self.class_weight is None:
+            return F.cross_entropy(logits, labels)
+        return F.cross_entropy(logits, labels, weight=self.class_weight)
 
     def contrastive_losses(self, output: EmotionOutput, labels, rows_count: bool = True) -> dict:
         """The 2023 terms whose weight is set, in the form config.contrastive names: the
@@ -210,7 +246,9 @@ class SpeechEmotionModel(nn.Module):
 def check_choices(config: ModelConfig) -> None:
     """Settings outside their choices are refused by name (checkpoints and flags alike)."""
     for name, choices in (("ctc_reduction", CTC_REDUCTIONS), ("audio_dropout", AUDIO_DROPOUT),
-                          ("text_pooling", TEXT_POOLING_METHODS), ("contrastive", CONTRASTIVE_FORMS)):
+                          ("text_pooling", TEXT_POOLING_METHODS), ("contrastive", CONTRASTIVE_FORMS),
+                          ("task", TASKS), ("dim_loss", DIM_LOSSES), ("loss", CATEGORICAL_LOSSES),
+                          ("class_weights", CLASS_WEIGHTS)):
         if getattr(config, name) not in choices:
             raise ValueError(f"{name} {getattr(config, name)!r}: choose one of {', '.join(choices)}")
 

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
 from .base import ModelConfig
+from .settings import UNKNOWN_ENCODER
 from .errors import MMERError
 from .variants import build_model
 
@@ -345,6 +346,10 @@ def restore_model(path, run: str | None = None, wav2vec2: str | None = None, fro
 
 def frozen_encoder(path, config: ModelConfig, loaded: dict):
     """The pretrained encoder whose hidden states a model was trained on (loaded once per name)."""
+    if config.wav2vec2 == UNKNOWN_ENCODER:
+        raise CheckpointError(f"{path}: a {config.run} model on cached hidden states whose folder named no encoder (no "
+                              "encoder.json); to score audio, pass --wav2vec2 with the encoder (folder or hub name) "
+                              "that wrote them")
     if config.wav2vec2 not in loaded:
         from .encoders import load_speech_encoder
         try:

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import MMERError
+from .settings import ATTRIBUTES, DIM_LOSSES as ATTRIBUTE_LOSSES  # noqa: F401 (the names this module has always had)
 
-ATTRIBUTES = ("arousal", "valence", "dominance")
-ATTRIBUTE_LOSSES = ("ccc", "mse")
 DENOMINATOR_FLOOR = 1e-12  # CCC's 0/0 (constant, equal predictions and ratings) reads 0, with a zero gradient
 
 

@@ -16,6 +16,13 @@ AUDIO_DROPOUT = ("all", "ctc")
 # frozen-encoder baselines on cached hidden states (models/probe.py, --data_path_ssl)
 PROBE_HEADS = ("superb", "linear")   # EmoBox's (and emotion2vec's) Linear-ReLU-mean-Linear; a linear probe: mean-Linear
 PROBE_HIDDEN = 256                   # the superb head's width (EmoBox)
+UNKNOWN_ENCODER = "unknown"          # the encoder of cached states whose folder names none (another tool's)
+# dimensional emotion and imbalanced classes (models/dimensional.py, issue 30)
+TASKS = ("categorical", "dimensional", "both")   # --task: the classes, the attributes, or both heads trained
+ATTRIBUTES = ("arousal", "valence", "dominance")   # a table's attribute columns, in the head's order
+DIM_LOSSES = ("ccc", "mse")          # --dim_loss: 1 - mean CCC (the MSP-Podcast baseline's), or mean MSE
+CATEGORICAL_LOSSES = ("ce", "focal")   # --loss
+CLASS_WEIGHTS = ("none", "balanced", "sqrt")   # --class_weights (training/imbalance.py)
 
 
 def layer_weights_choice(value: str) -> str:
@@ -57,6 +64,16 @@ class ModelConfig:
     layer_weights: str = "learnable"  # learnable (softmax over learnable weights), last, or a state's index K
     probe_layer_norm: bool = False    # layer norm of each state before the weighted sum (s3prl's option)
     probe_head: str = "superb"        # --run probe's head: superb (Linear-ReLU-mean-Linear) or linear (mean-Linear)
+    # dimensional emotion and imbalanced classes; these defaults train the classes alone, as before
+    task: str = "categorical"         # categorical, dimensional (attributes only: the classifier is not trained), both
+    attributes: list | None = None    # the attribute columns the head predicts, in its output order
+    attribute_range: list | None = None   # [low, high]: the corpus's rating scale, mapped to [0, 1] for training
+    dim_loss: str = "ccc"             # ccc: 1 - mean CCC over the attributes; mse: their mean MSE
+    dim_weight: float = 1.0           # weight of the attribute loss beside the categorical one (task both)
+    loss: str = "ce"                  # the categorical loss: ce, or focal (Lin et al. 2017)
+    focal_gamma: float = 2.0          # focal's gamma; 0 is cross-entropy
+    class_weights: str = "none"       # none, balanced (N / (K n_k)) or sqrt, from each fold's training labels
+    soft_targets: bool = False        # train the categorical head on the table's votes_<class> fractions
 
     def to_dict(self) -> dict:
         return asdict(self)

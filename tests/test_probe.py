@@ -18,6 +18,8 @@ from models import ModelConfig
 from models.probe import LayerFeaturizer, Probe
 from dataio.validate import InputProblems
 from inference import EmotionRecognizer
+from inference.runs import load_models
+from models.checkpoint import CheckpointError
 
 
 def softmax(x):
@@ -124,6 +126,9 @@ def test_probe_learns_to_weight_the_state_that_carries_the_label(tmp_path, carri
     assert results["mean"]["ua"] > 0.6       # the label is there to be found; chance is 0.25
     info = json.loads((run_dir / "results.json").read_text())
     assert info["frozen_encoder"]["states"] == 5 and info["frozen_encoder"]["head"] == "superb"
+    assert info["frozen_encoder"]["encoder"] == "unknown"     # no encoder.json: not taken for the default encoder
+    with pytest.raises(CheckpointError, match="named no encoder"):
+        load_models(run_dir)
 
 
 def refused(argv, capsys) -> str:

@@ -14,9 +14,11 @@ from dataio.dataset import DataError, ssl_folder_shape
 from dataio.text_features import features_text_encoder, recorded_encoder
 from dataio.labels import read_label_map
 from models import MODELS, ModelConfig
+from models.settings import UNKNOWN_ENCODER
 from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint, model_settings
 from models.encoders import audio_input_spec, conv_cache_changes_training, conv_cache_refusal, encoder_config
 from training import runinfo
+from training.imbalance import parse_attribute_range
 from training.settings import (EVAL_OVERRIDABLE, MODEL_FLAGS, NOT_IN_RECIPE, PROBE_DEFAULTS, PROBE_MODEL_DEFAULTS,
                                RECIPE_FILE, RECORDED_FOLDS, RECORDED_RUN, ConfigError, RunConfig)
 from training.views import audio_view_settings
@@ -89,6 +91,7 @@ def resolve_configs(args, preset_model: dict) -> tuple[ModelConfig, RunConfig]:
     if not model_cfg.ssl_states:   # on cached states the encoder is loaded only to predict from audio
         check_model_name(model_cfg.wav2vec2, "--wav2vec2")
     check_views(args, model_cfg)
+    check_task(args, model_cfg)
     run_cfg = RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)})
     if model_cfg.ssl_states:
         check_frozen_encoder_flags(model_cfg, run_cfg)
@@ -102,6 +105,31 @@ def resolve_configs(args, preset_model: dict) -> tuple[ModelConfig, RunConfig]:
     if MODELS[model_cfg.run].uses_text:
         run_cfg.roberta = features_text_encoder(run_cfg.data_path_roberta, run_cfg.roberta)
     return model_cfg, run_cfg
+
+
+def check_task(args, model_cfg: ModelConfig) -> None:
+    """--select_metric against --task (its default: ua, or ccc_mean under --task dimensional, which
+    reports no class); the flags of the categorical loss mean nothing under --task dimensional."""
+    if args.select_metric is None:
+        args.select_metric = "ccc_mean" if model_cfg.task == "dimensional" else RunConfig().select_metric
+    if args.select_metric == "ccc_mean" and model_cfg.task == "categorical":
+        raise ConfigError("--select_metric ccc_mean picks the epoch by the attributes' mean CCC, and --task categorical "
+                          "predicts none: add --task both (or dimensional), or select on ua or macro_f1")
+    if args.select_metric != "ccc_mean" and model_cfg.task == "dimensional":
+        raise ConfigError(f"--select_metric {args.select_metric}: --task dimensional trains and reports no class, so "
+                          "the epoch is picked by the attributes' mean CCC: drop --select_metric, or use --task both")
+    if model_cfg.task == "dimensional" and (model_cfg.soft_targets or model_cfg.class_weights != "none"
+                                            or model_cfg.loss != "ce" or args.sampler == "balanced"):
+        raise ConfigError("--soft_targets, --class_weights, --loss focal and --sampler balanced shape the categorical "
+                          "loss, and --task dimensional trains none: drop them, or use --task both")
+    if model_cfg.task == "dimensional" and getattr(args, "calibrate", "none") == "dev":
+        raise ConfigError("--calibrate dev fits a temperature to the class probabilities, and --task dimensional "
+                          "predicts no class: drop --calibrate, or use --task both")
+    if args.attribute_range is not None:
+        parse_attribute_range(args.attribute_range)   # nonsense refused before any data is read
+    if args.attribute_range is not None and model_cfg.task == "categorical":
+        raise ConfigError("--attribute_range sets the attributes' scale, and --task categorical predicts none: add "
+                          "--task both (or dimensional), or drop it")
 
 
 def optimisation_defaults(run: str) -> dict:
@@ -136,7 +164,8 @@ def frozen_encoder_settings(args, model_cfg: ModelConfig) -> None:
                           "encoder.json); drop --wav2vec2, or extract the states with it")
     if encoder:
         model_cfg.wav2vec2 = local_path(encoder)
-    elif not args.wav2vec2:
+    elif not args.wav2vec2:   # recorded as unknown, not as the default encoder it may not be
+        model_cfg.wav2vec2 = UNKNOWN_ENCODER
         log.info("%s has no encoder.json (another tool's folder): %d hidden states of width %d; pass --wav2vec2 "
                  "with the encoder that wrote them to predict from audio later", folder, states, width)
     layers = stamp.get("layers")
@@ -218,7 +247,7 @@ def model_config(args, preset: dict, recorded: dict) -> ModelConfig:
             if getattr(args, key) is None and key not in preset:
                 values[key] = value
     values["wav2vec2"] = local_path(values["wav2vec2"])
-    for key in ("specaugment", "probe_layer_norm"):   # store_true flags: None (not given) is False
+    for key in ("specaugment", "probe_layer_norm", "soft_targets"):   # store_true flags: None (not given) is False
         values[key] = bool(values[key])
     kept = {key: value for key, value in recorded.items()
             if key in ModelConfig.__dataclass_fields__ and key not in MODEL_FLAGS}   # labels, text_dim, ...

@@ -6,20 +6,21 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dataio import corpus
 from models import ModelConfig
 from models.checkpoint import (calibration_temperature, checkpoint_path, load_checkpoint, restore_model,
                                save_checkpoint, scaled_probabilities, store_calibration)
-from training import runinfo
+from training import imbalance, runinfo
 from training.calibration import calibration_metrics, temperature_record
 from training.config import RunConfig
 from training.conv_cache import use_conv_cache
 from training.inputs import Corpus
 from training.settings import ConfigError
-from training.loop import (build_training, check_skipped, compile_regions, evaluate, fixed_lengths, log_epoch,
-                           make_loader, predict_split, report_long_targets, tensorboard_writer, train_epoch,
+from training.loop import (attribute_scores, build_training, check_skipped, compile_regions, evaluate, fixed_lengths,
+                           log_epoch, make_loader, predict_split, report_long_targets, tensorboard_writer, train_epoch,
                            uses_layerdrop, warn_ctc_scale, write_predictions)
 from training.metrics import emotion_metrics, metrics_by_group
 from training.views import Views, audio_view_settings, view_files
@@ -54,6 +55,7 @@ def run_fold(session: str, corpus_: Corpus, model_cfg: ModelConfig, run_cfg: Run
     dev_loader = make_loader(corpus_, fold.dev, run_cfg, False, device) if len(fold.dev) else None
     test_loader = make_loader(corpus_, fold.test, run_cfg, False, device)
     model, optimizer = build_training(model_cfg, run_cfg, device)
+    weights = set_class_weights(model, corpus_, fold.train, session)
     use_conv_cache(model, corpus_, run_cfg, device)
     rank0 = distributed.is_main()
     if rank0:
@@ -63,7 +65,9 @@ def run_fold(session: str, corpus_: Corpus, model_cfg: ModelConfig, run_cfg: Run
     def save_best(record):  # the fold's selected model, with the metrics it was chosen by
         save_checkpoint(run_dir / f"{session}_model.pt", model, model_config=model_cfg.to_dict(), session=session,
                         epoch=record["epoch"], selected_on=run_cfg.select_on,
-                        metrics={"dev": record["dev"], "test": record["test"]})
+                        metrics={"dev": record["dev"], "test": record["test"]},
+                        **({"selected_by": run_cfg.select_metric} if run_cfg.select_metric != "ua" else {}),
+                        **({"class_weights": weights} if weights is not None else {}))
 
     state = restore_fold(run_dir, session, model, optimizer, save_best) if run_cfg.resume else None
     state = state or runinfo.FoldState(session=session)
@@ -82,8 +86,8 @@ def run_fold(session: str, corpus_: Corpus, model_cfg: ModelConfig, run_cfg: Run
         record["dev"] = evaluate(model, dev_loader, device, run_cfg.precision) if dev_loader is not None else None
         record["test"] = evaluate(model, test_loader, device, run_cfg.precision)
         record["selected_on"] = run_cfg.select_on
-        score = record["dev" if run_cfg.select_on == "dev" else "test"]["ua"]
-        improved = score > state.best_score
+        score = record["dev" if run_cfg.select_on == "dev" else "test"][run_cfg.select_metric]
+        improved = score > state.best_score or state.best_epoch == 0   # the first epoch counts even at CCC <= -1 or NaN
         if improved:
             state.best_score, state.best_epoch = score, epoch
         state.epoch = epoch
@@ -95,6 +99,22 @@ def run_fold(session: str, corpus_: Corpus, model_cfg: ModelConfig, run_cfg: Run
                 save_best(record)
         log_epoch(session, record, board)
     return finish_fold(session, corpus_, model_cfg, run_cfg, device, run_dir, fold)
+
+
+def set_class_weights(model, corpus_: Corpus, train_idx, session) -> dict | None:
+    """--class_weights: the categorical loss's weight of each class, from the fold's training
+    labels (training/imbalance.py) -> {class: weight} as recorded, None without weights."""
+    mode = model.config.class_weights
+    if mode == "none":
+        return None
+    classes = corpus_.label_set.classes
+    labels = [corpus_.dataset.labels[i] for i in train_idx]
+    weights = imbalance.class_weights(imbalance.class_counts(labels, len(classes)), mode, classes,
+                                      f"fold {session}'s training part")
+    model.class_weight = torch.tensor(weights, dtype=torch.float32, device=next(model.parameters()).device)
+    log.info("fold %s: --class_weights %s: %s", session, mode,
+             ", ".join(f"{name} {weight:.3f}" for name, weight in zip(classes, weights)))
+    return {name: float(weight) for name, weight in zip(classes, weights)}
 
 
 def restore_fold(run_dir: Path, session: int, model, optimizer, save_best) -> "runinfo.FoldState | None":
@@ -156,7 +176,16 @@ def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint
     model.to(device)
     use_conv_cache(model, corpus_, run_cfg, device)
     loader = make_loader(corpus_, test_idx, run_cfg, False, device)
-    names, y_true, _, logits = predict_split(model, loader, device, run_cfg.precision, logits=True)
+    task = model.config.task
+    names, y_true, _, logits, *predicted = predict_split(model, loader, device, run_cfg.precision, logits=True,
+                                                         attributes=task != "categorical")
+    attributes = attribute_columns(corpus_, model.config, names, predicted[0][0]) if predicted else {}
+    if task == "dimensional":   # the classifier was not trained: no class is predicted or scored
+        if distributed.is_main():
+            write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, None, None,
+                              corpus_.label_set.classes, attributes)
+        return {**attributes_metrics(model.config, attributes), "n": int(len(names)), "epoch": payload.get("epoch"),
+                "selected_on": payload.get("selected_on"), **recorded_training(payload)}
     logits = torch.from_numpy(logits)
     temperature = calibration_temperature(payload)
     raw = scaled_probabilities(logits).numpy()
@@ -164,11 +193,11 @@ def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint
     y_pred = raw.argmax(axis=1)
     classes = corpus_.label_set.classes
     if distributed.is_main():
-        write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs, classes)
+        write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs, classes, attributes)
         if hasattr(model, "featurizer"):
             write_layer_weights(run_dir / f"{session}_layer_weights.json", model)
     metrics = {**emotion_metrics(y_true, y_pred, len(classes)), **calibration_metrics(y_true, probs),
-               "temperature": temperature}
+               "temperature": temperature, **attributes_metrics(model.config, attributes)}
     if payload.get("calibration"):  # what the checkpoint's temperature changed
         metrics["uncalibrated"] = calibration_metrics(y_true, raw)
         metrics["calibration"] = payload["calibration"]
@@ -177,7 +206,33 @@ def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint
         metrics["by_type"] = metrics_by_group(types, y_true, y_pred, len(classes))
     metrics["epoch"] = payload.get("epoch")
     metrics["selected_on"] = payload.get("selected_on")  # None: a checkpoint without our record (published)
+    metrics.update(recorded_training(payload))
     return metrics
+
+
+def attribute_columns(corpus_: Corpus, config, names, predicted) -> dict:
+    """{attribute: (the table's ratings, the predictions)} of the utterances `names`, both in the
+    corpus's units: the ratings as the table gives them (NaN where empty), the predictions mapped
+    back from [0, 1] by the model's recorded scale."""
+    rows = corpus_.table.set_index("FileName").loc[list(names)]
+    rated = imbalance.numeric_columns(rows, config.attributes)
+    return {name: (rated[:, i], predicted[:, i]) for i, name in enumerate(config.attributes)}
+
+
+def attributes_metrics(config, attributes: dict) -> dict:
+    """CCC, Pearson and MSE of each attribute (and ccc_mean), in the corpus's units; {} without attributes."""
+    if not attributes:
+        return {}
+    predicted = np.stack([attributes[name][1] for name in config.attributes], axis=1)
+    rated = np.stack([attributes[name][0] for name in config.attributes], axis=1)
+    return {**attribute_scores(config.attributes, predicted, rated),
+            "attribute_range": list(config.attribute_range)}
+
+
+def recorded_training(payload: dict) -> dict:
+    """What the checkpoint records of how it was trained and chosen beyond --select_on: the
+    class weights (--class_weights) and the metric that picked it (--select_metric, when not UA)."""
+    return {key: payload[key] for key in ("class_weights", "selected_by") if payload.get(key) is not None}
 
 
 def write_layer_weights(path: Path, model) -> None:

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from dataio.labels import LabelError
+from models.settings import ATTRIBUTES
 from training.settings import ConfigError
 
 CLASS_WEIGHT_MODES = ("none", "balanced", "sqrt")
@@ -89,3 +90,44 @@ def attribute_range(frame, columns, given: str | None = None, source: str = "the
         raise ConfigError(f"every rating in {source}'s {', '.join(columns)} is {low:g}, so the scale cannot be read "
                           "from them: give it with --attribute_range low,high")
     return low, high
+
+
+def numeric_columns(frame, columns, source: str = "the table"):
+    """The columns as float64 [rows, columns], an empty cell NaN (the tables are read with empty
+    cells kept as ""); a cell that is no number is refused, naming its column and row."""
+    values = np.full((len(frame), len(columns)), np.nan)
+    for k, column in enumerate(columns):
+        cells = frame[column]
+        for row, cell in enumerate(cells):
+            if isinstance(cell, str) and not cell.strip():
+                continue
+            try:
+                values[row, k] = float(cell)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{source}: column {column} holds {cell!r} (row {row + 1} of the table read): a "
+                                  "rating or vote fraction is a number, or an empty cell where none is known") from None
+    return values
+
+
+def table_attributes(frame, task: str, source: str = "the table") -> list[str]:
+    """The attribute columns of the table that --task dimensional / both trains on (in the attribute
+    head's order, models.settings.ATTRIBUTES); none is refused, naming the table's columns."""
+    present = [name for name in ATTRIBUTES if name in frame.columns]
+    if not present:
+        raise ConfigError(f"{source}: --task {task} trains on the attribute columns {', '.join(ATTRIBUTES)}, and the "
+                          f"table has none (its columns: {', '.join(map(str, frame.columns))}); re-make it with its "
+                          "importer (data_prep/iemocap_prep.py, data_prep/import_msppodcast.py), add them, or use "
+                          "--task categorical")
+    return present
+
+
+def vote_columns(frame, classes, source: str = "the table") -> list[str]:
+    """votes_<class> of each of the model's classes (data_prep/import_msppodcast.py writes them from
+    labels_detailed.csv), for --soft_targets; a missing one is refused, naming those expected."""
+    expected = [f"votes_{name}" for name in classes]
+    missing = [column for column in expected if column not in frame.columns]
+    if missing:
+        raise ConfigError(f"{source}: --soft_targets trains on the annotators' vote fractions, one column per class "
+                          f"({', '.join(expected)}), and the table lacks {', '.join(missing)}; import the corpus with "
+                          "its per-annotator labels (MSP-Podcast: Labels/labels_detailed.csv), or drop --soft_targets")
+    return expected

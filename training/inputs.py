@@ -16,8 +16,11 @@ from dataio.text_features import text_encoder_width
 from dataio.validate import feature_problems, file_problems, raise_problems, ssl_problems
 from models import MODELS, ModelConfig
 from models.checkpoint import find_checkpoints
+from models.dimensional import normalise_attributes
 from models.encoders import AudioInputSpec, audio_input_spec, encoder_config, min_samples, padding_is_exact
+from training import imbalance
 from training.config import RunConfig
+from training.settings import ConfigError
 from training.views import view_files
 from utils import distributed
 
@@ -72,7 +75,46 @@ def read_corpus_table(model_cfg: ModelConfig, run_cfg: RunConfig) -> Table:
         run_cfg.sessions = list(scheme.names)
     model_cfg.labels = label_set.to_dict()
     model_cfg.num_classes = len(label_set.classes)
+    check_objective_columns(frame, label_set, model_cfg, run_cfg)
     return Table(frame, label_set, scheme)
+
+
+def check_objective_columns(frame: pd.DataFrame, label_set: LabelSet, model_cfg: ModelConfig,
+                            run_cfg: RunConfig) -> None:
+    """The columns the training objectives read: the attributes of --task dimensional / both (their
+    scale read from the table, or --attribute_range, and recorded in the model's settings, which
+    map the predictions back to the corpus's units), and the votes of --soft_targets. Under
+    --eval_only the checkpoints' attributes and scale hold; the table must rate them."""
+    source = str(run_cfg.csv_path)
+    if model_cfg.task != "categorical":
+        if run_cfg.eval_only and model_cfg.attributes:
+            missing = [name for name in model_cfg.attributes if name not in frame.columns]
+            if missing:
+                raise ConfigError(f"{source}: the checkpoints predict {', '.join(model_cfg.attributes)}, and the "
+                                  f"table has no {', '.join(missing)} column to score them against (its columns: "
+                                  f"{', '.join(map(str, frame.columns))})")
+            imbalance.numeric_columns(frame, model_cfg.attributes, source)
+        else:
+            model_cfg.attributes = imbalance.table_attributes(frame, model_cfg.task, source)
+            ratings = pd.DataFrame(imbalance.numeric_columns(frame, model_cfg.attributes, source),
+                                   columns=model_cfg.attributes)
+            model_cfg.attribute_range = list(imbalance.attribute_range(ratings, model_cfg.attributes,
+                                                                       run_cfg.attribute_range, source))
+    if model_cfg.soft_targets and not run_cfg.eval_only:
+        imbalance.numeric_columns(frame, imbalance.vote_columns(frame, label_set.classes, source), source)
+
+
+def objective_targets(frame: pd.DataFrame, label_set: LabelSet, model_cfg: ModelConfig, run_cfg: RunConfig):
+    """-> (attributes [N, A] on the normalised [0, 1] scale, vote fractions [N, K]), each None
+    where the run does not train on it."""
+    source = str(run_cfg.csv_path)
+    attributes = soft = None
+    if model_cfg.task != "categorical":
+        attributes = normalise_attributes(imbalance.numeric_columns(frame, model_cfg.attributes, source),
+                                          *model_cfg.attribute_range)
+    if model_cfg.soft_targets and not run_cfg.eval_only:
+        soft = imbalance.numeric_columns(frame, imbalance.vote_columns(frame, label_set.classes, source), source)
+    return attributes, soft
 
 
 def prepared_corpus(model_cfg: ModelConfig, run_cfg: RunConfig) -> Corpus:
@@ -174,7 +216,8 @@ def load_corpus(table: Table, model_cfg: ModelConfig, run_cfg: RunConfig) -> Cor
         text = stored_text_features(frame["FileName"], run_cfg.data_path_roberta, cache, shown, here)
     if uses_text and run_cfg.data_path_roberta_view and not run_cfg.eval_only:
         view_text = stored_text_features(frame["FileName"], run_cfg.data_path_roberta_view, cache, False, here)
+    attributes, soft_targets = objective_targets(frame, table.label_set, model_cfg, run_cfg)
     dataset = EmotionDataset(frame["FileName"], waves, frame["label_index"], frame["text"], text, run_cfg.ctc_text,
-                             ssl_states=states)
+                             ssl_states=states, attributes=attributes, soft_targets=soft_targets)
     return Corpus(frame, dataset, Collator(spec), padding_exact, table.scheme, table.label_set, view_text=view_text)
 

@@ -6,17 +6,20 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from dataio.dataset import BucketBatchSampler, Collator, ExactBatchSampler, RandomBatchSampler
+from dataio.sampling import BalancedBatchSampler
 from models import build_model
+from models.dimensional import denormalise_attributes
 from models.encoders import frame_lengths
 from models.fusion import AttentionLayer
 from training import runinfo
 from training.inputs import Corpus
-from training.metrics import emotion_metrics
+from training.metrics import attribute_metrics, emotion_metrics
 from training.settings import PROBE_WEIGHT_DECAY
 from utils import distributed
 from utils.device import autocast, evaluation_precision, training_precision
@@ -34,8 +37,12 @@ def make_loader(corpus: Corpus, indices, run_cfg, train: bool, device):
     lengths = corpus.dataset.lengths()[indices]
     world, rank = distributed.world_size(), distributed.rank()
     if train:
-        sampler_cls = BucketBatchSampler if run_cfg.batching == "bucket" else RandomBatchSampler
-        sampler = sampler_cls(lengths, run_cfg.batch_size * world, shuffle=True, seed=run_cfg.seed)
+        if run_cfg.sampler == "balanced":  # the same draws on every rank (seed, epoch), each taking its shard
+            labels = np.asarray(corpus.dataset.labels)[indices]
+            sampler = BalancedBatchSampler(labels, run_cfg.batch_size * world, seed=run_cfg.seed, lengths=lengths)
+        else:
+            sampler_cls = BucketBatchSampler if run_cfg.batching == "bucket" else RandomBatchSampler
+            sampler = sampler_cls(lengths, run_cfg.batch_size * world, shuffle=True, seed=run_cfg.seed)
         sampler = DistributedBucketSampler(sampler, rank, world) if world > 1 else sampler
     else:  # padding-exact: every utterance scored as if alone, whatever --eval_batch_size; cached conv
         # features were computed alone and the encoder masks their padding, so they batch exactly too
@@ -60,7 +67,7 @@ def optimizer_step(optimizer, params, skipped: torch.Tensor) -> None:
     skipped += found_inf
 
 
-LOSSES = ("total", "ce", "ctc", "supcon", "aug")  # logged per epoch as loss, ce_loss, ctc_loss, ...
+LOSSES = ("total", "ce", "ctc", "supcon", "aug", "dim")  # logged per epoch as loss, ce_loss, ctc_loss, ...
 
 
 def train_epoch(model, loader, optimizer, run_cfg, device, epoch: int, ddp=None) -> dict:
@@ -106,7 +113,8 @@ def train_epoch(model, loader, optimizer, run_cfg, device, epoch: int, ddp=None)
             means = dict(zip(LOSSES, mean_losses(values[:n], values[n])))
             elapsed = time.perf_counter() - start
             progress = (" ".join(f"{'loss' if k == 'total' else k} {v:.3f}" for k, v in means.items()
-                                 if k in ("total", "ce", "ctc") or logged_loss(model, k))
+                                 if k in ("total", "ctc") or logged_loss(model, k)
+                                 or (k == "ce" and model.config.task != "dimensional"))
                         + f" | {audio_seconds / elapsed:.0f} audio-s/s")
             bar.set_postfix_str(progress)
             if log_line:  # no bar in a log file (nohup, batch jobs): a line a minute instead
@@ -116,7 +124,9 @@ def train_epoch(model, loader, optimizer, run_cfg, device, epoch: int, ddp=None)
     *weighted, weight, nonfinite, audio_seconds = distributed.sum_floats([*sums.tolist(), audio_seconds], device)
     means = dict(zip(LOSSES, mean_losses(weighted, weight)))
     record = {"loss": means["total"], "ce_loss": means["ce"], "ctc_loss": means["ctc"]}
-    record.update({f"{k}_loss": means[k] for k in ("supcon", "aug") if logged_loss(model, k)})
+    record.update({f"{k}_loss": means[k] for k in ("supcon", "aug", "dim") if logged_loss(model, k)})
+    if model.config.task == "dimensional":   # no categorical loss is trained
+        del record["ce_loss"]
     return {**record, "optimizer_steps": steps, "micro_batches": micro, "skipped_steps": int(skipped.item()),
             "nonfinite_micro_batches": int(nonfinite), "audio_seconds": round(audio_seconds, 2)}
 
@@ -128,7 +138,9 @@ def audio_seconds_of(batch) -> float:
 
 
 def logged_loss(model, name: str) -> bool:
-    """The 2023 losses are logged when they are trained."""
+    """The 2023 losses and the attribute loss are logged when they are trained."""
+    if name == "dim":
+        return model.config.task != "categorical"
     return bool(getattr(model.config, f"{name}_weight", 0.0))
 
 
@@ -141,9 +153,10 @@ def forward_backward(model, ddp, batch, scale: float, run_cfg, device, view_batc
     views = None if view_batch is None else view_batch.model_inputs()
     with autocast(device, trains_in(run_cfg, device, model.audio_dim)):
         output = (ddp or model)(**batch.model_inputs(), views=views)
-    losses = model.loss(output, batch.labels, batch.ctc_targets, batch.ctc_target_lengths, rows_count=scale > 0)
+    losses = model.loss(output, batch.labels, batch.ctc_targets, batch.ctc_target_lengths, rows_count=scale > 0,
+                        attributes=batch.attributes, soft_targets=batch.soft_targets)
     (losses["total"] * scale / run_cfg.accum_grad).backward()
-    zero = losses["ce"].detach() * 0
+    zero = losses["total"].detach() * 0
     return torch.stack([losses.get(k, zero) for k in LOSSES]).detach()
 
 
@@ -159,42 +172,77 @@ def mean_losses(weighted: list, weight: float) -> list[float]:
 
 
 @torch.inference_mode()
-def predict_loader(model, loader, device, precision: str, logits: bool = False):
+def predict_loader(model, loader, device, precision: str, logits: bool = False, attributes: bool = False):
     """-> names, true labels, predicted labels, class probabilities [N, 4] (with `logits`: the
     logits instead, in float32; loader order; a rank may have no evaluation batch). In fp32
-    unless `precision` is bf16."""
+    unless `precision` is bf16. With `attributes` (a model with an attribute head), the last
+    returned array holds, after the K class columns, the predicted attributes [N, A] and then
+    the batch's ratings [N, A], both on the normalised scale (NaN where a rating is missing)."""
     model.eval()
-    names, labels, probs = [], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, model.config.num_classes)]
+    width = model.config.num_classes + (2 * len(model.config.attributes) if attributes else 0)
+    names, labels, probs = [], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, width)]
     for batch in loader:
         names += batch.names
         labels.append(batch.labels)
+        rated = batch.attributes
         batch = batch.to(device, non_blocking=True)
         with autocast(device, evaluation_precision(precision)):
-            scores = model(**batch.model_inputs()).logits.float()
-        probs.append((scores if logits else torch.softmax(scores, dim=-1)).cpu())
+            output = model(**batch.model_inputs())
+        scores = output.logits.float()
+        row = [(scores if logits else torch.softmax(scores, dim=-1)).cpu()]
+        if attributes:
+            row += [output.attributes.float().cpu(),
+                    rated if rated is not None else torch.full(row[-1].shape, float("nan"))]
+        probs.append(torch.cat(row, dim=1))
     probs = torch.cat(probs).numpy()
-    return names, torch.cat(labels).numpy(), probs.argmax(axis=1), probs
+    return names, torch.cat(labels).numpy(), probs[:, :model.config.num_classes].argmax(axis=1), probs
 
 
-def predict_split(model, loader, device, precision: str, logits: bool = False):
+def predict_split(model, loader, device, precision: str, logits: bool = False, attributes: bool = False):
     """predict_loader on this rank's batches, gathered from every rank: one row per utterance,
-    ordered by name (the same rows whatever the number of processes)."""
-    names, labels, _, probs = predict_loader(model, loader, device, precision, logits)
-    return distributed.gather_predictions(names, labels, probs)
+    ordered by name (the same rows whatever the number of processes). With `attributes`: ->
+    names, labels, predictions, probabilities, and (predicted, rated) attributes [N, A] each,
+    in the corpus's units (ModelConfig.attribute_range)."""
+    names, labels, _, probs = predict_loader(model, loader, device, precision, logits, attributes)
+    names, labels, _, probs = distributed.gather_predictions(names, labels, probs)
+    k = model.config.num_classes
+    y_pred = probs[:, :k].argmax(axis=1)
+    if not attributes:
+        return names, labels, y_pred, probs
+    count = len(model.config.attributes)
+    predicted, rated = (denormalise_attributes(probs[:, k + i * count: k + (i + 1) * count],
+                                               *model.config.attribute_range) for i in (0, 1))
+    return names, labels, y_pred, probs[:, :k], (predicted, rated)
 
 
 def evaluate(model, loader, device, precision: str) -> dict:
-    _, y_true, y_pred, _ = predict_split(model, loader, device, precision)
-    return emotion_metrics(y_true, y_pred, model.config.num_classes)
+    """The split's metrics: the classes' (not under task "dimensional") and the attributes' (in
+    the corpus's units, where the model has an attribute head)."""
+    task = model.config.task
+    split = predict_split(model, loader, device, precision, attributes=task != "categorical")
+    metrics = {} if task == "dimensional" else emotion_metrics(split[1], split[2], model.config.num_classes)
+    if task != "categorical":
+        metrics.update(attribute_scores(model.config.attributes, *split[4]))
+    return metrics
 
 
-def write_predictions(path: Path, names, y_true, y_pred, probs, classes) -> None:
-    """One row per test utterance: FileName, true and predicted class, each class's probability."""
-    frame = pd.DataFrame({"FileName": names,
-                          "true_label": [classes[i] for i in y_true],
-                          "predicted_label": [classes[i] for i in y_pred]})
-    for k, name in enumerate(classes):
-        frame[f"prob_{name}"] = probs[:, k]
+def attribute_scores(attributes, predicted, rated) -> dict:
+    """attribute_metrics of [N, A] predictions and ratings (training/metrics.py)."""
+    return attribute_metrics({name: rated[:, i] for i, name in enumerate(attributes)},
+                             {name: predicted[:, i] for i, name in enumerate(attributes)})
+
+
+def write_predictions(path: Path, names, y_true, y_pred, probs, classes, attributes: dict | None = None) -> None:
+    """One row per test utterance: FileName, true and predicted class, each class's probability
+    (probs None: the class is not predicted, task "dimensional"), and for each attribute
+    {name: (ratings, predictions)} its true_<name> and pred_<name>, in the corpus's units."""
+    frame = pd.DataFrame({"FileName": names, "true_label": [classes[i] for i in y_true]})
+    if probs is not None:
+        frame["predicted_label"] = [classes[i] for i in y_pred]
+        for k, name in enumerate(classes):
+            frame[f"prob_{name}"] = probs[:, k]
+    for name, (rated, predicted) in (attributes or {}).items():
+        frame[f"true_{name}"], frame[f"pred_{name}"] = rated, predicted
     with atomic_path(path, suffix=".csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6f")
 
@@ -238,9 +286,12 @@ def fixed_lengths(run_cfg, spec) -> bool:
 
 def freeze_untrained(model) -> None:
     """Freeze what no loss reaches, so that neither AdamW nor DDP waits for its gradient: the
-    CTC head when alpha = 0 (its loss is only logged, detached) and the encoder's mask
-    embedding when SpecAugment masks no time step. (DDP cannot skip these by itself: the CTC
-    head's output is one of the forward's outputs.)"""
+    CTC head when alpha = 0 (its loss is only logged, detached), the classifier under task
+    "dimensional" (no categorical loss) and the encoder's mask embedding when SpecAugment
+    masks no time step. (DDP cannot skip these by itself: the heads' outputs are among the
+    forward's outputs.)"""
+    if model.config.task == "dimensional":
+        model.classifier.requires_grad_(False)
     encoder = model.wav2vec2   # None on cached hidden states: no encoder is fine-tuned
     if hasattr(encoder, "masked_spec_embed") and not (
             encoder.config.apply_spec_augment and encoder.config.mask_time_prob > 0):
@@ -288,7 +339,7 @@ def warn_ctc_scale(record: dict, model_cfg, session) -> bool:
     Tiny or random encoders with long transcripts then predict one class (README, "When the CTC
     term dominates")."""
     weighted = model_cfg.alpha * record.get("ctc_loss", 0.0)
-    if not model_cfg.alpha or weighted <= CTC_WARNING_RATIO * max(record["ce_loss"], 1e-12):
+    if not model_cfg.alpha or "ce_loss" not in record or weighted <= CTC_WARNING_RATIO * max(record["ce_loss"], 1e-12):
         return False
     log.warning("fold %s epoch 1: the weighted CTC term (alpha %g x CTC %.1f = %.2f) is %.0fx the cross-entropy "
                 "(%.3f). The CTC gradient may swamp the emotion loss: if UA stays at chance, lower --alpha "
@@ -311,17 +362,27 @@ def check_skipped(record: dict, run_cfg, session: int) -> None:
 
 def log_epoch(session: int, record: dict, board=None) -> None:
     if board is not None:
-        for key in ("loss", "ce_loss", "ctc_loss", "skipped_steps"):
-            board.add_scalar(f"train/{key}", record[key], record["epoch"])
+        for key in ("loss", "ce_loss", "ctc_loss", "dim_loss", "skipped_steps"):
+            if key in record:
+                board.add_scalar(f"train/{key}", record[key], record["epoch"])
         for split in ("dev", "test"):
-            for key in ("wa", "ua", "macro_f1"):
-                if record[split]:
+            for key in ("wa", "ua", "macro_f1", "ccc_mean"):
+                if record[split] and key in record[split]:
                     board.add_scalar(f"{split}/{key}", record[split][key], record["epoch"])
         board.add_scalar("speed/audio_seconds_per_second", record["audio_seconds"] / record["seconds"], record["epoch"])
         board.flush()
-    dev = f"{record['dev']['ua']:.4f}" if record["dev"] else "-"
-    log.info("fold %s epoch %d: loss %.4f (ce %.4f, ctc %.4f) dev UA %s test UA %.4f%s [%.1fs]", session,
-             record["epoch"], record["loss"], record["ce_loss"], record["ctc_loss"], dev, record["test"]["ua"],
-             " *" if record["best_epoch"] == record["epoch"] else "", record["seconds"])
+    if "ce_loss" in record and "dim_loss" not in record:   # the categorical task: the line it always had
+        dev = f"{record['dev']['ua']:.4f}" if record["dev"] else "-"
+        log.info("fold %s epoch %d: loss %.4f (ce %.4f, ctc %.4f) dev UA %s test UA %.4f%s [%.1fs]", session,
+                 record["epoch"], record["loss"], record["ce_loss"], record["ctc_loss"], dev, record["test"]["ua"],
+                 " *" if record["best_epoch"] == record["epoch"] else "", record["seconds"])
+        return
+    parts = [f"{name} {record[key]:.4f}" for key, name in (("ce_loss", "ce"), ("dim_loss", "attributes"),
+                                                           ("ctc_loss", "ctc")) if key in record]
+    scores = [f"{split} {key} {record[split][key]:.4f}" for split in ("dev", "test") if record[split]
+              for key in ("ua", "ccc_mean") if key in record[split]]
+    log.info("fold %s epoch %d: loss %.4f (%s) %s%s [%.1fs]", session, record["epoch"], record["loss"],
+             ", ".join(parts), ", ".join(scores), " *" if record["best_epoch"] == record["epoch"] else "",
+             record["seconds"])
 
 

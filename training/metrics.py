@@ -4,6 +4,7 @@ emotion, CCC, Pearson and MSE of each attribute (attribute_metrics)."""
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
+from models.settings import ATTRIBUTES
 from training.calibration import CALIBRATION_KEYS
 
 
@@ -22,11 +23,26 @@ def emotion_metrics(y_true, y_pred, num_classes: int = 4) -> dict:
     }
 
 
+def attribute_keys(fold_metrics: dict) -> tuple[str, ...]:
+    """The attribute metrics every fold has (ccc_<attribute>, pearson_..., mse_..., ccc_mean; a
+    run with --task dimensional or both), in ATTRIBUTES order; () for a categorical run."""
+    keys = [f"{stat}_{name}" for stat in ("ccc", "pearson", "mse") for name in ATTRIBUTES] + ["ccc_mean"]
+    return tuple(key for key in keys if fold_metrics and all(key in m for m in fold_metrics.values()))
+
+
+def categorical_keys(fold_metrics: dict) -> tuple[str, ...]:
+    """wa, ua and macro_f1, unless the folds predict no class (--task dimensional)."""
+    keys = ("wa", "ua", "macro_f1")
+    return keys if not fold_metrics or all("ua" in m for m in fold_metrics.values()) else ()
+
+
 def summarize_folds(fold_metrics: dict) -> tuple[dict, dict]:
-    """Mean and (population) std over folds of wa, ua and macro_f1, and of ece, nll and brier
-    where every fold has them (results of older code have not)."""
-    keys = ("wa", "ua", "macro_f1") + tuple(key for key in CALIBRATION_KEYS
-                                            if fold_metrics and all(key in m for m in fold_metrics.values()))
+    """Mean and (population) std over folds of wa, ua and macro_f1 (not under --task
+    dimensional), of ece, nll and brier where every fold has them (results of older code have
+    not), and of the attribute metrics where every fold has them."""
+    keys = categorical_keys(fold_metrics) + tuple(key for key in CALIBRATION_KEYS
+                                                  if fold_metrics and all(key in m for m in fold_metrics.values()))
+    keys += attribute_keys(fold_metrics)
     values = {k: np.array([m[k] for m in fold_metrics.values()]) for k in keys}
     return ({k: float(v.mean()) for k, v in values.items()},
             {k: float(v.std()) for k, v in values.items()})

@@ -16,7 +16,7 @@ from training.calibration import (CALIBRATION_KEYS, calibrated, calibration_summ
                                  summary_values)
 from training.figures import (plot_confusion, plot_layer_weights, plot_learning_curves, plot_reliability,
                               session_key)
-from training.metrics import summarize_by_type, summarize_folds
+from training.metrics import attribute_keys, categorical_keys, summarize_by_type, summarize_folds
 from utils.files import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ def run_label(run: str, alpha, objectives: dict | None = None) -> str:
         label += " (normalised)"
     if objectives.get("utterance_types", "all") != "all":
         label += f" [{objectives['utterance_types']} only]"
+    if objectives.get("frozen"):   # on a frozen encoder's cached hidden states
+        label += f" ({objectives['frozen']})"
     return label
 
 
@@ -76,10 +78,12 @@ def results_frame(fold_metrics: dict, unit: str = "session") -> pd.DataFrame:
     mean, std = summarize_folds(fold_metrics)
     by_type = summarize_by_type(fold_metrics)
     calibration = calibration_columns(fold_metrics)
+    categorical, attributes = categorical_keys(fold_metrics), attribute_keys(fold_metrics)
     rows = {}
     for s, m in in_order(fold_metrics):
-        row = {k: m[k] for k in METRIC_KEYS}
+        row = {k: m[k] for k in categorical}
         row.update(calibration_row(m, calibration))
+        row.update({k: m[k] for k in attributes})
         for kind, typed in m.get("by_type", {}).items():
             row.update({f"{k}_{kind}": typed[k] for k in METRIC_KEYS}, **{f"n_{kind}": typed.get("n")})
         rows[f"{unit} {s}"] = row
@@ -93,7 +97,8 @@ def results_frame(fold_metrics: dict, unit: str = "session") -> pd.DataFrame:
     for kind, summary in by_type.items():
         rows["mean"].update({f"{k}_{kind}": summary["mean"][k] for k in METRIC_KEYS}, **{f"n_{kind}": summary["n"]})
         rows["std"].update({f"{k}_{kind}": summary["std"][k] for k in METRIC_KEYS})
-    columns = list(METRIC_KEYS) + calibration + [f"{k}_{kind}" for kind in by_type for k in (*METRIC_KEYS, "n")]
+    columns = (list(categorical) + calibration + [f"{k}_{kind}" for kind in by_type for k in (*METRIC_KEYS, "n")]
+               + list(attributes))
     return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns)
 
 
@@ -147,10 +152,11 @@ def write_results(run_dir, fold_metrics: dict, info: dict) -> dict:
         frame.to_csv(tmp, index_label="fold", float_format="%.4f")
     atomic_write_text(run_dir / "results.md", results_markdown(results))
     name = run_label(info.get("run", run_dir.name), info.get("alpha"), info.get("objectives"))
-    pooled = np.sum([np.array(m["confusion"]) for m in fold_metrics.values()], axis=0)
-    plot_confusion(pooled, run_dir / "confusion_matrix.png", classes,
-                   title=f"{name}: pooled over test {unit}s {', '.join(str(s) for s, _ in in_order(fold_metrics))}")
-    write_fold_confusions(run_dir, fold_metrics, name, unit, classes)
+    if categorical_keys(fold_metrics):   # --task dimensional predicts no class
+        pooled = np.sum([np.array(m["confusion"]) for m in fold_metrics.values()], axis=0)
+        plot_confusion(pooled, run_dir / "confusion_matrix.png", classes,
+                       title=f"{name}: pooled over test {unit}s {', '.join(str(s) for s, _ in in_order(fold_metrics))}")
+        write_fold_confusions(run_dir, fold_metrics, name, unit, classes)
     write_reliability(run_dir, fold_metrics, name, unit)
     write_learning_curves(run_dir, fold_metrics, info, name)
     write_layer_weights_figure(run_dir, fold_metrics, name, unit)
@@ -171,8 +177,14 @@ def write_layer_weights_figure(run_dir: Path, fold_metrics: dict, name: str, uni
 
 
 def format_table(fold_metrics: dict, title: str, unit: str = "session") -> str:
-    frame = results_frame(fold_metrics, unit).drop(index="pooled", errors="ignore")[list(METRIC_KEYS)] * 100
-    text = f"{title}\n" + frame.to_string(float_format=lambda v: f"{v:6.2f}")
+    full = results_frame(fold_metrics, unit).drop(index="pooled", errors="ignore")
+    text = title
+    if categorical_keys(fold_metrics):
+        text += "\n" + (full[list(METRIC_KEYS)] * 100).to_string(float_format=lambda v: f"{v:6.2f}")
+    attributes = [k for k in attribute_keys(fold_metrics) if not k.startswith("pearson_")]
+    if attributes:
+        text += "\nattributes (CCC; MSE in the corpus's units):\n" + full[attributes].to_string(
+            float_format=lambda v: f"{v:7.4f}")
     for kind, summary in summarize_by_type(fold_metrics).items():
         text += (f"\n{TYPE_NAMES.get(kind, kind)} test utterances ({summary['n']}): "
                  + ", ".join(f"{METRIC_NAMES[k]} {percent(summary['mean'][k])} ± {percent(summary['std'][k])}"
@@ -184,7 +196,7 @@ def format_table(fold_metrics: dict, title: str, unit: str = "session") -> str:
                  + ", ".join(f"{name} {calibration_value(k, now[k])}"
                              + (f" (plain softmax: {calibration_value(k, before[k])})" if before else "")
                              for k, name in CALIBRATION_NAMES.items()))
-    return text + "\n(percent; WA = accuracy, UA = mean per-class recall)"
+    return text + ("\n(percent; WA = accuracy, UA = mean per-class recall)" if categorical_keys(fold_metrics) else "")
 
 
 CALIBRATION_NAMES = {"ece": "ECE", "nll": "NLL", "brier": "Brier"}
@@ -206,16 +218,41 @@ def results_markdown(results: dict) -> str:
     folds = results["folds"]
     classes = results.get("classes", CLASS_NAMES)
     lines = [f"**{run}**, alpha {alpha}: {results.get('folds_from', 'leave-one-session-out')}, {len(classes)} "
-             f"classes, {len(folds)} folds; best epoch selected on: {selection}", "",
-             f"| test {results.get('fold_unit', 'session')} | utterances | WA (%) | UA (%) | macro-F1 (%) |",
-             "|---|---:|---:|---:|---:|"]
-    for session, m in folds.items():
-        lines.append(f"| {session} | {m.get('n', '')} | " + " | ".join(percent(m[k]) for k in METRIC_KEYS) + " |")
+             f"classes, {len(folds)} folds; best epoch selected on: {selection}", ""]
     total = sum(m.get("n", 0) for m in folds.values())
-    for row, values, n in (("mean", results["mean"], total or ""), ("std", results["std"], "")):
-        lines.append(f"| {row} | {n} | " + " | ".join(percent(values[k]) for k in METRIC_KEYS) + " |")
-    return "\n".join(lines + ["", *type_lines(results), *calibration_lines(results),
+    if categorical_keys(folds):
+        lines += [f"| test {results.get('fold_unit', 'session')} | utterances | WA (%) | UA (%) | macro-F1 (%) |",
+                  "|---|---:|---:|---:|---:|"]
+        for session, m in folds.items():
+            lines.append(f"| {session} | {m.get('n', '')} | " + " | ".join(percent(m[k]) for k in METRIC_KEYS) + " |")
+        for row, values, n in (("mean", results["mean"], total or ""), ("std", results["std"], "")):
+            lines.append(f"| {row} | {n} | " + " | ".join(percent(values[k]) for k in METRIC_KEYS) + " |")
+        lines.append("")
+    return "\n".join(lines + [*attribute_lines(results, total), *type_lines(results), *calibration_lines(results),
                               *transcript_lines(results.get("transcripts")), LEGEND]) + "\n"
+
+
+def attribute_lines(results: dict, total) -> list[str]:
+    """The attributes' CCC, Pearson and MSE per fold, mean and std (--task dimensional or both)."""
+    folds = results["folds"]
+    keys = attribute_keys(folds)
+    if not keys:
+        return []
+    header = " | ".join(key.replace("_", " ") for key in keys)
+    lines = [f"Attributes: CCC and Pearson, and MSE in the corpus's units{attribute_scale(folds)}:", "",
+             f"| test {results.get('fold_unit', 'session')} | utterances | {header} |",
+             "|---|---:|" + "---:|" * len(keys)]
+    for session, m in folds.items():
+        lines.append(f"| {session} | {m.get('n', '')} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |")
+    for row, values, n in (("mean", results["mean"], total or ""), ("std", results["std"], "")):
+        lines.append(f"| {row} | {n} | " + " | ".join(f"{values[k]:.4f}" for k in keys) + " |")
+    return lines + [""]
+
+
+def attribute_scale(folds: dict) -> str:
+    """' (rating scale 1-5)': the corpus's scale the folds recorded; '' where none did."""
+    scales = sorted({tuple(m["attribute_range"]) for m in folds.values() if m.get("attribute_range")})
+    return " (rating scale " + ", ".join(f"{low:g}-{high:g}" for low, high in scales) + ")" if scales else ""
 
 
 def calibration_lines(results: dict) -> list[str]:

@@ -50,6 +50,13 @@ def report(run_dir: Path, fold_metrics: dict, model_cfg: ModelConfig, run_cfg: R
                                   "hidden_states": model_cfg.ssl_layers, "layer_weights": model_cfg.layer_weights,
                                   "layer_norm": model_cfg.probe_layer_norm, "data_path_ssl": run_cfg.data_path_ssl,
                                   **({"head": model_cfg.probe_head} if model_cfg.run == "probe" else {})}
+        head = f"{model_cfg.probe_head} head, " if model_cfg.run == "probe" else ""
+        info["objectives"]["frozen"] = (f"{head}frozen {Path(model_cfg.wav2vec2).name}, {model_cfg.layer_weights} layers"
+                                        + (", layer norm" if model_cfg.probe_layer_norm else ""))
+    if model_cfg.task != "categorical":   # what the attribute head predicted, on which scale
+        info["task"] = {"task": model_cfg.task, "attributes": model_cfg.attributes,
+                        "attribute_range": model_cfg.attribute_range, "dim_loss": model_cfg.dim_loss,
+                        "dim_weight": model_cfg.dim_weight, "select_metric": run_cfg.select_metric}
     results = write_results(run_dir, fold_metrics, info)
     print(format_table(fold_metrics, f"{run_label(model_cfg.run, model_cfg.alpha, info['objectives'])}; best epoch: "
                                      f"{selection}",

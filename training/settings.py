@@ -14,6 +14,8 @@ RECIPE_FILE = "recipe.yaml"   # the resolved recipe in a run folder: `run.py --c
 NOT_IN_RECIPE = ("preset", "config", "world_size", "precision_resolved", "resume", "overwrite")
 AUDIO_VIEWS = ("speed", "tempo", "noise", "mask")   # --audio_view (training/views.py makes them)
 CALIBRATION = ("none", "dev")   # --calibrate
+SAMPLERS = ("default", "balanced")   # --sampler
+SELECT_METRICS = ("ua", "macro_f1", "ccc_mean")   # --select_metric
 
 
 class ConfigError(MMERError):
@@ -62,6 +64,9 @@ class RunConfig:
     data_path_audio_view: str | None = None
     data_path_roberta_view: str | None = None
     ctc_text: str = "clean"
+    attribute_range: str | None = None   # the attributes' rating scale "low,high"; None: read from the table
+    sampler: str = "default"      # balanced: class-balanced training batches (dataio/sampling.py)
+    select_metric: str = "ua"     # the dev metric that picks the best epoch: ua, macro_f1 or ccc_mean
     utterance_types: str = "all"
     resume: bool = False
     overwrite: bool = False
@@ -78,7 +83,8 @@ class RunConfig:
 # recorded values win (they hold that model); of a contradicting flag only these are honoured:
 MODEL_FLAGS = ("run", "wav2vec2", "alpha", "ctc_reduction", "dropout", "specaugment", "pooling", "text_pooling",
                "audio_dropout", "supcon_weight", "aug_weight", "temperature", "contrastive", "max_audio_samples",
-               "layer_weights", "probe_layer_norm", "probe_head")
+               "layer_weights", "probe_layer_norm", "probe_head", "task", "dim_loss", "dim_weight", "loss",
+               "focal_gamma", "class_weights", "soft_targets")
 EVAL_OVERRIDABLE = ("wav2vec2", "max_audio_samples")
 # run settings whose default, under --eval_only, is what the run being re-evaluated recorded
 RECORDED_RUN = ("csv_path", "data_path_audio", "data_path_roberta", "roberta", "data_path_ssl")
