@@ -152,7 +152,7 @@ class LinearLoss(nn.Module):
     def forward(self, x, views=None):
         return self.w * x
 
-    def loss(self, output, labels, ctc_targets=None, ctc_target_lengths=None, rows_count=True):
+    def loss(self, output, labels, ctc_targets=None, ctc_target_lengths=None, rows_count=True, attributes=None, soft_targets=None):
         return {"total": output, "ce": output}
 
 
@@ -160,7 +160,7 @@ class LinearLoss(nn.Module):
 class MicroBatch:
     x: torch.Tensor
     sample_lengths = torch.tensor([16000])
-    labels = ctc_targets = ctc_target_lengths = ssl_states = None
+    labels = ctc_targets = ctc_target_lengths = ssl_states = attributes = soft_targets = None
 
     def to(self, device, non_blocking=False):
         return self

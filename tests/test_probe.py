@@ -9,18 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 import export
 import predict
 import run
 from dataio.ssl_features import extract
-from models import ModelConfig
-from models.probe import LayerFeaturizer, Probe
 from dataio.validate import InputProblems
-from inference import EmotionRecognizer
+from inference import EmotionRecognizer, service
 from inference.runs import load_models
+from models import ModelConfig
 from models.checkpoint import CheckpointError
+from models.probe import LayerFeaturizer, Probe
 
+LIMITS = service.Limits(max_seconds=8.0, max_mb=1.0)
 
 def softmax(x):
     e = np.exp(x - x.max())
@@ -218,3 +220,9 @@ def test_prediction_and_both_exports_of_a_probe_run_agree_with_run_py(demo, prob
     table = predict.main([*wavs[:2], "--checkpoint_dir", str(probe_run), "--device", "cpu"])
     np.testing.assert_allclose(table[[f"prob_{c}" for c in classes]].to_numpy(),
                                probabilities(from_run[:2], classes), atol=1e-5)
+    recognizer = EmotionRecognizer.from_run(probe_run, device="cpu")
+    with TestClient(service.create_app(recognizer, probe_run, LIMITS)) as client:
+        answer = client.post("/predict", files={"file": ("a.wav", Path(wavs[0]).read_bytes())})
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose([answer.json()["probabilities"][c] for c in classes],
+                               probabilities(from_run[:1], classes)[0], atol=1e-5)
