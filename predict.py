@@ -1,5 +1,8 @@
 r"""Emotion of new recordings from the checkpoints run.py saved (or the published ones):
-class probabilities (hap, ang, neu, sad; hap includes exc) and the predicted label per file.
+class probabilities (hap, ang, neu, sad; hap includes exc) and the predicted label per file, and
+for a run trained with --task dimensional or both its attributes (one column each, e.g. arousal,
+valence, dominance, in the corpus's rating units as run.py's pred_<attribute>; under --task
+dimensional, whose classifier was never trained, the attributes alone).
 
     python predict.py --checkpoint_dir runs/mmer clip.wav [more.flac | folder/ | list.csv] \
         [--session N | --ensemble] [--transcript "..."] [--output predictions.json|.csv] [--skip_bad]
@@ -68,7 +71,7 @@ def text_features(inputs: pd.DataFrame, folder) -> list:
     return [read_text_feature(p) for p in feature_paths(inputs, folder)]
 
 
-def write_timelines(predictions, output: Path | None) -> None:
+def write_timelines(predictions, output: Path | None, attribute_range=None) -> None:
     """Long recordings: each one's windows, as a csv and a plot beside --output
     (`<output stem>_timelines/<recording>.csv|png`), or printed when there is no --output."""
     for prediction in (p for p in predictions if p.windows):
@@ -81,15 +84,15 @@ def write_timelines(predictions, output: Path | None) -> None:
         stem = Path(prediction.source).stem
         with atomic_path(folder / f"{stem}.csv", suffix=".csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6f")
-        plot_timeline(prediction, folder / f"{stem}.png")
+        plot_timeline(prediction, folder / f"{stem}.png", attribute_range)
         log.info("%s: %d windows, timeline in %s", prediction.source, len(table), folder / f"{stem}.csv")
 
 
 def labelled_metrics(inputs: pd.DataFrame, table: pd.DataFrame, label_set) -> dict | None:
     """WA, UA, macro-F1 and the confusion matrix when every recording has a label (the run's
     label set reads it: IEMOCAP's counts exc as hap); recordings whose label it leaves out are
-    not counted."""
-    if "label" not in inputs or inputs["label"].isna().all():
+    not counted. None for a model that predicts no class (--task dimensional)."""
+    if "label" not in inputs or inputs["label"].isna().all() or "predicted_label" not in table:
         return None
     problems = label_problems(inputs, label_set)
     if problems:
@@ -262,9 +265,12 @@ def run_prediction(args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
         predictions = predict_recordings(inputs, recognizer, progress=len(inputs) > recognizer.batch_size,
                                          features=features)
     table = predictions_table(predictions)
-    write_timelines(predictions, args.output)
+    write_timelines(predictions, args.output, recognizer.attribute_range)
     info = {"run": recognizer.run, "backend": args.backend, "checkpoints": [str(p) for p in recognizer.models],
-            "ensemble": len(recognizer.models) > 1, "class_names": recognizer.classes}
+            "ensemble": len(recognizer.models) > 1, "class_names": recognizer.classes if recognizer.predicts_classes
+            else None}
+    if recognizer.attributes:
+        info.update(attributes=recognizer.attributes, attribute_range=recognizer.attribute_range)
     metrics = labelled_metrics(inputs, table, recognizer.label_set)
     if metrics is not None:
         info["metrics"] = metrics

@@ -7,8 +7,11 @@ Loads the run once (inference.EmotionRecognizer) and answers:
 
     POST /predict        multipart: the audio in `file` (any format, rate or channel count
                          dataio.audio reads: libsndfile's and FFmpeg's containers), optional `transcript` -> label, probabilities, transcript used and its
-                         source, duration; for recordings over 30 s the timeline of windows
-    GET  /health         run, classes, sessions loaded, limits
+                         source, duration; for recordings over 30 s the timeline of windows; for a
+                         run trained with --task dimensional|both the attributes (corpus units) and
+                         their attribute_range, shown on the page on a valence-arousal plane and,
+                         for long recordings, over time (--task dimensional: label null, no classes)
+    GET  /health         run, classes, attributes and their range, sessions loaded, limits
     GET  /               the web page (upload or record a clip; the run browser in its second tab)
     GET  /api/run        the run folder's results (results.json, results.md) and the names of its pictures
     GET  /api/predictions  the run's test predictions, worst errors first

@@ -94,6 +94,10 @@ def build_network(fold_models: dict, folds: list[str], extra: dict) -> MMERForEm
     encoders = {json.dumps(m.wav2vec2.config.to_dict(), sort_keys=True) for m in fold_models.values()}
     if len(encoders) > 1:
         raise ExportError("the folds' speech encoders differ; export one fold with --session")
+    scales = {(m.config.task, str(m.config.attributes), str(m.config.attribute_range)) for m in fold_models.values()}
+    if len(scales) > 1:
+        raise ExportError(f"the folds predict different attributes or on different scales ({sorted(scales)}); "
+                          "export one fold with --session")
     classes = LabelSet.from_dict(first.config.labels).classes
     name = shared_name(first.config.wav2vec2)   # the folder's own speech encoder is built from its configuration
     temperatures = [m.calibration_temperature for m in fold_models.values()]   # run.py --calibrate dev
@@ -224,16 +228,20 @@ def check_folder(folder: Path, fold_models: dict) -> float:
         features = torch.randn(1, 7, first.config.text_dim, generator=generator)
         text = {"text_features": features, "text_lengths": torch.tensor([7])}
     with torch.inference_mode():
-        ours = reloaded(audio, **text).probabilities
+        ours = reloaded(audio, **text)
         lengths = torch.tensor([audio.shape[1]])
-        logits = [m.classify(m.encode_audio(audio, lengths), text.get("text_features"), text.get("text_lengths")).logits
-                  for m in fold_models.values()]
-        theirs = torch.stack([scaled_probabilities(z, m.calibration_temperature)
-                              for z, m in zip(logits, fold_models.values())]).mean(0)
-    worst = float((ours - theirs).abs().max())
+        outputs = [m.classify(m.encode_audio(audio, lengths), text.get("text_features"), text.get("text_lengths"))
+                   for m in fold_models.values()]
+        theirs = torch.stack([scaled_probabilities(o.logits, m.calibration_temperature)
+                              for o, m in zip(outputs, fold_models.values())]).mean(0)
+        worst = float((ours.probabilities - theirs).abs().max())
+        if hasattr(first, "attribute_head"):   # on the normalised scale, as the tolerance is meant
+            low, high = first.config.attribute_range
+            heads = torch.stack([m.attribute_head(o.embedding) for o, m in zip(outputs, fold_models.values())]).mean(0)
+            worst = max(worst, float(((ours.attributes - low) / (high - low) - heads).abs().max()))
     if not np.isfinite(worst) or worst > CHECK_TOLERANCE:
-        raise ExportError(f"{folder}: the reloaded folder's probabilities differ from the run's by {worst:.2e}; "
-                          "nothing was written")
+        raise ExportError(f"{folder}: the reloaded folder's probabilities or attributes differ from the run's by "
+                          f"{worst:.2e}; nothing was written")
     return worst
 
 

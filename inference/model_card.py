@@ -1,6 +1,6 @@
 """The model card of a shared model folder (README.md with the Hub's metadata): what the run
-measured, read from its results.json (WA, UA and macro-F1 per fold, their mean and spread, the
-protocol and how the best epochs were chosen, as the run labels it), where its transcripts came
+measured, read from its results.json (WA, UA and macro-F1 per fold, and the attributes' CCC for
+a run trained with --task dimensional or both, their mean and spread, the protocol and how the best epochs were chosen, as the run labels it), where its transcripts came
 from, its corpus and label set, intended use and limits, and the paper to cite."""
 import json
 
@@ -35,8 +35,11 @@ def metadata(results: dict, run: str, corpus: str, license_id: str, folds: list[
     """The card's YAML header: pipeline tag, tags, license, dataset and the Hub's model-index
     (the mean over the exported folds' test results, as results.json gives them per fold)."""
     chosen = [results["folds"][fold] for fold in folds]
-    metrics = [{"type": kind, "value": 100 * sum(m[key] for m in chosen) / len(chosen),
-                "name": f"{name}, mean over test fold(s) {', '.join(folds)}"} for key, kind, name in METRICS]
+    where = f"mean over test fold(s) {', '.join(folds)}"
+    metrics = [{"type": kind, "value": 100 * sum(m[key] for m in chosen) / len(chosen), "name": f"{name}, {where}"}
+               for key, kind, name in METRICS if all(key in m for m in chosen)]
+    metrics += [{"type": "ccc", "value": sum(m[f"ccc_{a}"] for m in chosen) / len(chosen),
+                 "name": f"CCC of {a} (concordance correlation), {where}"} for a in attribute_names(chosen[0])]
     return {"pipeline_tag": "audio-classification", "library_name": "transformers", "license": license_id,
             "tags": list(dict.fromkeys(["speech-emotion-recognition", "mmer", run, "wav2vec2", "audio-classification",
                                         "custom_code"])),
@@ -47,7 +50,31 @@ def metadata(results: dict, run: str, corpus: str, license_id: str, folds: list[
                 "metrics": metrics}]}]}
 
 
+def attribute_names(fold: dict) -> list[str]:
+    """The attributes a fold's results score (ccc_<name>, besides their mean), in their order."""
+    return [key[len("ccc_"):] for key in fold if key.startswith("ccc_") and key != "ccc_mean"]
+
+
 def fold_table(results: dict, folds: list[str], unit: str) -> str:
+    """The classes' metrics per fold (not for a run trained with --task dimensional) and the
+    attributes' CCC (a run with an attribute head)."""
+    first = next(iter(results["folds"].values()))
+    tables = [class_table(results, folds, unit)] if "wa" in first else []
+    if attribute_names(first):
+        tables.append(attribute_table(results, folds, unit, attribute_names(first)))
+    return "\n\n".join(tables)
+
+
+def attribute_table(results: dict, folds: list[str], unit: str, names: list[str]) -> str:
+    lines = [f"| test {unit} | " + " | ".join(f"CCC {a}" for a in names) + " | CCC mean | in this folder |",
+             "|---|" + "---:|" * (len(names) + 1) + "---|"]
+    for fold, m in results["folds"].items():
+        lines.append(f"| {fold} | " + " | ".join(f"{m[f'ccc_{a}']:.3f}" for a in names + ['mean']) +
+                     f" | {'yes' if fold in folds else ''} |")
+    return "\n".join(lines)
+
+
+def class_table(results: dict, folds: list[str], unit: str) -> str:
     lines = [f"| test {unit} | WA (%) | UA (%) | macro-F1 (%) | utterances | in this folder |", "|---|---:|---:|---:|---:|---|"]
     for fold, m in results["folds"].items():
         lines.append(f"| {fold} | {100 * m['wa']:.2f} | {100 * m['ua']:.2f} | {100 * m['macro_f1']:.2f} | "
@@ -57,6 +84,20 @@ def fold_table(results: dict, folds: list[str], unit: str) -> str:
         lines.append("| mean ± std | " + " | ".join(f"{100 * mean[k]:.2f} ± {100 * std.get(k, 0):.2f}"
                                                   for k, _, _ in METRICS) + " | | |")
     return "\n".join(lines)
+
+
+def outputs_line(config: dict, classes: list[str]) -> str:
+    """What the model answers: its classes and, trained with --task dimensional or both, its attributes."""
+    model = config.get("model") or {}
+    task = model.get("task", "categorical")
+    line = "" if task == "dimensional" else \
+        f"Classes, in the order of its probabilities: {', '.join(f'`{c}`' for c in classes)}."
+    if task != "categorical":
+        low, high = model.get("attribute_range") or ("?", "?")
+        line += (f"{' ' if line else ''}Attributes: {', '.join(f'`{a}`' for a in model.get('attributes') or [])}, "
+                 f"on the corpus's rating scale {low}-{high} (the pipeline's `attributes`)")
+        line += ("; trained with --task dimensional, it predicts no class." if task == "dimensional" else ".")
+    return line
 
 
 def transcripts_line(results: dict, run: str, text_encoder: dict | None, asr: dict | None) -> str:
@@ -87,7 +128,7 @@ def model_card(results: dict, config: dict, run: str, folds: list[str], classes:
 # MMER speech emotion recognition: {run} on {corpus}
 
 {VARIANTS.get(run, run)}; {what} of a {run} run, exported by the MMER repository's `export.py`.
-Classes, in the order of its probabilities: {', '.join(f'`{c}`' for c in classes)}.
+{outputs_line(config, classes)}
 
 ## Use
 

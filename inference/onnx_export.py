@@ -30,7 +30,8 @@ from utils.provenance import git_commit, package_versions
 
 log = logging.getLogger("mmer.export")
 MANIFEST = ONNX_MANIFEST  # what inference.EmotionRecognizer.from_onnx reads
-# version 2 only where a fold has a calibration temperature, which a version-1 runtime would ignore
+# version 2 only where a fold has a calibration temperature, which a version-1 runtime would ignore;
+# 3 only for --task dimensional, whose untrained probabilities an older runtime would report
 MANIFEST_VERSION = ONNX_MANIFEST_VERSIONS[0]
 TEXT_ENCODER = "text_encoder.onnx"
 TOKENIZER_DIR = "text_encoder_tokenizer"
@@ -73,7 +74,9 @@ class ModelGraph(nn.Module):
     """`<fold>_model.onnx`: the model's forward in eval mode on normalised audio. Without an
     attention mask every row is a whole recording (wav2vec2-base: never pad, see manifest);
     with one, the true sample counts are the mask's sums. `logits` are the model's, and
-    `probabilities` those of its checkpoint's calibration temperature."""
+    `probabilities` those of its checkpoint's calibration temperature; `attributes` (a model
+    with an attribute head) the head's output on the normalised [0, 1] scale, as the model's own
+    (the manifest's attributes entry says how to map them to the corpus's units)."""
 
     def __init__(self, model):
         super().__init__()
@@ -85,7 +88,8 @@ class ModelGraph(nn.Module):
         output = self.model.classify(audio, text_features, text_lengths)
         outputs = {"probabilities": calibrated_softmax(output.logits, self.temperature), "logits": output.logits,
                    "frame_lengths": output.frame_lengths, "ctc_logits": output.ctc_logits,
-                   "audio_frames": audio.frames if self.model.uses_text else None}
+                   "audio_frames": audio.frames if self.model.uses_text else None,
+                   "attributes": head_attributes(self.model, output)}
         return tuple(outputs[name] for name in model_outputs(self.model))
 
 
@@ -100,8 +104,20 @@ class FusionGraph(nn.Module):
 
     def forward(self, audio_frames, frame_lengths, text_features, text_lengths):
         audio = AudioFrames(audio_frames, lengths_to_mask(frame_lengths, audio_frames.shape[1]), frame_lengths)
-        logits = self.model.classify(audio, text_features, text_lengths).logits
-        return calibrated_softmax(logits, self.temperature), logits
+        output = self.model.classify(audio, text_features, text_lengths)
+        outputs = {"probabilities": calibrated_softmax(output.logits, self.temperature), "logits": output.logits,
+                   "attributes": head_attributes(self.model, output)}
+        return tuple(outputs[name] for name in fusion_outputs(self.model))
+
+
+def head_attributes(model, output):
+    """The attribute head's output [B, A] on the normalised scale, from the embedding the
+    classifier read (as the model's forward computes it); None without an attribute head."""
+    return model.attribute_head(output.embedding) if has_attributes(model) else None
+
+
+def has_attributes(model) -> bool:
+    return hasattr(model, "attribute_head")
 
 
 class TextEncoderGraph(nn.Module):
@@ -122,16 +138,21 @@ def model_inputs(model, attention_mask: bool) -> list[str]:
 
 def model_outputs(model) -> list[str]:
     return ["probabilities", "logits", "frame_lengths"] + (["ctc_logits"] if model.has_ctc else []) + \
-        (["audio_frames"] if model.uses_text else [])
+        (["audio_frames"] if model.uses_text else []) + (["attributes"] if has_attributes(model) else [])
 
 
-FUSION_OUTPUTS = ["probabilities", "logits"]
+def fusion_outputs(model) -> list[str]:
+    return ["probabilities", "logits"] + (["attributes"] if has_attributes(model) else [])
+
+
+
 # The names of the dynamic axes of every graph input and output (None: a fixed size). torch.export
 # names them s0, s1, ... or by length formulas; the manifest and runtimes read these instead.
 AXES = {"input_values": ("batch", "samples"), "attention_mask": ("batch", "samples"),
         "text_features": ("batch", "tokens", None), "text_lengths": ("batch",),
         "probabilities": ("batch", None), "logits": ("batch", None), "frame_lengths": ("batch",),
         "ctc_logits": ("batch", "frames", None), "audio_frames": ("batch", "frames", None),
+        "attributes": ("batch", None),
         "input_ids": ("batch", "tokens"), "last_hidden_state": ("batch", "tokens", None)}
 TEXT_AXES = {**AXES, "attention_mask": ("batch", "tokens")}  # the text encoder's mask is over tokens
 
@@ -235,7 +256,7 @@ class quiet_exporter:
 def check_graph(path: Path, module: nn.Module, checks: list[dict], outputs: list[str]) -> dict:
     """Run the graph with onnxruntime on each check's inputs and compare every output with
     PyTorch's; -> the largest absolute difference per output. Probabilities further apart than
-    CHECK_TOLERANCE fail the export."""
+    CHECK_TOLERANCE fail the export, and so do attributes (on the normalised scale)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -256,7 +277,8 @@ def check_graph(path: Path, module: nn.Module, checks: list[dict], outputs: list
                 raise ExportError(f"{path}: output {name} has shape {a.shape} in onnxruntime but {tuple(b.shape)} "
                                   "in PyTorch; the export did not keep the lengths dynamic")
             worst[name] = max(worst[name], float(np.abs(a.astype(np.float64) - b.numpy()).max(initial=0.0)))
-    if worst.get("probabilities", 0.0) > CHECK_TOLERANCE or worst.get("last_hidden_state", 0.0) > 1e-3:
+    if (worst.get("probabilities", 0.0) > CHECK_TOLERANCE or worst.get("attributes", 0.0) > CHECK_TOLERANCE
+            or worst.get("last_hidden_state", 0.0) > 1e-3):
         raise ExportError(f"{path}: onnxruntime differs from PyTorch by {worst} (tolerance {CHECK_TOLERANCE} on "
                           "probabilities); the exported graph is wrong, report it with the torch and onnx versions")
     return worst
@@ -273,8 +295,8 @@ def export_fold(model, fold: str, out: Path, opset: int | None, spec, min_sample
     if model.uses_text:
         entry["fusion"] = f"{fold}_fusion.onnx"
         fusion, fusion_traced, fusion_checks = FusionGraph(model), *fusion_examples(graph, traced, checks)
-        described["fusion"] = export_graph(fusion, fusion_traced, FUSION_OUTPUTS, out / entry["fusion"], opset)
-        checked["fusion"] = check_graph(out / entry["fusion"], fusion, fusion_checks, FUSION_OUTPUTS)
+        described["fusion"] = export_graph(fusion, fusion_traced, fusion_outputs(model), out / entry["fusion"], opset)
+        checked["fusion"] = check_graph(out / entry["fusion"], fusion, fusion_checks, fusion_outputs(model))
     return {**entry, "max_abs_diff_vs_torch": checked}, described
 
 
@@ -351,6 +373,9 @@ def export_run(run_dir, out, session=None, opset: int | None = None, run=None, w
         if model.config.run != first.config.run or model.config.wav2vec2 != first.config.wav2vec2:
             raise ExportError(f"{path}: holds a {model.config.run} model on {model.config.wav2vec2}, unlike the first "
                               f"fold's {first.config.run} on {first.config.wav2vec2}; export one run at a time")
+        if attribute_entry(model) != attribute_entry(first):
+            raise ExportError(f"{path}: predicts {attribute_entry(model)}, unlike the first fold's "
+                              f"{attribute_entry(first)}; export one run at a time")
         spec = audio_input_spec(model.config.wav2vec2)
         log.info("fold %s: exporting %s", fold, path)
         entry, graphs = export_fold(model, fold, out, opset, spec, min_samples_of(model.wav2vec2.config))
@@ -384,8 +409,9 @@ def build_manifest(model, spec, folds: dict, text: dict | None, graphs: dict) ->
     CTC decoding, the text encoder, and how the graphs chain."""
     encoder_config = model.wav2vec2.config
     calibrated = any(entry["calibration_temperature"] != 1.0 for entry in folds.values())
+    version = 3 if model.config.task == "dimensional" else 2 if calibrated else MANIFEST_VERSION
     return {
-        "manifest_version": ONNX_MANIFEST_VERSIONS[-1] if calibrated else MANIFEST_VERSION,
+        "manifest_version": version,
         "format": "onnx", "run": model.config.run,
         "classes": list(LabelSet.from_dict(model.config.labels).classes), "labels": model.config.labels,
         "sample_rate": spec.sampling_rate,
@@ -399,6 +425,7 @@ def build_manifest(model, spec, folds: dict, text: dict | None, graphs: dict) ->
                                "no padding: one recording per run, or rows of exactly equal length")},
         "speech_encoder": shared_name(model.config.wav2vec2),
         "text_encoder": text, "text_dim": model.config.text_dim if model.uses_text else None,
+        "task": model.config.task, "attributes": attribute_entry(model),
         "folds": folds,
         "inputs": {name: graph["inputs"] for name, graph in graphs.items()},
         "outputs": {name: graph["outputs"] for name, graph in graphs.items()},
@@ -412,10 +439,27 @@ def build_manifest(model, spec, folds: dict, text: dict | None, graphs: dict) ->
     }
 
 
+def attribute_entry(model) -> dict | None:
+    """The manifest's record of the attributes a model predicts: their names in the graphs'
+    column order and the corpus's rating scale; None without an attribute head."""
+    if not has_attributes(model):
+        return None
+    low, high = model.config.attribute_range
+    return {"names": list(model.config.attributes), "range": [float(low), float(high)],
+            "graph_scale": "normalised: the corpus's units are attributes * (high - low) + low"}
+
+
 def how_to_run(model, spec, calibrated: bool = False) -> list[str]:
     mask = " and attention_mask [batch, samples] (int64, 1 on the samples)" if spec.return_attention_mask else ""
     steps = [(f"audio: {spec.sampling_rate} Hz mono float32, normalised per recording (see normalisation), as "
               f"input_values [batch, samples]{mask}; audio.batching says what may share a run")]
+    if has_attributes(model):
+        steps.append("attributes: each graph's attributes [batch, A] are the columns attributes.names on the "
+                     "normalised scale; value * (high - low) + low with attributes.range [low, high] gives the "
+                     "corpus's units, as run.py reports them")
+    if model.config.task == "dimensional":
+        steps.append("task dimensional: the classifier was never trained; report the attributes only, not the "
+                     "probabilities")
     if calibrated:
         steps.append("calibration: each graph's probabilities are softmax(logits / T) with its fold's "
                      "calibration_temperature T (run.py --calibrate dev); its logits are the model's, so divide them "

@@ -18,8 +18,9 @@ from models.encoders import AudioInputSpec
 ONNX_MANIFEST = "manifest.json"  # export.py's
 
 
-# 2: the folds have calibration temperatures (run.py --calibrate dev), which a version-1 reader would ignore
-ONNX_MANIFEST_VERSIONS = (1, 2)
+# 2: the folds have calibration temperatures (run.py --calibrate dev), which a version-1 reader would ignore;
+# 3: run.py --task dimensional, whose graphs' probabilities (an untrained classifier) an older reader would report
+ONNX_MANIFEST_VERSIONS = (1, 2, 3)
 
 
 def read_manifest(onnx_dir) -> dict:
@@ -111,6 +112,9 @@ class OnnxModel:
         self.fusion = onnx_session(folder / entry["fusion"], threads) if self.uses_text else None
         self.outputs = [o.name for o in self.graph.get_outputs()]
         self.name = folder / entry["model"]
+        if self.config.task != "categorical" and "attributes" not in self.outputs:
+            raise PredictError(f"{self.name}: a --task {self.config.task} model exported without its attributes "
+                               "(an export of older code); export the run again with export.py")
 
     def encode_audio(self, input_values, sample_lengths, attention_mask=None) -> OnnxAudio:
         feeds = {"input_values": input_values.numpy()}
@@ -129,15 +133,18 @@ class OnnxModel:
         return torch.from_numpy(audio.frames["ctc_logits"]) if self.has_ctc else None
 
     def classify(self, audio: OnnxAudio, text=None, text_lengths=None) -> EmotionOutput:
-        logits = audio.frames["logits"]
+        """-> the logits and, for a model with an attribute head, its attributes (normalised)."""
+        wanted = ["logits"] + (["attributes"] if "attributes" in self.outputs else [])
+        got = [audio.frames[name] for name in wanted]
         if self.uses_text:
             if text is None or text_lengths is None:
                 raise ValueError("mmer needs the transcript's text features (text, text_lengths)")
-            logits = self.fusion.run(["logits"], {
+            got = self.fusion.run(wanted, {
                 "audio_frames": audio.frames["audio_frames"], "frame_lengths": audio.frames["frame_lengths"],
-                "text_features": text.numpy().astype(np.float32), "text_lengths": text_lengths.numpy()})[0]
-        return EmotionOutput(logits=torch.from_numpy(logits), frame_lengths=audio.lengths,
-                             ctc_logits=self.ctc_head(audio))
+                "text_features": text.numpy().astype(np.float32), "text_lengths": text_lengths.numpy()})
+        outputs = dict(zip(wanted, (torch.from_numpy(value) for value in got)))
+        return EmotionOutput(logits=outputs["logits"], frame_lengths=audio.lengths, ctc_logits=self.ctc_head(audio),
+                             attributes=outputs.get("attributes"))
 
 
 class OnnxTextEncoder:

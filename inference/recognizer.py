@@ -22,6 +22,12 @@ recording longer than `recognizer.windows.long_seconds` (30 s) is scored in wind
 batch at a time (6 s, one every 3 s): its result is the duration-weighted summary, with the
 timeline in `.windows` (`timeline_table`, `plot_timeline`).
 
+A model trained with --task dimensional or both also predicts attributes (e.g. arousal, valence,
+dominance): `result.attributes` holds them in the corpus's units (the rating scale the run
+recorded, `recognizer.attribute_range`), as run.py's pred_<attribute> columns; an ensemble
+averages them over the folds. Under --task dimensional the classifier was never trained, so
+`result.label` is None and `result.probabilities` empty (`recognizer.predicts_classes`).
+
 The same recognizer runs a run exported by export.py with onnxruntime instead of PyTorch
 (`EmotionRecognizer.from_onnx(EXPORT_DIR)`): only the model calls differ (OnnxModel,
 OnnxTextEncoder); windows, transcripts, batching and labels are this module's one path.
@@ -46,6 +52,7 @@ from inference.runs import DEFAULT_ROBERTA, default_batch_size, load_folder, loa
 from inference.transcripts import Recogniser, decode_ctc, empty_transcript_note
 from inference.windows import WindowPrediction, Windows, WindowSource, summarise
 from models.checkpoint import CheckpointError, scaled_probabilities
+from models.dimensional import denormalise_attributes
 from models.encoders import AudioInputSpec, audio_input_spec, min_samples_of, padding_is_exact
 from utils.device import autocast, check_precision, evaluation_precision, resolve_device
 
@@ -104,6 +111,22 @@ def shared_input_spec(models: dict):
     return specs.pop()
 
 
+def attribute_settings(models: dict) -> tuple[list[str] | None, list[float] | None]:
+    """The attributes the models predict (names in their head's order) and the corpus's rating
+    scale [low, high] they are reported on; (None, None) for models without an attribute head.
+    An ensemble must agree on both: its folds' values are averaged name by name."""
+    settings = {(tuple(m.config.attributes or ()), tuple(m.config.attribute_range or ()))
+                if m.config.task != "categorical" else None for m in models.values()}
+    if len(settings) > 1:
+        raise PredictError("the checkpoints predict different attributes or on different scales "
+                           f"({sorted(map(str, settings))}); ensemble the folds of one run, or pick one with --session")
+    names, scale = settings.pop() or (None, None)
+    if names is not None and (not names or len(scale) != 2):
+        raise PredictError(f"{next(iter(models))}: a model with an attribute head that records no attribute names or "
+                           "no rating scale (attributes, attribute_range); retrain it with this code's run.py")
+    return (list(names), list(scale)) if names is not None else (None, None)
+
+
 def checked_device(device, precision: str) -> torch.device:
     """The device a flag names, refused (PredictError) where it or the precision cannot run."""
     try:
@@ -131,6 +154,7 @@ class EmotionRecognizer:
         self.batch_size = batch_size or default_batch_size(self.device)
         self.first = next(iter(models.values()))
         self.spec, self.exact, self.min_samples = audio_settings(models)
+        self.attributes, self.attribute_range = attribute_settings(models)
         self.roberta = roberta
         if text_encoder is None and self.first.uses_text and embed_text:
             text_encoder = self._text_encoder()
@@ -196,6 +220,11 @@ class EmotionRecognizer:
     def classes(self) -> list[str]:
         """The run's classes, in the order of its probabilities."""
         return list(LabelSet.from_dict(self.first.config.labels).classes)
+
+    @property
+    def predicts_classes(self) -> bool:
+        """False for a model trained with --task dimensional: its classifier was never trained."""
+        return self.first.config.task != "dimensional"
 
     @property
     def label_set(self):
@@ -363,16 +392,20 @@ class EmotionRecognizer:
         return summary
 
     def _predictions(self, scored, names) -> list[Prediction]:
-        probs, texts, sources, heard = scored
-        return [Prediction(source=name, label=self.classes[int(p.argmax())],
-                           probabilities={c: float(v) for c, v in zip(self.classes, p)},
+        probs, texts, sources, heard, attributes = scored
+        classes = self.predicts_classes
+        return [Prediction(source=name, label=self.classes[int(p.argmax())] if classes else None,
+                           probabilities={c: float(v) for c, v in zip(self.classes, p)} if classes else {},
                            transcript=texts[i] or "", transcript_source=sources[i] if self.first.uses_text else "none",
-                           ctc_transcript=heard[i] if heard else "")
+                           ctc_transcript=heard[i] if heard else "",
+                           attributes=None if attributes is None else
+                           {a: float(v) for a, v in zip(self.attributes, attributes[i])})
                 for i, (name, p) in enumerate(zip(names, probs))]
 
     def _score(self, samples: list, transcripts: list, progress: bool, text_features=None):
         """16 kHz recordings -> (probabilities [N, classes] averaged over the models, the texts
-        mmer read, their sources, the first model's CTC transcripts)."""
+        mmer read, their sources, the first model's CTC transcripts, the attributes [N, A] in the
+        corpus's units averaged over the models, None without an attribute head)."""
         with self._turn:
             return self._score_now(samples, transcripts, progress, text_features or [None] * len(samples))
 
@@ -398,7 +431,8 @@ class EmotionRecognizer:
             self._check_ctc_trained(len(missing))
         features = [None if f is None else np.asarray(f, dtype=np.float32) for f in text_features]
         outputs = [self._run_model(model, waves, texts, features, progress) for model in self.models.values()]
-        return np.mean([p for p, _ in outputs], axis=0), texts, sources, outputs[0][1]
+        attributes = np.mean([a for _, _, a in outputs], axis=0) if self.attributes else None
+        return np.mean([p for p, _, _ in outputs], axis=0), texts, sources, outputs[0][1], attributes
 
     def _check_ctc_trained(self, missing: int) -> None:
         """A model trained with --alpha 0 has a CTC head no loss trained: its transcripts are noise."""
@@ -412,8 +446,10 @@ class EmotionRecognizer:
         """One model over all recordings: the audio is encoded once per recording; for mmer, a
         missing transcript comes from this model's CTC head in the same pass (filling `texts`
         and `features` for the models after it). -> probabilities [N, classes] (softmax(logits / T)
-        with the temperature its checkpoint or export stores, 1 if none), CTC transcripts."""
+        with the temperature its checkpoint or export stores, 1 if none), CTC transcripts, and the
+        attributes [N, A] in the corpus's units (None without an attribute head)."""
         probs = np.zeros((len(waves), len(self.classes)))
+        attributes = np.zeros((len(waves), len(self.attributes))) if self.attributes else None
         temperature = getattr(model, "calibration_temperature", 1.0)
         heard = [""] * len(waves) if model.has_ctc else None
         dataset = EmotionDataset(range(len(waves)), waves)
@@ -430,7 +466,16 @@ class EmotionRecognizer:
                 text, lengths = self._text_features(rows, texts, features, heard) if model.uses_text else (None, None)
                 output = model.classify(audio, text, lengths)
             probs[rows] = scaled_probabilities(output.logits, temperature).cpu().numpy()
-        return probs, heard
+            if attributes is not None:
+                attributes[rows] = self._attributes(model, output)
+        return probs, heard, attributes
+
+    def _attributes(self, model, output) -> np.ndarray:
+        """The batch's attributes [B, A] in the corpus's units: the attribute head reads the
+        embedding the classifier read (as forward does; an export's graph gives them itself), on
+        the normalised scale, mapped back by the model's recorded scale."""
+        normalised = output.attributes if output.attributes is not None else model.attribute_head(output.embedding)
+        return denormalise_attributes(normalised.float().cpu().numpy(), *model.config.attribute_range)
 
     def _text_features(self, rows, texts, features, heard):
         """The batch's RoBERTa features, embedding the transcripts not embedded yet (a missing

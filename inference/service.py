@@ -84,13 +84,20 @@ def check_duration(seconds: float, name: str, limits: Limits) -> None:
                                f"{limits.max_seconds:g} s (--max_seconds); send a shorter excerpt")
 
 
-def prediction_json(prediction, classes, seconds: float, name: str | None = None) -> dict:
+def prediction_json(prediction, classes, seconds: float, name: str | None = None,
+                    attribute_range: list | None = None) -> dict:
     """The answer to /predict; `notes`: what the page shows beside it (an empty transcript, said
-    as predict.py says it, with the page's fix)."""
+    as predict.py says it, with the page's fix). A model with an attribute head adds `attributes`
+    {name: value in the corpus's units} and their scale `attribute_range` [low, high] (and each
+    window's attributes in `windows`); one trained with --task dimensional answers label null,
+    no probabilities and no classes (its classifier was never trained)."""
     note = empty_transcript_note(prediction, EMPTY_FIX_PAGE, name)
     result = {"label": prediction.label, "probabilities": prediction.probabilities,
               "transcript": prediction.transcript, "transcript_source": prediction.transcript_source,
-              "classes": classes, "duration_s": seconds, "notes": [note] if note else []}
+              "classes": classes if prediction.label is not None else [], "duration_s": seconds,
+              "notes": [note] if note else []}
+    if prediction.attributes is not None:
+        result.update(attributes=prediction.attributes, attribute_range=attribute_range)
     if prediction.windows:
         result["windows"] = timeline_table(prediction).to_dict(orient="records")
     return result
@@ -150,7 +157,9 @@ def prediction_files(run_dir: Path) -> dict[str, Path]:
 
 def read_predictions(run_dir: Path) -> pd.DataFrame:
     """All folds' test predictions, with `fold`, `p_true` (the probability given to the true class)
-    and `correct`; errors first, the least probable true class first, then the correct ones."""
+    and `correct`; errors first, the least probable true class first, then the correct ones. A run
+    trained with --task dimensional predicts no class: `correct` and `p_true` are then null (its
+    pred_<attribute> columns are there as they were written)."""
     frames = []
     for fold, path in sorted(prediction_files(run_dir).items()):
         frame = pd.read_csv(path, dtype={"FileName": str, "true_label": str, "predicted_label": str},
@@ -160,6 +169,8 @@ def read_predictions(run_dir: Path) -> pd.DataFrame:
     if not frames:
         raise ServiceError(404, f"{run_dir}: no <fold>_predictions.csv in this run folder")
     table = pd.concat(frames, ignore_index=True)
+    if "predicted_label" not in table:
+        return table.assign(p_true=np.nan, correct=None)
     columns = [c for c in table.columns if c.startswith("prob_")]
     which = np.array([columns.index(f"prob_{label}") if f"prob_{label}" in columns else -1
                       for label in table["true_label"]], dtype=int)
@@ -307,13 +318,16 @@ def add_prediction_routes(app: FastAPI, recognizer: EmotionRecognizer, run_dir: 
         except (PredictError, AudioError) as err:
             raise ServiceError(422, str(err)) from err
         seconds = len(samples) / rate
-        log.info("%s: %.2f s of audio -> %s (%.0f ms)", name, seconds, prediction.label,
-                 1000 * (time.perf_counter() - start))
-        return prediction_json(prediction, recognizer.classes, seconds, name)
+        said = prediction.label if prediction.label is not None else \
+            ", ".join(f"{a} {v:.2f}" for a, v in prediction.attributes.items())
+        log.info("%s: %.2f s of audio -> %s (%.0f ms)", name, seconds, said, 1000 * (time.perf_counter() - start))
+        return prediction_json(prediction, recognizer.classes, seconds, name, recognizer.attribute_range)
 
     @app.get("/health")
     def health():
         return {"status": "ok", "run": recognizer.run, "run_dir": str(run_dir), "classes": recognizer.classes,
+                "predicts_classes": recognizer.predicts_classes, "attributes": recognizer.attributes,
+                "attribute_range": recognizer.attribute_range,
                 "sessions": sessions, "ensemble": len(sessions) > 1, "sample_rate": recognizer.sample_rate,
                 "reads_text": recognizer.first.uses_text,
                 "asr": recognizer.asr.name if recognizer.asr is not None else None,
@@ -333,7 +347,8 @@ def add_run_browser_routes(app: FastAPI, run_dir: Path) -> None:
         if fold is not None:
             table = table[table["fold"] == fold]
         rows = finite(table.head(limit).to_dict(orient="records"))
-        return {"total": len(table), "errors": int((~table["correct"]).sum()), "rows": rows}
+        errors = int((~table["correct"].astype(bool)).sum()) if "predicted_label" in table else None
+        return {"total": len(table), "errors": errors, "rows": rows}
 
     @app.get("/runs/image/{name}")
     def picture(name: str):

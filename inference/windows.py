@@ -87,44 +87,68 @@ class WindowSource:
         return np.pad(samples[:wanted], (0, max(0, wanted - len(samples))))
 
 
-def summarise(name: str, timeline: list[WindowPrediction], classes: list[str]) -> Prediction:
-    """The whole recording: the windows' probabilities weighed by the length each owns."""
+def owned_mean(timeline: list[WindowPrediction], values: np.ndarray) -> np.ndarray:
+    """The windows' values [W, K] weighed by the length of the recording each owns -> [K]."""
     weights = np.array([w.span.own_end - w.span.own_start for w in timeline], dtype=float)
-    probs = np.array([[w.prediction.probabilities[c] for c in classes] for w in timeline])
-    mean = weights @ probs / weights.sum()
-    return Prediction(source=name, label=classes[int(mean.argmax())],
-                      probabilities={c: float(v) for c, v in zip(classes, mean)},
-                      transcript_source=timeline[0].prediction.transcript_source, windows=timeline)
+    return weights @ values / weights.sum()
+
+
+def summarise(name: str, timeline: list[WindowPrediction], classes: list[str]) -> Prediction:
+    """The whole recording: the windows' probabilities, and attributes where the model predicts
+    them, weighed by the length each owns. A model without classes (task dimensional, whose
+    windows carry no label) gets none."""
+    first = timeline[0].prediction
+    label, probabilities = None, {}
+    if first.label is not None:
+        mean = owned_mean(timeline, np.array([[w.prediction.probabilities[c] for c in classes] for w in timeline]))
+        label, probabilities = classes[int(mean.argmax())], {c: float(v) for c, v in zip(classes, mean)}
+    attributes = None
+    if first.attributes is not None:
+        names = list(first.attributes)
+        mean = owned_mean(timeline, np.array([[w.prediction.attributes[a] for a in names] for w in timeline]))
+        attributes = {a: float(v) for a, v in zip(names, mean)}
+    return Prediction(source=name, label=label, probabilities=probabilities, attributes=attributes,
+                      transcript_source=first.transcript_source, windows=timeline)
 
 
 def timeline_table(prediction: Prediction) -> pd.DataFrame:
-    """One row per window: its extent, the part it owns, its label and probabilities, its transcript."""
+    """One row per window: its extent, the part it owns, its label and probabilities (a model
+    that predicts classes), its attributes (one with an attribute head), its transcript."""
     rows = [{"window": k, "start_s": w.span.start_s, "end_s": w.span.end_s,
              "own_start_s": w.span.own_start / w.span.rate, "own_end_s": w.span.own_end / w.span.rate,
-             "predicted_label": w.prediction.label,
+             **({} if w.prediction.label is None else {"predicted_label": w.prediction.label}),
              **{f"prob_{c}": v for c, v in w.prediction.probabilities.items()},
+             **(w.prediction.attributes or {}),
              "transcript": w.prediction.transcript, "transcript_source": w.prediction.transcript_source}
             for k, w in enumerate(prediction.windows or [])]
     return pd.DataFrame(rows)
 
 
-def plot_timeline(prediction: Prediction, path) -> None:
-    """The class probabilities over time (each window drawn over the part it owns)."""
+def plot_timeline(prediction: Prediction, path, attribute_range=None) -> None:
+    """The class probabilities over time, and below them the attributes where the model predicts
+    them (on the corpus's scale `attribute_range` [low, high] when given); each window drawn
+    over the part it owns."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from utils.files import save_figure
     table = timeline_table(prediction)
-    classes = list(prediction.probabilities)
-    fig, ax = plt.subplots(figsize=(10, 3.6), layout="constrained")
-    for k, name in enumerate(classes):
-        x = np.ravel(np.column_stack([table["own_start_s"], table["own_end_s"]]))
-        y = np.repeat(table[f"prob_{name}"].to_numpy(), 2)
-        ax.plot(x, y, label=name, color=f"C{k}")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("probability")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{Path(prediction.source).name}: {prediction.label} overall ("
-                 f"{len(table)} windows)")
-    ax.legend(loc="upper right", ncol=len(classes))
+    panels = [("probability", list(prediction.probabilities), (0, 1))] if prediction.label is not None else []
+    if prediction.attributes is not None:
+        panels.append(("attribute", list(prediction.attributes), attribute_range))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.6 * len(panels)), layout="constrained", sharex=True,
+                             squeeze=False)
+    x = np.ravel(np.column_stack([table["own_start_s"], table["own_end_s"]]))
+    for ax, (what, names, limits) in zip(axes[:, 0], panels):
+        columns = [f"prob_{name}" for name in names] if what == "probability" else names
+        for k, (name, column) in enumerate(zip(names, columns)):
+            ax.plot(x, np.repeat(table[column].to_numpy(), 2), label=name, color=f"C{k}")
+        ax.set_ylabel(what if limits is None or what == "probability" else f"{what} ({limits[0]:g}-{limits[1]:g})")
+        if limits is not None:
+            ax.set_ylim(*limits)
+        ax.legend(loc="upper right", ncol=len(names))
+    axes[-1, 0].set_xlabel("time (s)")
+    overall = prediction.label if prediction.label is not None else \
+        ", ".join(f"{a} {v:.2f}" for a, v in prediction.attributes.items())
+    axes[0, 0].set_title(f"{Path(prediction.source).name}: {overall} overall ({len(table)} windows)")
     save_figure(fig, path)

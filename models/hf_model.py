@@ -3,7 +3,8 @@
 model.safetensors. The folder carries this package's files, so
 `transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)` builds the same
 networks run.py trained (variants.py), around a speech encoder rebuilt from its saved
-configuration, one per fold (several: an ensemble averaging their probabilities)."""
+configuration, one per fold (several: an ensemble averaging their probabilities, and the
+attributes of a run trained with --task dimensional or both)."""
 from dataclasses import dataclass
 
 import torch
@@ -13,13 +14,15 @@ from transformers.utils import ModelOutput
 
 from .base import ModelConfig
 from .checkpoint import scaled_probabilities
+from .dimensional import denormalise_attributes
 from .encoders import sample_counts, speech_encoder_from_config
 from .errors import MMERError
 from .variants import build_model
 
 # The folder's layout: a loader refuses a folder of a newer format (its code would read it wrongly).
 # 2: the folds' calibration temperatures, which format-1 code would ignore; a folder without them is 1.
-FORMAT_VERSION = 2
+# 3: a run trained with --task dimensional, whose untrained classifier older code would report.
+FORMAT_VERSION = 3
 
 
 class FolderFormatError(MMERError, ValueError):
@@ -32,7 +35,9 @@ class MMERConfig(PretrainedConfig):
     recorded for transcripts not given (its Hub name, or `bundled`: the folder's subfolder holding
     it); id2label are the run's classes in the order of its probabilities. calibration_temperatures:
     each fold's T (run.py --calibrate dev), its probabilities being softmax(logits / T); None: all 1.
-    mmer_format: the folder's layout (default: the lowest that holds these settings)."""
+    model_config's task, attributes and attribute_range: whether the folds predict attributes, their
+    names in output order and the corpus's rating scale [low, high] they are given on (`attributes`,
+    `attribute_range`). mmer_format: the folder's layout (default: the lowest that holds these settings)."""
     model_type = "mmer"
 
     def __init__(self, model_config: dict | None = None, speech_encoder: dict | None = None, folds=None,
@@ -44,7 +49,8 @@ class MMERConfig(PretrainedConfig):
             raise FolderFormatError(f"config.json: calibration_temperatures {calibration_temperatures!r} are not one "
                                     "positive number per fold; export the run again with export.py --format hf")
         if mmer_format is None:
-            mmer_format = 2 if any(t != 1.0 for t in calibration_temperatures or []) else 1
+            mmer_format = 3 if (model_config or {}).get("task") == "dimensional" else \
+                2 if any(t != 1.0 for t in calibration_temperatures or []) else 1
         if int(mmer_format) > FORMAT_VERSION:
             raise FolderFormatError(
                 f"this model folder is of MMER format {mmer_format}, newer than this code reads ({FORMAT_VERSION}); "
@@ -64,15 +70,32 @@ class MMERConfig(PretrainedConfig):
     def variant(self) -> str:
         return self.model_config.get("run", "mmer")
 
+    @property
+    def task(self) -> str:
+        return self.model_config.get("task", "categorical")
+
+    @property
+    def attributes(self) -> list | None:
+        """The attributes the folds predict, in output order; None: no attribute head."""
+        return list(self.model_config["attributes"]) if self.task != "categorical" else None
+
+    @property
+    def attribute_range(self) -> list | None:
+        return list(self.model_config["attribute_range"]) if self.task != "categorical" else None
+
 
 @dataclass
 class EmotionRecognitionOutput(ModelOutput):
     """probabilities: the folds' softmax averaged [B, classes]; logits: their log, so a softmax
-    gives them back; ctc_logits and frame_lengths: the first fold's CTC head (cai_sota, mmer)."""
+    gives them back; ctc_logits and frame_lengths: the first fold's CTC head (cai_sota, mmer);
+    attributes: the folds' attributes averaged [B, A], in the corpus's units (config.attributes,
+    config.attribute_range), None without an attribute head. Under task dimensional the
+    probabilities are an untrained classifier's: report the attributes only."""
     logits: torch.FloatTensor | None = None
     probabilities: torch.FloatTensor | None = None
     ctc_logits: torch.FloatTensor | None = None
     frame_lengths: torch.LongTensor | None = None
+    attributes: torch.FloatTensor | None = None
 
 
 class MMERForEmotionRecognition(PreTrainedModel):
@@ -114,15 +137,20 @@ class MMERForEmotionRecognition(PreTrainedModel):
         features [B, T_text, D_text] and their lengths [B] -> the folds' averaged probabilities (each
         fold's softmax(logits / T) with its calibration temperature)."""
         sample_lengths = sample_counts(input_values, attention_mask)
-        probabilities, first = 0, None
+        probabilities, attributes, first = 0, 0, None
         for fold in self.folds:
             audio = fold.encode_audio(input_values, sample_lengths, attention_mask)
             output = fold.classify(audio, text_features, text_lengths)
             probabilities = probabilities + scaled_probabilities(output.logits, fold.calibration_temperature)
+            if self.config.attributes is not None:   # the head reads the classifier's input, as forward does
+                attributes = attributes + denormalise_attributes(fold.attribute_head(output.embedding),
+                                                                 *self.config.attribute_range)
             first = output if first is None else first
         probabilities = probabilities / len(self.folds)
         return EmotionRecognitionOutput(logits=probabilities.log(), probabilities=probabilities,
-                                        ctc_logits=first.ctc_logits, frame_lengths=first.frame_lengths)
+                                        ctc_logits=first.ctc_logits, frame_lengths=first.frame_lengths,
+                                        attributes=attributes / len(self.folds)
+                                        if self.config.attributes is not None else None)
 
     def ctc(self, input_values, attention_mask=None):
         """The first fold's CTC head over the audio: (ctc_logits [B, T_audio, vocab], frame_lengths

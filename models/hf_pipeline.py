@@ -15,6 +15,11 @@ with the scores). Recordings are scored whole and one at a time, so each gets wh
 gives it alone; the Python API scores a recording over 30 s in windows instead (predict.py), so
 such results differ.
 
+A run trained with --task both or dimensional also predicts attributes (config.attributes, e.g.
+arousal, valence, dominance): its answer is then {"scores": [...], "attributes": {name: value in
+the corpus's units, config.attribute_range}} (return_attributes=False: the scores list alone);
+under --task dimensional, whose classifier was never trained, {"attributes": {...}} alone.
+
 Beside torch and transformers it reads audio files with soundfile (and numpy, which transformers
 needs): the only imports of this package outside torch and transformers (whose huggingface_hub
 fetches the bundled recogniser of a folder loaded by its Hub name)."""
@@ -95,10 +100,11 @@ def read_input(inputs, sampling_rate: int | None, say=log.warning) -> tuple[np.n
 
 
 class MMERAudioClassificationPipeline(Pipeline):
-    """pipe(audio, transcript=None, sampling_rate=None, top_k=None, return_transcript=False, asr="recorded")
-    -> [{"label", "score"}, ...] sorted by score (all classes unless top_k). asr: "recorded" (the
-    folder's recogniser, if it bundles or names one), None (the CTC head) or a transformers
-    recogniser's name."""
+    """pipe(audio, transcript=None, sampling_rate=None, top_k=None, return_transcript=False, asr="recorded",
+    return_attributes=None) -> [{"label", "score"}, ...] sorted by score (all classes unless top_k).
+    asr: "recorded" (the folder's recogniser, if it bundles or names one), None (the CTC head) or a
+    transformers recogniser's name. A model with attributes answers a dict (module docstring)
+    unless return_attributes=False."""
     _load_processor = False
     _load_image_processor = False
     _load_feature_extractor = True
@@ -112,9 +118,11 @@ class MMERAudioClassificationPipeline(Pipeline):
         self._said = set()
 
     def _sanitize_parameters(self, transcript=None, sampling_rate=None, top_k=None, return_transcript=None,
-                             asr=RECORDED, **_):
+                             asr=RECORDED, return_attributes=None, **_):
         preprocess = {"transcript": transcript, "sampling_rate": sampling_rate}
         postprocess = {"top_k": top_k, "return_transcript": bool(return_transcript)}
+        if return_attributes is not None:
+            postprocess["return_attributes"] = bool(return_attributes)
         return preprocess, {"asr": asr}, postprocess
 
     # ------------------------------------------------------------ steps
@@ -147,17 +155,22 @@ class MMERAudioClassificationPipeline(Pipeline):
             embedded = self._embed(text)[None]                      # [1, T_text, D_text]
             features = {"text_features": embedded, "text_lengths": torch.tensor([embedded.shape[1]], device=self.device)}
         output = self.model(**audio, **features)
-        return {"probabilities": output.probabilities[0], "transcript": text, "transcript_source": source}
+        return {"probabilities": output.probabilities[0], "transcript": text, "transcript_source": source,
+                "attributes": None if output.attributes is None else output.attributes[0]}
 
-    def postprocess(self, model_outputs, top_k=None, return_transcript=False):
-        probabilities = model_outputs["probabilities"].float().cpu()
-        order = torch.argsort(probabilities, descending=True)[: top_k or len(probabilities)]
-        labels = self.model.config.id2label
-        scores = [{"label": labels[int(i)], "score": float(probabilities[i])} for i in order]
+    def postprocess(self, model_outputs, top_k=None, return_transcript=False, return_attributes=True):
+        config = self.model.config
+        answer = {}
+        if config.task != "dimensional":   # a dimensional run's classifier was never trained
+            probabilities = model_outputs["probabilities"].float().cpu()
+            order = torch.argsort(probabilities, descending=True)[: top_k or len(probabilities)]
+            answer["scores"] = [{"label": config.id2label[int(i)], "score": float(probabilities[i])} for i in order]
+        if model_outputs["attributes"] is not None and (return_attributes or config.task == "dimensional"):
+            answer["attributes"] = {name: float(value) for name, value in
+                                    zip(config.attributes, model_outputs["attributes"].float().cpu())}
         if return_transcript:
-            return {"scores": scores, "transcript": model_outputs["transcript"],
-                    "transcript_source": model_outputs["transcript_source"]}
-        return scores
+            answer.update(transcript=model_outputs["transcript"], transcript_source=model_outputs["transcript_source"])
+        return answer["scores"] if list(answer) == ["scores"] else answer
 
     # ------------------------------------------------------------ mmer's text
     def _transcribe(self, samples, audio, asr) -> tuple[str, str]:

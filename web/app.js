@@ -198,7 +198,9 @@ async function predict() {
 
 function showResult(result) {
   const label = $("label");
-  label.textContent = result.label;
+  // A model trained with --task dimensional predicts no class (label null): only its attributes are shown.
+  $("label-line").hidden = result.label === null;
+  label.textContent = result.label || "";
   label.style.background = colour(result.label);
   const bars = $("bars");
   bars.replaceChildren();
@@ -222,9 +224,98 @@ function showResult(result) {
   $("notes").hidden = !notes.length;
   $("duration").textContent = `${result.duration_s.toFixed(2)} s of audio` +
     (windows.length ? `, scored in ${windows.length} windows: the result is their duration-weighted mean` : "");
+  showAttributes(result);
   $("timeline-box").hidden = !windows.length;
-  if (windows.length) drawTimeline(windows, result.classes, result.duration_s);
+  $("timeline").hidden = !result.classes.length;
+  $("timeline-legend").hidden = !result.classes.length;
+  if (windows.length && result.classes.length) drawTimeline(windows, result.classes, result.duration_s);
+  const attributeTimeline = windows.length > 0 && !!result.attributes;
+  $("attribute-timeline-box").hidden = !attributeTimeline;
+  if (attributeTimeline) {
+    drawAttributeTimeline(windows, Object.keys(result.attributes), result.attribute_range, result.duration_s);
+  }
   $("result").hidden = false;
+}
+
+// ------------------------------------------------------------------ attributes (--task dimensional|both)
+function svg(tag, attributes = {}, text = "") {
+  // the namespace of the page's own <svg> (index.html), so no URL is written here
+  const node = document.createElementNS($("va-plane").namespaceURI, tag);
+  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+  if (text) node.textContent = text;
+  return node;
+}
+
+function showAttributes(result) {
+  const values = result.attributes;
+  $("attributes-box").hidden = !values;
+  if (!values) return;
+  const [low, high] = result.attribute_range;
+  $("attribute-scale").textContent = `(the corpus's rating scale, ${low} to ${high})`;
+  $("attribute-values").textContent = Object.entries(values).map(([name, v]) => `${name} ${v.toFixed(2)}`)
+    .join(" · ");
+  const plane = $("va-plane");   // an SVG element: no .hidden property, the attribute does it (style.css)
+  const both = "valence" in values && "arousal" in values;
+  plane.toggleAttribute("hidden", !both);
+  if (both) drawPlane(plane, values.valence, values.arousal, low, high);
+}
+
+// The valence-arousal plane: valence across, arousal up, both on the corpus's scale; the point is
+// the recording's prediction (clamped to the frame: the head's outputs are not bounded).
+function drawPlane(plane, valence, arousal, low, high) {
+  const size = 300, margin = 36, inner = size - 2 * margin;
+  const at = (v) => Math.max(0, Math.min(1, (v - low) / (high - low)));
+  const px = margin + inner * at(valence), py = margin + inner * (1 - at(arousal));
+  const middle = margin + inner / 2, axis = {stroke: "#9aa3b5", "stroke-dasharray": "4 3"};
+  plane.replaceChildren(
+    svg("rect", {x: margin, y: margin, width: inner, height: inner, fill: "none", stroke: "#1d2433"}),
+    svg("line", {x1: middle, y1: margin, x2: middle, y2: margin + inner, ...axis}),
+    svg("line", {x1: margin, y1: middle, x2: margin + inner, y2: middle, ...axis}),
+    svg("text", {x: margin, y: size - 18, "text-anchor": "middle", "font-size": 11}, `${low}`),
+    svg("text", {x: margin + inner, y: size - 18, "text-anchor": "middle", "font-size": 11}, `${high}`),
+    svg("text", {x: middle, y: size - 4, "text-anchor": "middle", "font-size": 12}, "valence"),
+    svg("text", {x: margin - 6, y: margin + inner + 4, "text-anchor": "end", "font-size": 11}, `${low}`),
+    svg("text", {x: margin - 6, y: margin + 4, "text-anchor": "end", "font-size": 11}, `${high}`),
+    svg("text", {x: 12, y: middle, "text-anchor": "middle", "font-size": 12,
+                 transform: `rotate(-90 12 ${middle})`}, "arousal"),
+    svg("circle", {id: "va-point", cx: px, cy: py, r: 6, fill: PALETTE[3], stroke: "#fff", "stroke-width": 2},
+        ""));
+  plane.lastChild.append(svg("title", {}, `valence ${valence.toFixed(2)}, arousal ${arousal.toFixed(2)}`));
+}
+
+// Each attribute's value per window, drawn over the part of the recording the window owns.
+function drawAttributeTimeline(windows, names, range, duration) {
+  const canvas = $("attribute-timeline");
+  const g = canvas.getContext("2d");
+  const [low, high] = range;
+  const left = 40, right = 10, top = 10, bottom = 28;
+  const width = canvas.width - left - right, height = canvas.height - top - bottom;
+  const end = Math.max(duration, windows[windows.length - 1].own_end_s);
+  const x = (seconds) => left + width * seconds / end;
+  const y = (v) => top + height * (1 - Math.max(0, Math.min(1, (v - low) / (high - low))));
+  g.clearRect(0, 0, canvas.width, canvas.height);
+  names.forEach((name, k) => {
+    g.strokeStyle = PALETTE[k % PALETTE.length];
+    g.lineWidth = 2;
+    g.beginPath();
+    windows.forEach((w, i) => {
+      g[i ? "lineTo" : "moveTo"](x(w.own_start_s), y(w[name]));
+      g.lineTo(x(w.own_end_s), y(w[name]));
+    });
+    g.stroke();
+  });
+  g.lineWidth = 1;
+  g.strokeStyle = "#1d2433";
+  g.fillStyle = "#1d2433";
+  g.font = "12px system-ui, sans-serif";
+  g.strokeRect(left, top, width, height);
+  g.textAlign = "right";
+  for (const v of [low, (low + high) / 2, high]) g.fillText(`${+v.toFixed(2)}`, left - 5, y(v) + 4);
+  g.textAlign = "center";
+  const step = niceStep(end / 8);
+  for (let t = 0; t <= end + 1e-9; t += step) g.fillText(`${+t.toFixed(1)} s`, x(t), canvas.height - 8);
+  $("attribute-timeline-legend").replaceChildren(...names.map((name, k) =>
+    el("span", {}, el("i", {style: {background: PALETTE[k % PALETTE.length]}}), name)));
 }
 
 // Stacked class probabilities per window, each drawn over the part of the recording it owns.
@@ -337,8 +428,10 @@ async function loadPredictions() {
     showError($("runs-error"), body.detail);
     return;
   }
-  $("predictions-count").textContent = `${body.total} utterances, ${body.errors} misclassified; ` +
-    `showing ${body.rows.length}, ordered by the probability given to the true class`;
+  $("predictions-count").textContent = body.errors === null
+    ? `${body.total} utterances (a model without classes: see the pred_ columns of the run's predictions)`
+    : `${body.total} utterances, ${body.errors} misclassified; ` +
+      `showing ${body.rows.length}, ordered by the probability given to the true class`;
   const head = el("tr", {}, ...["#", "fold", "utterance", "true", "predicted", "p(true)", "listen"]
     .map((text) => el("th", {}, text)));
   const rows = body.rows.map((r, i) => el("tr", {className: r.correct ? "correct" : "wrong"},
