@@ -28,18 +28,23 @@ TEXT_COLUMNS = ("Sentences", "transcript")   # reference transcript, then a spee
 SPLITS = ("train", "dev", "test")
 SPLIT_COLUMN = re.compile(r"^split_(\w+)$")
 UNKNOWN = -1  # label_index of a label the label set has no class for (a problem, reported with the others)
+LEFT_OUT = -2  # label_index of a label the set leaves out, kept (keep_unlabelled) for its attributes only;
+#              every consumer reads a label < 0 as "no class" (losses, counts, sampler, metrics)
 STRING_COLUMNS = ("FileName", "Label", "Sentences", "transcript", "text", "speaker", "path", "split", "fold",
                   "utterance_type")
 
 
 # ---------------------------------------------------------------- the table
-def read_table(csv_path, label_map: dict | None = None, label_set: LabelSet | None = None):
+def read_table(csv_path, label_map: dict | None = None, label_set: LabelSet | None = None,
+               keep_unlabelled: bool = False):
     """-> (table, label set). The table gains `label_index` (rows whose label the set leaves
-    out are dropped, and it says so), `speaker` (IEMOCAP: from FileName; else None where the
-    table has none), `session` (IEMOCAP: from FileName when the table has no grouping) and
-    `text`, the CTC target text (default: the upper-cased reference transcript, else the
-    recogniser's). label_set: a trained model's (cross-corpus evaluation: label_map maps this
-    table's labels onto its classes); else the table's own (labels.corpus_label_set)."""
+    out are dropped, and it says so; with keep_unlabelled, as --task dimensional / both wants,
+    they are kept with label_index LEFT_OUT, for their attributes only), `speaker` (IEMOCAP:
+    from FileName; else None where the table has none), `session` (IEMOCAP: from FileName when
+    the table has no grouping) and `text`, the CTC target text (default: the upper-cased
+    reference transcript, else the recogniser's). label_set: a trained model's (cross-corpus
+    evaluation: label_map maps this table's labels onto its classes); else the table's own
+    (labels.corpus_label_set)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: csv not found; prepare it with data_prep/iemocap_prep.py or "
@@ -82,9 +87,13 @@ def read_table(csv_path, label_map: dict | None = None, label_set: LabelSet | No
                                  else "filter them out, or give a --label_map")
     left_out = table["label_index"].isna()
     if left_out.any():
-        log.info("%s: %d utterance(s) with labels the label set leaves out (%s) are not used", csv_path,
-                 int(left_out.sum()), ", ".join(sorted(set(table.loc[left_out, "Label"]))))
-        table = table[~left_out]
+        log.info("%s: %d utterance(s) with labels the label set leaves out (%s) are %s", csv_path,
+                 int(left_out.sum()), ", ".join(sorted(set(table.loc[left_out, "Label"]))),
+                 "kept for the attributes only" if keep_unlabelled else "not used")
+        if keep_unlabelled:
+            table.loc[left_out, "label_index"] = LEFT_OUT
+        else:
+            table = table[~left_out]
     table["label_index"] = table["label_index"].astype(int)
     return table.reset_index(drop=True), label_set
 
@@ -261,7 +270,8 @@ def make_fold(table: pd.DataFrame, scheme: FoldScheme, name: str, dev_fraction: 
 
 def kfold_test(table: pd.DataFrame, scheme: FoldScheme, name: str, seed: int) -> np.ndarray:
     """Fold `name` of K speaker-independent folds, stratified by label (scikit-learn's
-    StratifiedGroupKFold, shuffled with the seed)."""
+    StratifiedGroupKFold, shuffled with the seed; rows kept without a class, LEFT_OUT, are a
+    stratum of their own)."""
     splitter = StratifiedGroupKFold(n_splits=len(scheme.names), shuffle=True, random_state=seed)
     folds = list(splitter.split(np.zeros(len(table)), table["label_index"], table["speaker"].astype(str)))
     in_test = np.zeros(len(table), dtype=bool)
@@ -344,7 +354,8 @@ def table_problems(table: pd.DataFrame, scheme: FoldScheme, folds, label_set: La
             problems["folds with no training utterances (the csv holds only the test fold)"].append(f"fold {name}")
             continue
         labels = table["label_index"].to_numpy()
-        missing = [label_set.classes[i] for i in sorted(set(labels[fold.test]) - set(labels[fold.train]) - {UNKNOWN})]
+        missing = [label_set.classes[i] for i in sorted(set(labels[fold.test]) - set(labels[fold.train]))
+                   if i >= 0]   # UNKNOWN is named above; LEFT_OUT has no class
         if missing:
             problems["folds whose test set has a class absent from their training set"].append(
                 f"fold {name}: {', '.join(missing)}")

@@ -208,7 +208,15 @@ class SpeechEmotionModel(nn.Module):
     def categorical_loss(self, logits, labels, soft_targets=None):
         """The classifier's loss: cross-entropy (F.cross_entropy, as upstream), focal, or the
         cross-entropy against the annotators' vote fractions; each weighted by class_weight when
-        it is set (--class_weights)."""
+        it is set (--class_weights). Rows with a label < 0 (a label the label set leaves out, kept
+        for the attributes under task "both") count for nothing; a batch of only those is a zero
+        that keeps the graph."""
+        kept = labels >= 0
+        if not kept.all():
+            if not kept.any():
+                return logits.sum() * 0.0
+            logits, labels = logits[kept], labels[kept]
+            soft_targets = soft_targets[kept.to(soft_targets.device)] if soft_targets is not None else None
         if self.config.soft_targets:
             if soft_targets is None:
                 raise ValueError("soft_targets is set: the batch needs its vote fractions (soft_targets)")

@@ -4,6 +4,7 @@ class weights are a hand count, focal with gamma 0 is cross-entropy, --select_me
 picks the best dev epoch, and the refusals name what is missing. Hand formulas here, not the
 code under test."""
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -226,3 +227,58 @@ def test_balanced_sampler_draws_from_the_fold_training_labels(demo, tmp_path, mo
     assert len(made) == 1
     assert sorted(np.bincount(made[0]).tolist()) == sorted(expected.tolist())
     assert "sampler: balanced" in (tmp_path / "unimodal_baseline" / "recipe.yaml").read_text()
+
+
+def test_left_out_labels_are_kept_for_the_attributes_only(demo, tmp_path, monkeypatch, caplog):
+    """Rows whose label the label set leaves out (fru= here, as MSP-Podcast's other and no
+    agreement) are kept under --task both: scored for the attributes with every test row, absent
+    from the cross-entropy and the categorical metrics, with an empty true_label. Under the
+    default task the same table drops them."""
+    table = pd.read_csv(demo.csv)
+    relabelled = table.index[[2, 4, 7]]            # two test rows of session 1, one training row of session 2
+    table.loc[relabelled, "Label"] = "fru"
+    csv = tmp_path / "with_fru.csv"
+    table.to_csv(csv, index=False)
+    label_map = "hap=hap,exc=hap,ang=ang,neu=neu,sad=sad,fru="
+    seen = []
+    original = torch.nn.functional.cross_entropy
+
+    def spy(logits, labels, *args, **kwargs):
+        seen.append(labels.detach().cpu().numpy())
+        return original(logits, labels, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    with caplog.at_level(logging.INFO, logger="dataio.corpus"):
+        results = run.main(demo.flags(run="cai_sota", task="both", epochs=1, sessions="1",
+                                      save_path=tmp_path / "both", csv_path=csv, label_map=label_map, select_on="test"))
+    assert "3 utterance(s) with labels the label set leaves out (fru) are kept for the attributes only" in caplog.text
+    training = table[table["session"] != 1]
+    assert sum(len(labels) for labels in seen) == int((training["Label"] != "fru").sum())
+    assert all((labels >= 0).all() for labels in seen)
+
+    fold = results["folds"]["1"]
+    test = table[table["session"] == 1].set_index("FileName")
+    predictions = pd.read_csv(tmp_path / "both" / "cai_sota" / "1_predictions.csv",
+                              keep_default_na=False).set_index("FileName")
+    assert sorted(predictions.index) == sorted(test.index)        # every test row, the fru ones too
+    left_out = test.index[test["Label"] == "fru"]
+    assert len(left_out) == 2
+    assert (predictions.loc[left_out, "true_label"] == "").all()
+    assert (predictions.drop(left_out)["true_label"] != "").all()
+    for name in ATTRIBUTES:
+        pred = predictions[f"pred_{name}"].astype(float)
+        assert np.isfinite(pred.loc[left_out]).all()
+        np.testing.assert_allclose(predictions[f"true_{name}"].astype(float), test.loc[predictions.index, name],
+                                   atol=1e-6)
+        assert fold[f"ccc_{name}"] == pytest.approx(hand_ccc(test.loc[predictions.index, name], pred), abs=1e-4)
+    labelled = predictions.drop(left_out)
+    assert fold["n"] == len(test) - 2 == 4
+    assert sum(map(sum, fold["confusion"])) == 4
+    assert fold["wa"] == pytest.approx((labelled["true_label"] == labelled["predicted_label"]).mean())
+    epoch = stats(tmp_path / "both" / "cai_sota")[0]["test"]      # the per-epoch evaluation counts the same rows
+    assert epoch["n"] == 4 and epoch["ua"] == pytest.approx(fold["ua"])
+
+    run.main(demo.flags(run="cai_sota", epochs=1, sessions="1", save_path=tmp_path / "categorical", csv_path=csv,
+                        label_map=label_map, select_on="test", max_steps=1))
+    dropped = pd.read_csv(tmp_path / "categorical" / "cai_sota" / "1_predictions.csv").set_index("FileName")
+    assert sorted(dropped.index) == sorted(test.index.drop(left_out))

@@ -20,8 +20,8 @@ from training.conv_cache import use_conv_cache
 from training.inputs import Corpus
 from training.settings import ConfigError
 from training.loop import (attribute_scores, build_training, check_skipped, compile_regions, evaluate, fixed_lengths,
-                           log_epoch, make_loader, predict_split, report_long_targets, tensorboard_writer, train_epoch,
-                           uses_layerdrop, warn_ctc_scale, write_predictions)
+                           labelled, log_epoch, make_loader, predict_split, report_long_targets, tensorboard_writer,
+                           train_epoch, uses_layerdrop, warn_ctc_scale, write_predictions)
 from training.metrics import emotion_metrics, metrics_by_group
 from training.views import Views, audio_view_settings, view_files
 from utils import distributed
@@ -156,7 +156,8 @@ def calibrate_checkpoint(session, corpus_, model_cfg, run_cfg, device, run_dir: 
     use_conv_cache(model, corpus_, run_cfg, device)
     _, labels, _, logits = predict_split(model, make_loader(corpus_, dev_idx, run_cfg, False, device), device,
                                          run_cfg.precision, logits=True)
-    record = temperature_record(logits, labels)
+    classed = labelled(labels)
+    record = temperature_record(logits[classed], labels[classed])
     if distributed.is_main():
         store_calibration(path, record)
     log.info("fold %s: temperature %.3f fitted on %d dev utterances (dev NLL %.4f -> %.4f)", session,
@@ -196,13 +197,15 @@ def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint
         write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs, classes, attributes)
         if hasattr(model, "featurizer"):
             write_layer_weights(run_dir / f"{session}_layer_weights.json", model)
+    classed = labelled(y_true)   # the categorical metrics count the utterances with a class only
+    y_true, y_pred, probs, raw = y_true[classed], y_pred[classed], probs[classed], raw[classed]
     metrics = {**emotion_metrics(y_true, y_pred, len(classes)), **calibration_metrics(y_true, probs),
                "temperature": temperature, **attributes_metrics(model.config, attributes)}
     if payload.get("calibration"):  # what the checkpoint's temperature changed
         metrics["uncalibrated"] = calibration_metrics(y_true, raw)
         metrics["calibration"] = payload["calibration"]
     if corpus.typed(corpus_.table):  # IEMOCAP: improvised and scripted test utterances apart
-        types = corpus_.table.set_index("FileName").loc[names, "utterance_type"].to_numpy()
+        types = corpus_.table.set_index("FileName").loc[list(np.asarray(names)[classed]), "utterance_type"].to_numpy()
         metrics["by_type"] = metrics_by_group(types, y_true, y_pred, len(classes))
     metrics["epoch"] = payload.get("epoch")
     metrics["selected_on"] = payload.get("selected_on")  # None: a checkpoint without our record (published)

@@ -61,10 +61,13 @@ class Table:
 def read_corpus_table(model_cfg: ModelConfig, run_cfg: RunConfig) -> Table:
     """The table, its label set and folds; sets the folds to run (default: all, or under
     --eval_only those with a checkpoint) and the model's label set (training: the table's;
-    --eval_only: the checkpoints', another corpus's labels mapped onto it by --label_map)."""
+    --eval_only: the checkpoints', another corpus's labels mapped onto it by --label_map).
+    Under --task dimensional / both the rows whose label the set leaves out (MSP-Podcast's other
+    and no agreement) are kept for their attributes, without a class (corpus.LEFT_OUT)."""
     label_map = read_label_map(run_cfg.label_map) if run_cfg.label_map else None
     trained = LabelSet.from_dict(model_cfg.labels) if run_cfg.eval_only else None
-    frame, label_set = corpus.read_table(run_cfg.csv_path, label_map, trained)
+    frame, label_set = corpus.read_table(run_cfg.csv_path, label_map, trained,
+                                         keep_unlabelled=model_cfg.task != "categorical")
     frame = corpus.select_utterance_types(frame, run_cfg.utterance_types)
     scheme = corpus.fold_scheme(frame, run_cfg.fold_by, run_cfg.kfold)
     if run_cfg.limit_utterances:

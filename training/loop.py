@@ -216,14 +216,23 @@ def predict_split(model, loader, device, precision: str, logits: bool = False, a
 
 
 def evaluate(model, loader, device, precision: str) -> dict:
-    """The split's metrics: the classes' (not under task "dimensional") and the attributes' (in
-    the corpus's units, where the model has an attribute head)."""
+    """The split's metrics: the classes' (not under task "dimensional"; over the utterances with a
+    class, labelled()) and the attributes' (in the corpus's units, where the model has an
+    attribute head; over every utterance)."""
     task = model.config.task
     split = predict_split(model, loader, device, precision, attributes=task != "categorical")
-    metrics = {} if task == "dimensional" else emotion_metrics(split[1], split[2], model.config.num_classes)
+    classed = labelled(split[1])
+    metrics = ({} if task == "dimensional"
+               else emotion_metrics(split[1][classed], split[2][classed], model.config.num_classes))
     if task != "categorical":
         metrics.update(attribute_scores(model.config.attributes, *split[4]))
     return metrics
+
+
+def labelled(y_true) -> np.ndarray:
+    """The rows with a class: a label < 0 is one the label set leaves out (kept for the
+    attributes under task "both", dataio.corpus.LEFT_OUT), which no categorical metric counts."""
+    return np.asarray(y_true) >= 0
 
 
 def attribute_scores(attributes, predicted, rated) -> dict:
@@ -233,10 +242,11 @@ def attribute_scores(attributes, predicted, rated) -> dict:
 
 
 def write_predictions(path: Path, names, y_true, y_pred, probs, classes, attributes: dict | None = None) -> None:
-    """One row per test utterance: FileName, true and predicted class, each class's probability
-    (probs None: the class is not predicted, task "dimensional"), and for each attribute
-    {name: (ratings, predictions)} its true_<name> and pred_<name>, in the corpus's units."""
-    frame = pd.DataFrame({"FileName": names, "true_label": [classes[i] for i in y_true]})
+    """One row per test utterance: FileName, true (empty for a label the label set leaves out)
+    and predicted class, each class's probability (probs None: the class is not predicted, task
+    "dimensional"), and for each attribute {name: (ratings, predictions)} its true_<name> and
+    pred_<name>, in the corpus's units."""
+    frame = pd.DataFrame({"FileName": names, "true_label": [classes[i] if i >= 0 else "" for i in y_true]})
     if probs is not None:
         frame["predicted_label"] = [classes[i] for i in y_pred]
         for k, name in enumerate(classes):
