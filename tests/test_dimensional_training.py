@@ -248,6 +248,9 @@ def test_left_out_labels_are_kept_for_the_attributes_only(demo, tmp_path, monkey
         return original(logits, labels, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    with pytest.raises(ConfigError, match="--supcon_weight would contrast them as one class"):   # they have no class
+        run.main(demo.flags(run="cai_sota", task="both", epochs=1, sessions="1", save_path=tmp_path / "supcon",
+                            csv_path=csv, label_map=label_map, supcon_weight=0.1))
     with caplog.at_level(logging.INFO, logger="dataio.corpus"):
         results = run.main(demo.flags(run="cai_sota", task="both", epochs=1, sessions="1",
                                       save_path=tmp_path / "both", csv_path=csv, label_map=label_map, select_on="test"))

@@ -68,6 +68,7 @@ def read_corpus_table(model_cfg: ModelConfig, run_cfg: RunConfig) -> Table:
     trained = LabelSet.from_dict(model_cfg.labels) if run_cfg.eval_only else None
     frame, label_set = corpus.read_table(run_cfg.csv_path, label_map, trained,
                                          keep_unlabelled=model_cfg.task != "categorical")
+    check_kept_unlabelled(frame, model_cfg, run_cfg)
     frame = corpus.select_utterance_types(frame, run_cfg.utterance_types)
     scheme = corpus.fold_scheme(frame, run_cfg.fold_by, run_cfg.kfold)
     if run_cfg.limit_utterances:
@@ -80,6 +81,22 @@ def read_corpus_table(model_cfg: ModelConfig, run_cfg: RunConfig) -> Table:
     model_cfg.num_classes = len(label_set.classes)
     check_objective_columns(frame, label_set, model_cfg, run_cfg)
     return Table(frame, label_set, scheme)
+
+
+def check_kept_unlabelled(frame: pd.DataFrame, model_cfg: ModelConfig, run_cfg) -> None:
+    """Rows kept for their attributes only (their label left out by the label set) have no class:
+    the self-contrastive loss would contrast them as one, so it is refused; the balanced
+    sampler, which draws by class, never draws them, and it says so."""
+    kept = int((frame["label_index"] == corpus.LEFT_OUT).sum())
+    if not kept or run_cfg.eval_only:
+        return
+    if model_cfg.supcon_weight:
+        raise ConfigError(f"{run_cfg.csv_path}: {kept} utterance(s) whose label the label set leaves out are kept for "
+                          "the attributes (--task " + model_cfg.task + "), and --supcon_weight would contrast them as "
+                          "one class; drop --supcon_weight, or give them a class with --label_map")
+    if run_cfg.sampler == "balanced":
+        log.warning("%s: --sampler balanced draws by class, so the %d utterance(s) kept for the attributes only are "
+                    "never drawn for training", run_cfg.csv_path, kept)
 
 
 def check_objective_columns(frame: pd.DataFrame, label_set: LabelSet, model_cfg: ModelConfig,
