@@ -21,6 +21,7 @@ from dataio.labels import LabelError, LabelSet, corpus_label_set, utterance_fiel
 from dataio.dataset import DataError
 from dataio.schema import UTTERANCE_TYPES
 from dataio.text import clean_transcript
+from utils.cli import some
 
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("FileName", "Label")
@@ -96,6 +97,23 @@ def read_table(csv_path, label_map: dict | None = None, label_set: LabelSet | No
             table = table[~left_out]
     table["label_index"] = table["label_index"].astype(int)
     return table.reset_index(drop=True), label_set
+
+
+def read_listing(csv, error=DataError) -> pd.DataFrame:
+    """A corpus table for the tools that only go through its utterances (transcription, feature
+    extraction): every column as text (an empty cell is ""), so a rewritten table keeps each value
+    as written; it must exist and name each utterance once in FileName, else `error` says so."""
+    csv = Path(csv)
+    if not csv.is_file():
+        raise error(f"{csv}: table not found; prepare the corpus first (docs/CORPUS.md) or fix --csv")
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    if "FileName" not in table.columns:
+        raise error(f"{csv}: no FileName column; it has {list(table.columns)}. "
+                    "Every corpus table names its utterances in FileName (docs/CORPUS.md)")
+    repeated = table["FileName"][table["FileName"].duplicated()].unique().tolist()
+    if repeated:
+        raise error(f"{csv}: FileName repeated, each utterance needs its own: {some(repeated)}")
+    return table
 
 
 def check_empty_cells(csv_path, table: pd.DataFrame) -> None:

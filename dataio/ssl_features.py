@@ -14,13 +14,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dataio.audio import AudioError, audio_info, normalize, read_audio
-from dataio.corpus import audio_paths
+from dataio.corpus import audio_paths, read_listing
 from dataio.text_features import save_npy
 from models.encoders import (
     ENCODER_FIX,
@@ -55,17 +54,7 @@ class SSLFeatureError(MMERError, ValueError):
 def read_utterances(csv, audio_dir) -> tuple[list[str], list[Path]]:
     """The table's FileNames and their audio files (`path` column or `<FileName>.wav`), every
     one checked to exist before anything is loaded."""
-    csv = Path(csv)
-    if not csv.is_file():
-        raise SSLFeatureError(f"{csv}: csv not found; prepare it with data_prep/iemocap_prep.py or "
-                              "data_prep/import_emobox.py, or fix --csv")
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    if "FileName" not in table.columns:
-        raise SSLFeatureError(f"{csv}: no FileName column; it has {list(table.columns)}. A corpus table needs "
-                              "FileName (docs/CORPUS.md)")
-    duplicated = table["FileName"][table["FileName"].duplicated()].unique().tolist()
-    if duplicated:
-        raise SSLFeatureError(f"{csv}: FileName repeated, each needs its own .npy: {some(duplicated)}")
+    table = read_listing(csv, SSLFeatureError)
     if not Path(audio_dir).is_dir():
         raise SSLFeatureError(f"{audio_dir}: no such audio folder; fix --data_path_audio")
     paths = audio_paths(table, audio_dir)

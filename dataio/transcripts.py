@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from dataio.asr import (DEFAULT_ASR, TranscribeError, generate_kwargs, load_recogniser, model_stamp, recognise,
                         word_error_rate)
 from dataio.audio import AudioError, audio_info, read_audio
-from dataio.corpus import audio_paths
+from dataio.corpus import audio_paths, read_listing
 from utils import distributed
 from utils.cli import some
 from utils.files import atomic_path, atomic_write_text
@@ -37,18 +37,8 @@ REFERENCE_COLUMN = "Sentences"
 # ---- the table and its audio -----------------------------------------------------------------
 
 def read_table(csv) -> pd.DataFrame:
-    """Every column as text (an empty cell is ""), so the rewritten table keeps each value as written."""
-    csv = Path(csv)
-    if not csv.is_file():
-        raise TranscribeError(f"{csv}: table not found; prepare the corpus first (docs/CORPUS.md) or fix --csv")
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    if "FileName" not in table.columns:
-        raise TranscribeError(f"{csv}: no FileName column; it has {list(table.columns)}. "
-                              "Every corpus table names its utterances in FileName (docs/CORPUS.md)")
-    repeated = table["FileName"][table["FileName"].duplicated()].unique().tolist()
-    if repeated:
-        raise TranscribeError(f"{csv}: FileName repeated, each utterance needs its own: {some(repeated)}")
-    return table
+    """The table to transcribe (corpus.read_listing), every value as written."""
+    return read_listing(csv, TranscribeError)
 
 
 def default_audio_dir(csv) -> Path:

@@ -4,7 +4,6 @@ the page, the same attributes in the corpus's units as the pred_<attribute> colu
 for its test utterances (the independent reference); a long recording's timeline carries them
 per window; under --task dimensional no class is reported; a categorical run's outputs keep
 their old shape. One tiny --task both run (and one categorical run) shared by all tests."""
-import io
 import json
 
 import numpy as np

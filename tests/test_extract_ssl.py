@@ -170,7 +170,7 @@ def test_missing_audio_and_csv_are_named_with_the_fix(encoders, corpus, tmp_path
     (audio / "Ses02F_impro02_M003.wav").unlink()
     with pytest.raises(SystemExit, match="Ses02F_impro02_M003.wav.*--data_path_audio"):
         extract(Corpus(corpus.csv, audio), encoders["wav2vec2"], tmp_path / "out")
-    with pytest.raises(SystemExit, match="nowhere.csv: csv not found.*--csv"):
+    with pytest.raises(SystemExit, match="nowhere.csv: table not found.*--csv"):
         extract(Corpus(tmp_path / "nowhere.csv", audio), encoders["wav2vec2"], tmp_path / "out")
     with pytest.raises(SystemExit, match="--layers 5: .*out of range"):
         extract(corpus, encoders["wav2vec2"], tmp_path / "out", "--layers", "5")

@@ -13,7 +13,6 @@ import torch
 import run
 from synthetic.tiny_models import save_speech_encoder, tiny_speech_encoder
 from models.settings import FINE_TUNED
-from models import MODELS
 from models.encoders import AudioInputSpec, conv_cache_changes_training, conv_cache_refusal, conv_features, frame_lengths
 from tests.test_models import make_model, pad_batch, random_inputs
 from dataio.dataset import BucketBatchSampler, Collator, RandomBatchSampler, fixed_length, pad_rows
