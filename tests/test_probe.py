@@ -226,3 +226,18 @@ def test_prediction_and_both_exports_of_a_probe_run_agree_with_run_py(demo, prob
     assert answer.status_code == 200, answer.text
     np.testing.assert_allclose([answer.json()["probabilities"][c] for c in classes],
                                probabilities(from_run[:1], classes)[0], atol=1e-5)
+
+
+def test_a_dimensional_probe_records_its_layer_weights_too(tmp_path):
+    csv, ssl = write_signal_corpus(tmp_path, 2, per_fold=8, folds=2)
+    table = pd.read_csv(csv)
+    rng = np.random.default_rng(0)
+    for name in ("valence", "arousal", "dominance"):
+        table[name] = rng.uniform(1, 5, len(table)).round(4)
+    table.to_csv(csv, index=False)
+    results = run.main(["--run", "probe", "--task", "dimensional", "--csv_path", str(csv), "--data_path_ssl", str(ssl),
+                        "--save_path", str(tmp_path / "runs"), "--epochs", "2", "--device", "cpu"])
+    assert "ccc_mean" in results["mean"] and "ua" not in results["mean"]
+    for fold in ("1", "2"):
+        weights = json.loads((tmp_path / "runs" / "probe" / f"{fold}_layer_weights.json").read_text())["weights"]
+        np.testing.assert_allclose(sum(weights), 1.0, atol=1e-5)

@@ -19,10 +19,10 @@ from training.config import RunConfig
 from training.conv_cache import use_conv_cache
 from training.inputs import Corpus
 from training.settings import ConfigError
-from training.loop import (attribute_scores, build_training, check_skipped, compile_regions, evaluate, fixed_lengths,
+from training.loop import (build_training, check_skipped, compile_regions, evaluate, fixed_lengths,
                            labelled, log_epoch, make_loader, predict_split, report_long_targets, tensorboard_writer,
                            train_epoch, uses_layerdrop, warn_ctc_scale, write_predictions)
-from training.metrics import emotion_metrics, metrics_by_group
+from training.metrics import attribute_metrics, emotion_metrics, metrics_by_group
 from training.views import Views, audio_view_settings, view_files
 from utils import distributed
 from utils.device import seed_everything
@@ -181,6 +181,8 @@ def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint
     names, y_true, _, logits, *predicted = predict_split(model, loader, device, run_cfg.precision, logits=True,
                                                          attributes=task != "categorical")
     attributes = attribute_columns(corpus_, model.config, names, predicted[0][0]) if predicted else {}
+    if distributed.is_main() and hasattr(model, "featurizer"):   # on cached hidden states, whatever the task
+        write_layer_weights(run_dir / f"{session}_layer_weights.json", model)
     if task == "dimensional":   # the classifier was not trained: no class is predicted or scored
         if distributed.is_main():
             write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, None, None,
@@ -195,8 +197,6 @@ def evaluate_checkpoint(session, corpus_, model_cfg, run_cfg, device, checkpoint
     classes = corpus_.label_set.classes
     if distributed.is_main():
         write_predictions(run_dir / f"{session}_predictions.csv", names, y_true, y_pred, probs, classes, attributes)
-        if hasattr(model, "featurizer"):
-            write_layer_weights(run_dir / f"{session}_layer_weights.json", model)
     classed = labelled(y_true)   # the categorical metrics count the utterances with a class only
     y_true, y_pred, probs, raw = y_true[classed], y_pred[classed], probs[classed], raw[classed]
     metrics = {**emotion_metrics(y_true, y_pred, len(classes)), **calibration_metrics(y_true, probs),
@@ -226,9 +226,8 @@ def attributes_metrics(config, attributes: dict) -> dict:
     """CCC, Pearson and MSE of each attribute (and ccc_mean), in the corpus's units; {} without attributes."""
     if not attributes:
         return {}
-    predicted = np.stack([attributes[name][1] for name in config.attributes], axis=1)
-    rated = np.stack([attributes[name][0] for name in config.attributes], axis=1)
-    return {**attribute_scores(config.attributes, predicted, rated),
+    return {**attribute_metrics({name: rated for name, (rated, _) in attributes.items()},
+                                {name: predicted for name, (_, predicted) in attributes.items()}),
             "attribute_range": list(config.attribute_range)}
 
 
